@@ -1,0 +1,96 @@
+"""ecosorter-convert MODEL -o OUT.tflite --quantize MODE ...   |   ecosorter-convert inspect MODEL.tflite"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ecosorter.edge.errors import EcoSorterError
+
+EPILOG = """examples:
+  ecosorter-convert model.h5 -o model_int8.tflite --quantize int8 --calibration data/ --report report.json
+  ecosorter-convert inspect model_int8.tflite"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ecosorter.convert.quantize import IO_DTYPES, MODES
+    from ecosorter.edge.preprocess.spec import PRESETS
+
+    ap = argparse.ArgumentParser(prog="ecosorter-convert", epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 description="Convert a Keras image classifier (.h5, .keras, SavedModel) "
+                                             "to a verified, self-describing TFLite model.")
+    ap.add_argument("model", type=Path, help="Keras .h5 / .keras file or SavedModel folder")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="the .tflite to write")
+    ap.add_argument("--quantize", choices=MODES, default="int8")
+    ap.add_argument("--calibration", type=Path, help="images for int8 calibration (class subfolders or flat)")
+    ap.add_argument("--calibration-size", type=int, default=200, help="images sampled per class share (default 200)")
+    ap.add_argument("--validation", type=Path, help="labelled images (class subfolders) to verify on; "
+                                                    "default: calibration images not sampled")
+    ap.add_argument("--validation-size", type=int, default=300)
+    ap.add_argument("--labels", type=Path, help="one label per line (id or id,Display name), in output order")
+    ap.add_argument("--preprocess", choices=list(PRESETS), default="caffe",
+                    help="the training transform (default caffe: the seed's vgg16.preprocess_input)")
+    ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
+    ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
+                    help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
+    ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
+                    help="runtime the bins use; the output must load in it (default litert)")
+    ap.add_argument("--min-agreement", type=float, help="default 0.98 for int8, 0.995 otherwise")
+    ap.add_argument("--report", type=Path, help="write the verification report as JSON")
+    ap.add_argument("--force", action="store_true", help="write the model even if verification fails")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def inspect(path: Path) -> int:
+    from ecosorter.edge.model import load_model
+
+    with load_model(path) as m:
+        c = m.classifier
+        print(json.dumps(m.manifest.to_dict(), indent=1))
+        print(f"\nfile     {path} ({m.size_bytes / 1e6:.2f} MB, sha256 {m.sha256[:16]}...)")
+        print(f"runtime  {c.runtime} {c.version}")
+        i = c.input
+        print(f"input    1x{i.height}x{i.width}x3 {i.dtype} scale={i.quant_scale:g} zero_point={i.quant_zero_point}")
+        print(f"output   {c.output_size} {getattr(c, 'output_dtype', '?')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["inspect"]:
+            if len(argv) != 2:
+                print("usage: ecosorter-convert inspect MODEL.tflite", file=sys.stderr)
+                return 2
+            return inspect(Path(argv[1]))
+        args = build_parser().parse_args(argv)
+        from ecosorter.convert.pipeline import convert
+        from ecosorter.edge.model.manifest import read_labels_file
+
+        labels = None
+        if args.labels:
+            try:
+                labels = read_labels_file(args.labels.read_text())
+            except (OSError, ValueError) as e:
+                raise EcoSorterError(f"--labels {args.labels}: {e}") from None
+        keep = args.keep_float
+        keep_float: int | list[str] = int(keep) if keep.isdigit() else [k for k in keep.split(",") if k]
+        result = convert(args.model, args.output, args.quantize, calibration=args.calibration,
+                         calibration_size=args.calibration_size, validation=args.validation,
+                         validation_size=args.validation_size, labels=labels, preprocess=args.preprocess,
+                         io_dtype=args.io_dtype, min_agreement=args.min_agreement, force=args.force,
+                         runtime=args.runtime, keep_float=keep_float, report_path=args.report,
+                         seed=args.seed, progress=not args.quiet)
+        return 0 if result.written and result.report["passed"] else 1
+    except EcoSorterError as e:
+        print(f"ecosorter-convert: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

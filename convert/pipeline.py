@@ -1,0 +1,183 @@
+"""convert(): load -> calibrate -> convert -> embed manifest -> test-load -> verify -> gate -> write."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ecosorter.convert.embed import embed_metadata
+from ecosorter.convert.images import (
+    ImageSetError,
+    LabelledImage,
+    TrainingTransform,
+    _progress,
+    list_images,
+    load_tensors,
+    stratified_sample,
+)
+from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite, layer_errors
+from ecosorter.convert.source_model import load_source_model
+from ecosorter.convert.verify import format_table, verify
+from ecosorter.edge.backends import open_classifier
+from ecosorter.edge.errors import BackendError, EcoSorterError
+from ecosorter.edge.model.manifest import DEFAULT_LABELS, Label, Manifest
+from ecosorter.edge.preprocess.spec import PreprocessSpec, preset
+
+DEFAULT_MIN_AGREEMENT = {"int8": 0.98}
+MIN_CALIBRATION_IMAGES = 8
+
+
+class ConversionError(EcoSorterError):
+    pass
+
+
+@dataclass
+class ConversionResult:
+    written: bool
+    output: Path
+    report: dict
+    manifest: Manifest | None = None
+    messages: list[str] = field(default_factory=list)
+
+
+def _min_agreement(mode: str, given: float | None) -> float:
+    return given if given is not None else DEFAULT_MIN_AGREEMENT.get(mode, 0.995)
+
+
+def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
+            calibration: str | Path | None = None, calibration_size: int = 200,
+            validation: str | Path | None = None, validation_size: int = 300,
+            labels: list[Label] | None = None, preprocess: PreprocessSpec | str = "caffe",
+            io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
+            runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
+            seed: int = 0, progress: bool = True, log=print) -> ConversionResult:
+    if quantize not in MODES:
+        raise ConversionError(f"--quantize {quantize!r}; allowed: {', '.join(MODES)}")
+    if io_dtype not in IO_DTYPES:
+        raise ConversionError(f"--io-dtype {io_dtype!r}; allowed: {', '.join(IO_DTYPES)}")
+    output = Path(output)
+    prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
+    src = load_source_model(model)
+    labels = list(labels) if labels is not None else list(DEFAULT_LABELS)
+    if len(labels) != src.num_outputs:
+        raise ConversionError(f"{len(labels)} labels but {src.path} has {src.num_outputs} outputs; "
+                              "give --labels FILE with one label per output, in output order")
+    label_ids = [lb.id for lb in labels]
+    transform = TrainingTransform(prep, src.height, src.width)
+    log(f"loaded {src.path} ({src.kind}, input {src.height}x{src.width}x3, {src.num_outputs} classes)")
+
+    # Images: calibration sample, and what is held out from it for verification.
+    calib_images: list[LabelledImage] = []
+    held_out: list[LabelledImage] = []
+    if calibration is not None:
+        calib_images, held_out = stratified_sample(list_images(calibration, label_ids), calibration_size, seed)
+    verify_images = list_images(validation, label_ids) if validation is not None else held_out
+    if len(verify_images) > validation_size:
+        verify_images, _ = stratified_sample(verify_images, validation_size, seed + 1)
+    if not verify_images:
+        raise ConversionError("verification needs images: give --validation DIR, or --calibration DIR "
+                              "with more images than --calibration-size")
+
+    calib = None
+    if quantize == "int8":
+        if calibration is None:
+            raise ConversionError("--quantize int8 needs --calibration DIR (class subfolders or a flat folder)")
+        calib, kept, skipped = load_tensors(calib_images, transform, "calibration images", progress)
+        for s in skipped:
+            log(f"skipped unreadable calibration image: {s}")
+        if len(kept) < min(MIN_CALIBRATION_IMAGES, calibration_size):
+            raise ConversionError(f"only {len(kept)} usable calibration images in {calibration} "
+                                  f"({len(skipped)} unreadable); need at least "
+                                  f"{min(MIN_CALIBRATION_IMAGES, calibration_size)}")
+
+    def bar(items):
+        return _progress(list(items), "int8 calibration", progress)
+
+    kept_float: list[str] = []
+    if quantize == "int8" and keep_float:
+        if isinstance(keep_float, int):
+            errors = layer_errors(src, calib, bar)
+            kept_float = [e["tensor"] for e in errors[:keep_float]]
+            log("layers kept in float (worst int8 error, in quantization steps): " +
+                ", ".join(f"{e['tensor']} ({e['rmse_per_step']:.1f})" for e in errors[:keep_float]))
+        else:
+            kept_float = list(keep_float)
+        tflite = convert_selective(src, calib, kept_float, bar)
+    else:
+        tflite = convert_tflite(src, quantize, calib, io_dtype, bar)
+
+    source = {"file": src.path.name, "format": src.kind, "sha256": src.sha256, **src.versions,
+              "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
+              "float_layers": kept_float}
+    draft = Manifest(labels=tuple(labels), input=_probe_input(tflite, runtime), preprocess=prep,
+                     output={"activation": "softmax"}, source=source)
+    candidate = embed_metadata(tflite, draft.to_json())
+    classifier = _test_load(candidate, runtime, quantize)
+    log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
+        f"{len(candidate) / 1e6:.1f} MB")
+
+    report = verify(src, classifier, prep, label_ids, verify_images, progress)
+    classifier.close()
+    sizes = {"source": _size(src.path), "tflite": len(candidate)}
+    threshold = _min_agreement(quantize, min_agreement)
+    report.update({"mode": quantize, "min_agreement": threshold, "file_size_bytes": sizes,
+                   "runtime": {"name": runtime}, "float_layers": kept_float})
+    log(format_table(report, sizes))
+    passed = report["agreement"] >= threshold
+    report["passed"] = passed
+
+    verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
+    verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
+    verification["min_agreement"] = threshold
+    final = Manifest(labels=draft.labels, input=draft.input, preprocess=prep, output=draft.output,
+                     source=source, verification=verification)
+    if report_path:
+        _atomic_write(Path(report_path), json.dumps(report, indent=1).encode())
+    if not passed and not force:
+        log(f"FAILED: agreement {100 * report['agreement']:.1f}% is below --min-agreement "
+            f"{100 * threshold:.1f}%; nothing written (use --force to write anyway)")
+        return ConversionResult(False, output, report, final)
+    _atomic_write(output, embed_metadata(tflite, final.to_json()))
+    log(f"wrote {output} ({len(candidate) / 1e6:.1f} MB)" + ("" if passed else " despite failed verification (--force)"))
+    return ConversionResult(True, output, report, final)
+
+
+def _probe_input(tflite: bytes, runtime: str):
+    classifier = _test_load(tflite, runtime, "")
+    spec = classifier.input
+    classifier.close()
+    return spec
+
+
+def _test_load(content: bytes, runtime: str, mode: str):
+    try:
+        return open_classifier(content, runtime, num_threads=os.cpu_count())
+    except BackendError as e:
+        hint = ""
+        if runtime == "tflite-runtime" and mode == "dynamic":
+            hint = " (tflite-runtime 2.14 cannot run TF >= 2.16 dynamic-range models: use int8 or float16)"
+        raise ConversionError(f"the converted model does not load in the target runtime {runtime!r}: {e}{hint}") from None
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["ConversionError", "ConversionResult", "ImageSetError", "convert"]

@@ -1,0 +1,79 @@
+"""Shared fixtures: committed TrashNet photos, small real Keras models saved as users save them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data" / "waste6"
+SHARED = TESTS.parent.parent / "shared" / "data" / "waste7"
+SAMPLES = TESTS.parent / "edge" / "demo" / "samples"
+LABELS7 = ["kaca", "kardus", "kertas", "khusus", "logam", "organik", "plastik"]
+
+
+def labelled_photos() -> list[tuple[Path, int]]:
+    return [(p, LABELS7.index(d.name)) for d in sorted(DATA.iterdir()) if d.is_dir() for p in sorted(d.glob("*.jpg"))]
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[tuple[Path, int]]:
+    return labelled_photos()
+
+
+@pytest.fixture(scope="session")
+def tf():
+    return pytest.importorskip("tensorflow")
+
+
+def _squash(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((size, size), Image.NEAREST), dtype=np.float32)
+
+
+def train_tiny(tf_keras, size: int = 224, epochs: int = 30):
+    """A small real CNN trained on the committed photos: peaked outputs, seed I/O contract."""
+    L = tf_keras.layers
+    tf_keras.utils.set_random_seed(1)
+    model = tf_keras.Sequential([
+        tf_keras.Input((size, size, 3)),
+        L.Rescaling(1 / 64.0),
+        L.AveragePooling2D(4),
+        L.Conv2D(8, 3, strides=2, activation="relu"),
+        L.Conv2D(16, 3, strides=2, activation="relu"),
+        L.GlobalAveragePooling2D(),
+        L.Dense(7, activation="softmax"),
+    ])
+    x, y = [], []
+    for p, label in labelled_photos():
+        x.append(_squash(p, size)[..., ::-1] - np.array([103.939, 116.779, 123.68], np.float32))
+        y.append(label)
+    model.compile(optimizer=tf_keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(np.stack(x), np.array(y), epochs=epochs, verbose=0, batch_size=12)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_h5(tmp_path_factory, tf) -> Path:
+    """Legacy HDF5 written by tf-keras: what users of the Keras 2 notebook have."""
+    tf_keras = pytest.importorskip("tf_keras")
+    path = tmp_path_factory.mktemp("models") / "tiny.h5"
+    train_tiny(tf_keras).save(path)
+    return path
+
+
+@pytest.fixture()
+def photo_dir(tmp_path) -> Path:
+    """A writable copy of the committed class folders."""
+    dst = tmp_path / "photos"
+    shutil.copytree(DATA, dst)
+    return dst
