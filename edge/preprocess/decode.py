@@ -25,7 +25,8 @@ def decode_image(source: str | Path | bytes, max_megapixels: float = DEFAULT_MAX
     with fp:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # Our own megapixel limit below is the one that applies (and names the key).
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im = Image.open(fp)
                 w, h = im.size
                 if w * h > max_megapixels * 1e6:
@@ -38,8 +39,9 @@ def decode_image(source: str | Path | bytes, max_megapixels: float = DEFAULT_MAX
             size = _size(source)
             what = "empty file (0 bytes)" if size == 0 else "not an image PIL can read (JPEG, PNG, BMP, ...)"
             raise ImageError(name, what) from None
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageError(name, f"too large to decode safely: {e}") from None
+        except Image.DecompressionBombError as e:
+            raise ImageError(name, f"too large to decode safely ({e}); limit {max_megapixels:g} MP "
+                                   "(preprocess.max_megapixels)") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(name, f"corrupt or truncated: {e}") from None
         return to_rgb(im, name)

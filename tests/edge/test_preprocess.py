@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecosorter.edge.preprocess import InputSpec, PreprocessSpec, Preprocessor, decode_image, nearest_indices
+from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image, nearest_indices
 from tests.conftest import DATA
 
 PHOTOS = sorted(DATA.glob("*/*.jpg"))

@@ -1,0 +1,200 @@
+"""ecosorter: classify | run | bench | doctor | calibrate | export | model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ecosorter.edge.errors import EcoSorterError
+
+log = logging.getLogger("ecosorter")
+SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
+
+
+def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
+    if with_model:
+        p.add_argument("--model", type=Path, help="a .tflite (default: the bundled demo model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"])
+    p.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
+    p.add_argument("--labels", type=Path, help="foreign .tflite: labels file, one per line")
+    p.add_argument("--preprocess", choices=["caffe", "tf", "unit", "raw"], help="foreign .tflite: the transform")
+
+
+def _load(args):
+    from ecosorter.edge.model import load_model
+    from ecosorter.edge.model.manifest import read_labels_file
+    from ecosorter.edge.preprocess.spec import preset
+
+    labels = None
+    if args.labels:
+        try:
+            labels = read_labels_file(args.labels.read_text())
+        except (OSError, ValueError) as e:
+            raise EcoSorterError(f"--labels {args.labels}: {e}") from None
+    return load_model(args.model, args.backend, args.threads or None, labels,
+                      preset(args.preprocess) if args.preprocess else None)
+
+
+def cmd_classify(args) -> int:
+    from ecosorter.edge.api import predict
+    from ecosorter.edge.preprocess import Preprocessor, decode_image
+
+    failures = 0
+    with _load(args) as model:
+        prep = Preprocessor(model.manifest.preprocess, model.manifest.input)
+        names = {lb.id: lb.name for lb in model.labels}
+        for image in args.images:
+            try:
+                p = predict(model, prep, decode_image(image), "rgb")
+            except EcoSorterError as e:
+                failures += 1
+                if args.json:
+                    print(json.dumps({"image": str(image), "error": str(e)}))
+                else:
+                    print(f"{image}: error: {e}", file=sys.stderr)
+                continue
+            if args.json:
+                print(json.dumps({"image": str(image), **p.to_dict()}))
+            else:
+                print(f"{image}: {p.label} ({names[p.label]}) {100 * p.confidence:.1f}%  [{p.latency_ms:.1f} ms]")
+    return 1 if failures else 0
+
+
+def _config(args, simulate: bool):
+    from ecosorter.edge.config import DEFAULT_PATH, load_config
+
+    overrides: dict = {}
+    if simulate:
+        overrides.update({"camera.source": "folder", "camera.device": str(args.source or SAMPLES),
+                          "hardware.pin_factory": "mock"})
+        if args.state_dir is None:
+            args.state_dir = Path(tempfile.mkdtemp(prefix="ecosorter-sim-"))
+    elif args.source:
+        overrides.update({"camera.source": "folder", "camera.device": str(args.source)})
+    if getattr(args, "model", None):
+        overrides["model.path"] = str(args.model)
+    path = args.config
+    if path is None and not simulate and DEFAULT_PATH.exists():
+        path = DEFAULT_PATH
+    return load_config(path, overrides)
+
+
+def cmd_run(args) -> int:
+    from ecosorter.edge.sorter import build_sorter, percentiles
+
+    simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
+    cfg = _config(args, simulate)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: finishing the current item, then stopping safely", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with build_sorter(cfg, state_dir=args.state_dir) as sorter:
+        names = {lb.id: lb.name for lb in sorter.model.labels}
+        server = None
+        if cfg.status.enabled and not args.no_status:
+            from ecosorter.edge.status.server import start_status_server
+
+            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.events)
+            if server is not None:
+                print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
+        if simulate:
+            print(f"simulating: photos from {cfg.camera.device}, mock pins ({cfg.hardware.profile}), "
+                  f"model {sorter.model.path.name} on {sorter.model.classifier.runtime}; state in {args.state_dir}")
+
+        def show(ev) -> None:
+            flag = " UNCERTAIN" if ev.uncertain else ""
+            where = f"compartment {ev.routed_to}" if ev.routed_ok else f"NOT ROUTED ({ev.note})"
+            print(f"[{sorter.summary.items:3d}] {ev.source_name or ev.time[11:23]}\n      {ev.label:<8} "
+                  f"{names[ev.label]:<24} {100 * ev.confidence:5.1f}%{flag} -> {where} "
+                  f"({ev.frames} frame{'s' if ev.frames > 1 else ''}, {ev.latency_ms['total']:.0f} ms)", flush=True)
+
+        t0 = time.monotonic()
+        s = sorter.run(stop, max_items=args.max_items, on_event=show)
+        if server is not None:
+            server.shutdown()
+        lat = percentiles(s.latency_ms)
+        print(f"\n{s.items} items in {time.monotonic() - t0:.1f} s, {s.uncertain} uncertain, "
+              f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
+        for label, n in s.counts.items():
+            if n:
+                print(f"  {label:<8} {names[label]:<24} {n}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ecosorter.edge.bench import run_bench
+
+    with _load(args) as model:
+        print(json.dumps(run_bench(model, args.iterations, args.source or SAMPLES), indent=1))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from ecosorter.edge.doctor import run_doctor
+
+    return run_doctor(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ecosorter", description="EcoSorter Edge: sort waste on a Raspberry Pi")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("classify", help="classify image files")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _model_args(p)
+    p.set_defaults(fn=cmd_classify)
+
+    p = sub.add_parser("run", help="the sorting loop (simulated without a config file)")
+    p.add_argument("--config", type=Path, help="TOML config (default /etc/ecosorter/config.toml)")
+    p.add_argument("--source", type=Path, help="a folder of photos as the camera")
+    p.add_argument("--simulate", action="store_true", help="bundled photos, mock pins, temp state")
+    p.add_argument("--model", type=Path)
+    p.add_argument("--max-items", type=int)
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--no-status", action="store_true", help="no status page")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("bench", help="latency per stage (p50/p90/p99) and end to end")
+    p.add_argument("model", nargs="?", type=Path)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--source", type=Path, help="photos to feed (default: the bundled ones)")
+    _model_args(p, with_model=False)
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("doctor", help="check backend, model, camera, pins, disk")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(fn=cmd_doctor)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ecosorter.edge.service import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except EcoSorterError as e:
+        print(f"ecosorter: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""One TOML file, validated up front: every error names the key and what is allowed.
+
+Each section is a dataclass; its field types and `allowed` / `min` / `max` metadata are the
+schema, so the defaults, the validation and the documentation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ecosorter.edge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/ecosorter/config.toml")
+LABELS = ("kaca", "kardus", "kertas", "khusus", "logam", "organik", "plastik")
+
+
+def opt(default: Any = MISSING, *, allowed: tuple | None = None, min: float | None = None,
+        max: float | None = None, doc: str = "", factory: Any = MISSING) -> Any:
+    meta = {"allowed": allowed, "min": min, "max": max, "doc": doc}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = opt("", doc="the .tflite; empty = the bundled demo model")
+    backend: str = opt("auto", allowed=("auto", "litert", "tflite-runtime", "tensorflow"))
+    num_threads: int = opt(0, min=0, max=64, doc="0 = one per CPU core")
+    labels_file: str = opt("", doc="foreign .tflite only: one label per line")
+    preprocess: str = opt("", allowed=("", "caffe", "tf", "unit", "raw"), doc="foreign .tflite only")
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: str = opt("picamera2", allowed=("picamera2", "opencv", "folder", "video"))
+    device: str = opt("0", doc="opencv: index or URL; folder: a folder of images; video: a file")
+    width: int = opt(640, min=32, max=8192)
+    height: int = opt(480, min=32, max=8192)
+    fps: float = opt(15.0, min=0.1, max=120)
+    loop: bool = opt(False, doc="folder/video: start again at the end")
+    roi: list[float] = opt(factory=lambda: [0.0, 0.0, 1.0, 1.0], doc="tray region x, y, w, h (fractions)")
+    stall_timeout_s: float = opt(3.0, min=0.2, max=600, doc="no new frame for this long = camera stalled")
+    reopen_backoff_max_s: float = opt(30.0, min=0.1, max=3600)
+    # The folder simulator shows each photo for item_frames, then an empty tray for empty_frames.
+    item_frames: int = opt(6, min=1, max=100)
+    empty_frames: int = opt(3, min=0, max=100)
+
+
+@dataclass(frozen=True)
+class TriggerConfig:
+    mode: str = opt("vision", allowed=("vision", "sensor", "always"))
+    change_threshold: float = opt(12.0, min=0.5, max=255, doc="mean |diff| vs the empty tray = item present")
+    still_threshold: float = opt(4.0, min=0.1, max=255, doc="mean |diff| between frames below this = still")
+    still_frames: int = opt(2, min=1, max=100)
+    empty_learn_frames: int = opt(3, min=1, max=100)
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    frames: int = opt(3, min=1, max=30, doc="frames averaged when the first is not confident")
+    early_confidence: float = opt(0.90, min=0.0, max=1.0, doc="decide on one frame at or above this")
+    threshold: float = opt(0.55, min=0.0, max=1.0, doc="below it the item is uncertain")
+    class_thresholds: dict[str, float] = opt(factory=dict, doc="per-class thresholds, e.g. kaca = 0.7")
+    fallback: str = opt("khusus", doc="label whose compartment takes uncertain items")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    profile: str = opt("leds", allowed=("none", "leds", "chute", "flaps", "pca9685"))
+    pin_factory: str = opt("", allowed=("", "mock", "lgpio", "pigpio", "rpigpio", "native"),
+                           doc="empty = gpiozero's default for the board")
+    compartments: dict[str, int] = opt(factory=lambda: {lb: i for i, lb in enumerate(LABELS)},
+                                       doc="label -> compartment number")
+    led_pins: list[int] = opt(factory=lambda: [5, 6, 13, 19, 26, 16, 20], doc="leds: one per compartment")
+    buzzer_pin: int = opt(-1, min=-1, max=27, doc="-1 = none")
+    led_on_s: float = opt(3.0, min=0.0, max=60)
+    status_led_pins: list[int] = opt(factory=list, doc="RGB status LED (r, g, b), or [] for none")
+    chute_pin: int = opt(12, min=0, max=27)
+    chute_angles: list[float] = opt(factory=lambda: [-90.0, -60.0, -30.0, 0.0, 30.0, 60.0, 90.0])
+    chute_home_angle: float = opt(0.0, min=-180, max=180)
+    trapdoor_pin: int = opt(13, min=0, max=27)
+    trapdoor_closed_angle: float = opt(-90.0, min=-180, max=180)
+    trapdoor_open_angle: float = opt(0.0, min=-180, max=180)
+    flap_pins: list[int] = opt(factory=lambda: [5, 6, 12, 13, 19, 26, 16])
+    flap_closed_angle: float = opt(-90.0, min=-180, max=180)
+    flap_open_angle: float = opt(0.0, min=-180, max=180)
+    pca9685_channels: list[int] = opt(factory=lambda: [0, 1], doc="pca9685: chute, trapdoor channels")
+    pca9685_address: int = opt(0x40, min=0, max=127)
+    min_pulse_width_ms: float = opt(0.5, min=0.1, max=3.0)
+    max_pulse_width_ms: float = opt(2.5, min=0.5, max=5.0)
+    settle_s: float = opt(0.35, min=0.0, max=10)
+    drop_s: float = opt(0.6, min=0.0, max=10)
+    move_budget_s: float = opt(2.0, min=0.05, max=60, doc="a move slower than this is a fault")
+    interlock_pin: int = opt(-1, min=-1, max=27, doc="lid switch; -1 = none")
+    item_sensor_pin: int = opt(-1, min=-1, max=27, doc="break-beam for trigger.mode = sensor")
+    full_sensor_pins: dict[str, int] = opt(factory=dict, doc="compartment -> fill-level input pin")
+    when_full: str = opt("fallback", allowed=("fallback", "pause"))
+    wrong_button_pin: int = opt(-1, min=-1, max=27, doc='"wrong?" button; -1 = none')
+    power_fail_pin: int = opt(-1, min=-1, max=27, doc="UPS HAT low-power signal; -1 = none")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    state_dir: str = opt("/var/lib/ecosorter")
+    capture: str = opt("uncertain", allowed=("none", "uncertain", "all"))
+    capture_confident_fraction: float = opt(0.05, min=0.0, max=1.0)
+    capture_quota_mb: float = opt(2048.0, min=1.0)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = opt(False)
+    host: str = opt("localhost")
+    port: int = opt(1883, min=1, max=65535)
+    username: str = opt("")
+    password: str = opt("")
+    tls: bool = opt(False)
+    ca_file: str = opt("")
+    topic_prefix: str = opt("ecosorter")
+    keepalive_s: int = opt(30, min=5, max=3600)
+    home_assistant: bool = opt(True)
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    enabled: bool = opt(True)
+    bind: str = opt("127.0.0.1", doc="0.0.0.0 to show the page to other machines")
+    port: int = opt(8080, min=0, max=65535)
+
+
+@dataclass(frozen=True)
+class Config:
+    bin_id: str = opt("ecosorter-1")
+    model: ModelConfig = opt(factory=ModelConfig)
+    camera: CameraConfig = opt(factory=CameraConfig)
+    trigger: TriggerConfig = opt(factory=TriggerConfig)
+    decision: DecisionConfig = opt(factory=DecisionConfig)
+    hardware: HardwareConfig = opt(factory=HardwareConfig)
+    record: RecordConfig = opt(factory=RecordConfig)
+    mqtt: MqttConfig = opt(factory=MqttConfig)
+    status: StatusConfig = opt(factory=StatusConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate; ConfigError names the key (or the file) at fault."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(str(p), "file not found") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(str(p), f"not UTF-8 text: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(str(p), f"not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(str(p), f"cannot read: {e.strerror or e}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    cfg = _build(Config, data, "")
+    _cross_check(cfg)
+    return cfg
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(prefix or "<root>", f"must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {_join(prefix, near[0])!r}?" if near else f"; allowed: {', '.join(names)}"
+            raise ConfigError(_join(prefix, key), f"unknown key{hint}")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        key, tp = _join(prefix, f.name), hints[f.name]
+        if is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], key)
+        else:
+            kwargs[f.name] = _check(key, data[f.name], tp, f.metadata)
+    return cls(**kwargs)
+
+
+def _check(key: str, value: Any, tp: Any, meta: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (list,):
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list of {item.__name__}, got {value!r}")
+        return [_scalar(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin in (dict,):
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table of {item.__name__}, got {value!r}")
+        return {str(k): _scalar(f"{key}.{k}", v, item) for k, v in value.items()}
+    if isinstance(origin, type) and origin is types.UnionType:  # pragma: no cover
+        return value
+    v = _scalar(key, value, tp)
+    allowed, lo, hi = meta.get("allowed"), meta.get("min"), meta.get("max")
+    if allowed is not None and v not in allowed:
+        near = difflib.get_close_matches(str(v), [str(a) for a in allowed], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(key, f"{v!r} is not allowed{hint}; allowed: {', '.join(repr(a) for a in allowed)}")
+    if lo is not None and v < lo:
+        raise ConfigError(key, f"{v!r} is below the minimum {lo}")
+    if hi is not None and v > hi:
+        raise ConfigError(key, f"{v!r} is above the maximum {hi}")
+    return v
+
+
+def _scalar(key: str, value: Any, tp: type) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is float and value != value:  # NaN
+        raise ConfigError(key, "must be a number, got nan")
+    return value
+
+
+def _type_name(tp: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, tp.__name__)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _cross_check(cfg: Config) -> None:
+    """Rules between keys. Label names are checked against the model later, at start-up."""
+    roi = cfg.camera.roi
+    if len(roi) != 4 or not all(0.0 <= v <= 1.0 for v in roi) or roi[2] <= 0 or roi[3] <= 0 \
+            or roi[0] + roi[2] > 1.0 + 1e-9 or roi[1] + roi[3] > 1.0 + 1e-9:
+        raise ConfigError("camera.roi", f"{roi} must be [x, y, w, h] fractions inside the frame, w and h > 0")
+    for label, t in cfg.decision.class_thresholds.items():
+        if not 0.0 <= t <= 1.0:
+            raise ConfigError(f"decision.class_thresholds.{label}", f"{t} must be between 0 and 1")
+    for label, c in cfg.hardware.compartments.items():
+        if c < 0:
+            raise ConfigError(f"hardware.compartments.{label}", f"{c} must be >= 0")
+    if cfg.hardware.min_pulse_width_ms >= cfg.hardware.max_pulse_width_ms:
+        raise ConfigError("hardware.min_pulse_width_ms", "must be below hardware.max_pulse_width_ms")
+    if cfg.trigger.mode == "sensor" and cfg.hardware.item_sensor_pin < 0:
+        raise ConfigError("trigger.mode", "'sensor' needs hardware.item_sensor_pin")
+    if cfg.camera.source in ("folder", "video") and not cfg.camera.device:
+        raise ConfigError("camera.device", f"camera.source = {cfg.camera.source!r} needs a path")

@@ -1,0 +1,134 @@
+"""Item presence: learn the empty tray, see an item arrive, wait until it is still.
+
+Works on a 64x48 grey thumbnail of the tray region, so watching an empty tray costs a few
+hundred microseconds a frame and no inference at all.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+import numpy as np
+
+from ecosorter.edge.config import TriggerConfig
+from ecosorter.edge.preprocess.transform import nearest_indices
+
+THUMB_W, THUMB_H = 64, 48
+
+
+class TriggerState(enum.Enum):
+    LEARNING = "learning"  # averaging the empty tray
+    EMPTY = "empty"
+    MOVING = "moving"  # something changed; waiting for it to be still
+    SETTLED = "settled"  # classify this frame
+    DECIDED = "decided"  # waiting for the tray to be empty again
+
+
+def thumbnail(pixels: np.ndarray, roi: tuple[float, float, float, float] | None) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    x0, y0, cw, ch = 0, 0, w, h
+    if roi is not None:
+        x0, y0 = round(roi[0] * w), round(roi[1] * h)
+        cw, ch = max(1, min(round(roi[2] * w), w - x0)), max(1, min(round(roi[3] * h), h - y0))
+    rows = nearest_indices(ch, THUMB_H) + y0
+    cols = nearest_indices(cw, THUMB_W) + x0
+    return pixels[rows[:, None], cols[None, :], :3].astype(np.float32).mean(axis=2)
+
+
+class VisionTrigger:
+    def __init__(self, cfg: TriggerConfig, roi: tuple[float, float, float, float] | None = None):
+        self.cfg, self.roi = cfg, roi
+        self.state = TriggerState.LEARNING
+        self._learn: list[np.ndarray] = []
+        self._background: np.ndarray | None = None
+        self._prev: np.ndarray | None = None
+        self._still = 0
+        self.change = 0.0  # mean |frame - empty tray|, for status and tuning
+
+    def update(self, pixels: np.ndarray) -> TriggerState:
+        thumb = thumbnail(pixels, self.roi)
+        prev, self._prev = self._prev, thumb
+        if self.state is TriggerState.LEARNING:
+            self._learn.append(thumb)
+            if len(self._learn) >= self.cfg.empty_learn_frames:
+                self._background = np.mean(self._learn, axis=0)
+                self._learn.clear()
+                self.state = TriggerState.EMPTY
+            return self.state
+        assert self._background is not None
+        self.change = float(np.abs(thumb - self._background).mean())
+        present = self.change > self.cfg.change_threshold
+        motion = float(np.abs(thumb - prev).mean()) if prev is not None else 255.0
+        if self.state is TriggerState.EMPTY:
+            if present:
+                self.state, self._still = TriggerState.MOVING, 0
+            else:  # follow slow light changes while nothing is there
+                self._background += 0.05 * (thumb - self._background)
+        elif self.state is TriggerState.MOVING:
+            if not present:
+                self.state = TriggerState.EMPTY
+            else:
+                self._still = self._still + 1 if motion < self.cfg.still_threshold else 0
+                if self._still >= self.cfg.still_frames:
+                    self.state = TriggerState.SETTLED
+        elif self.state in (TriggerState.SETTLED, TriggerState.DECIDED):
+            if not present:
+                self.state = TriggerState.EMPTY
+            elif self.state is TriggerState.SETTLED and motion >= self.cfg.still_threshold:
+                self.state, self._still = TriggerState.MOVING, 0  # moved before we decided
+        return self.state
+
+    def decided(self) -> None:
+        if self.state is TriggerState.SETTLED:
+            self.state = TriggerState.DECIDED
+
+
+class SensorTrigger:
+    """A break-beam/PIR/ultrasonic input says an item is there; the image must still be still."""
+
+    def __init__(self, cfg: TriggerConfig, is_present: Callable[[], bool], roi=None):
+        self.cfg, self.is_present, self.roi = cfg, is_present, roi
+        self.state = TriggerState.EMPTY
+        self._prev: np.ndarray | None = None
+        self._still = 0
+        self.change = 0.0
+
+    def update(self, pixels: np.ndarray) -> TriggerState:
+        thumb = thumbnail(pixels, self.roi)
+        prev, self._prev = self._prev, thumb
+        motion = float(np.abs(thumb - prev).mean()) if prev is not None else 255.0
+        if not self.is_present():
+            self.state = TriggerState.EMPTY
+        elif self.state in (TriggerState.EMPTY, TriggerState.MOVING):
+            self._still = self._still + 1 if motion < self.cfg.still_threshold else 0
+            self.state = TriggerState.SETTLED if self._still >= self.cfg.still_frames else TriggerState.MOVING
+        return self.state
+
+    def decided(self) -> None:
+        if self.state is TriggerState.SETTLED:
+            self.state = TriggerState.DECIDED
+
+
+class AlwaysTrigger:
+    """Every frame is an item (bench tests, a conveyor that always has something)."""
+
+    state = TriggerState.SETTLED
+    change = 0.0
+
+    def update(self, pixels: np.ndarray) -> TriggerState:
+        self.state = TriggerState.SETTLED
+        return self.state
+
+    def decided(self) -> None:
+        pass
+
+
+def make_trigger(cfg: TriggerConfig, roi=None, is_present: Callable[[], bool] | None = None):
+    if cfg.mode == "vision":
+        return VisionTrigger(cfg, roi)
+    if cfg.mode == "sensor":
+        if is_present is None:
+            raise ValueError("trigger.mode = 'sensor' needs an item sensor")
+        return SensorTrigger(cfg, is_present, roi)
+    return AlwaysTrigger()

@@ -1,0 +1,82 @@
+"""From per-frame probabilities to one decision per item, and its compartment."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecosorter.edge.config import DecisionConfig
+from ecosorter.edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Decision:
+    label: str  # the most likely class, even when uncertain
+    confidence: float
+    probabilities: dict[str, float]
+    uncertain: bool
+    frames: int  # how many frames were averaged
+    compartment: int
+
+
+class CompartmentMap:
+    """label -> compartment; uncertain items go to the fallback label's compartment."""
+
+    def __init__(self, compartments: dict[str, int], labels: Sequence[str], fallback: str):
+        missing = [lb for lb in labels if lb not in compartments]
+        if missing:
+            raise ConfigError("hardware.compartments", f"no compartment for {', '.join(missing)} "
+                                                       f"(the model's labels: {', '.join(labels)})")
+        extra = [k for k in compartments if k not in labels]
+        if extra:
+            raise ConfigError("hardware.compartments", f"{', '.join(extra)} not labels of the model "
+                                                       f"({', '.join(labels)})")
+        if fallback not in labels:
+            raise ConfigError("decision.fallback", f"{fallback!r} is not a label of the model ({', '.join(labels)})")
+        self.by_label = dict(compartments)
+        self.fallback = fallback
+        self.count = max(compartments.values()) + 1
+
+    def __call__(self, label: str, uncertain: bool) -> int:
+        return self.by_label[self.fallback if uncertain else label]
+
+
+class Voter:
+    """Average up to K frames; a confident first frame decides at once (one inference)."""
+
+    def __init__(self, cfg: DecisionConfig, labels: Sequence[str], route: CompartmentMap):
+        for lb in cfg.class_thresholds:
+            if lb not in labels:
+                raise ConfigError(f"decision.class_thresholds.{lb}", f"not a label of the model ({', '.join(labels)})")
+        self.cfg, self.labels, self.route = cfg, list(labels), route
+        self._thresholds = np.array([cfg.class_thresholds.get(lb, cfg.threshold) for lb in labels], np.float32)
+        self._sum: np.ndarray | None = None
+        self._n = 0
+
+    def add(self, probs: np.ndarray) -> Decision | None:
+        if self._n == 0 and float(probs.max()) >= self.cfg.early_confidence:
+            self._sum, self._n = probs.astype(np.float64), 1
+            return self._decide()
+        self._sum = probs.astype(np.float64) if self._sum is None else self._sum + probs
+        self._n += 1
+        return self._decide() if self._n >= self.cfg.frames else None
+
+    def flush(self) -> Decision | None:
+        """The item left (or moved) before K frames: decide on what was seen, if anything."""
+        return self._decide() if self._n else None
+
+    def reset(self) -> None:
+        self._sum, self._n = None, 0
+
+    def _decide(self) -> Decision:
+        assert self._sum is not None
+        mean = (self._sum / self._n).astype(np.float32)
+        best = int(mean.argmax())
+        uncertain = bool(mean[best] < self._thresholds[best])
+        label = self.labels[best]
+        d = Decision(label, float(mean[best]), {lb: float(p) for lb, p in zip(self.labels, mean, strict=True)},
+                     uncertain, self._n, self.route(label, uncertain))
+        self.reset()
+        return d

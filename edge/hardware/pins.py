@@ -1,0 +1,76 @@
+"""The one pin-factory seam, and start-up validation of every pin in the config."""
+
+from __future__ import annotations
+
+import os
+
+from ecosorter.edge.config import HardwareConfig
+from ecosorter.edge.errors import ConfigError, HardwareError
+
+# BCM pins with a hardware PWM channel on Pi 4/5 (PWM0: 12, 18; PWM1: 13, 19).
+HARDWARE_PWM_PINS = frozenset({12, 13, 18, 19})
+GPIO_RANGE = range(0, 28)
+
+
+def make_pin_factory(name: str = ""):
+    """'' = gpiozero's default for the board (lgpio on a Pi 5), or a named one; 'mock' simulates."""
+    if not name:
+        name = os.environ.get("GPIOZERO_PIN_FACTORY", "")
+        if not name:
+            return None  # gpiozero picks
+    try:
+        if name == "mock":
+            from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+            return MockFactory(pin_class=MockPWMPin)
+        if name == "lgpio":
+            from gpiozero.pins.lgpio import LGPIOFactory
+
+            return LGPIOFactory()
+        if name == "pigpio":
+            from gpiozero.pins.pigpio import PiGPIOFactory
+
+            return PiGPIOFactory()
+        if name == "rpigpio":
+            from gpiozero.pins.rpigpio import RPiGPIOFactory
+
+            return RPiGPIOFactory()
+        if name == "native":
+            from gpiozero.pins.native import NativeFactory
+
+            return NativeFactory()
+    except Exception as e:
+        raise HardwareError(f"hardware.pin_factory = {name!r} cannot start: {type(e).__name__}: {e}") from None
+    raise ConfigError("hardware.pin_factory", f"{name!r} is not a known pin factory")
+
+
+def used_pins(cfg: HardwareConfig) -> list[tuple[str, int, bool]]:
+    """(config key, BCM pin, needs hardware PWM) for every pin this profile will claim."""
+    pins: list[tuple[str, int, bool]] = []
+    if cfg.profile == "leds":
+        pins += [(f"hardware.led_pins[{i}]", p, False) for i, p in enumerate(cfg.led_pins)]
+        if cfg.buzzer_pin >= 0:
+            pins.append(("hardware.buzzer_pin", cfg.buzzer_pin, False))
+    elif cfg.profile == "chute":
+        pins += [("hardware.chute_pin", cfg.chute_pin, True), ("hardware.trapdoor_pin", cfg.trapdoor_pin, True)]
+    elif cfg.profile == "flaps":
+        pins += [(f"hardware.flap_pins[{i}]", p, False) for i, p in enumerate(cfg.flap_pins)]
+    pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
+    for key in ("interlock_pin", "item_sensor_pin", "wrong_button_pin", "power_fail_pin"):
+        if getattr(cfg, key) >= 0:
+            pins.append((f"hardware.{key}", getattr(cfg, key), False))
+    pins += [(f"hardware.full_sensor_pins.{c}", p, False) for c, p in cfg.full_sensor_pins.items()]
+    return pins
+
+
+def validate_pins(cfg: HardwareConfig, require_hardware_pwm: bool = False) -> None:
+    seen: dict[int, str] = {}
+    for key, pin, pwm in used_pins(cfg):
+        if pin not in GPIO_RANGE:
+            raise ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27")
+        if pin in seen:
+            raise ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}")
+        if pwm and require_hardware_pwm and pin not in HARDWARE_PWM_PINS:
+            raise ConfigError(key, f"GPIO{pin} has no hardware PWM (servos jitter on software PWM); "
+                                   f"use one of {sorted(HARDWARE_PWM_PINS)} or the pca9685 profile")
+        seen[pin] = key

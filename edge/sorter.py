@@ -1,0 +1,236 @@
+"""The loop: source -> trigger -> preprocess -> classify -> decide -> act -> record.
+
+The only module that knows every stage. Each arrow is a plain value (a Frame, a tensor, a
+probability vector, a Decision, an Event); no stage calls back up the pipe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ecosorter.edge.config import Config
+from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
+from ecosorter.edge.hardware import Actuator, make_actuator
+from ecosorter.edge.model import LoadedModel, load_model
+from ecosorter.edge.model.manifest import read_labels_file
+from ecosorter.edge.preprocess import Preprocessor
+from ecosorter.edge.preprocess.spec import preset
+from ecosorter.edge.record import Event, EventLog
+from ecosorter.edge.service import Notifier
+from ecosorter.edge.sources import Frame, FrameSource, LatestFrameReader, open_source
+from ecosorter.edge.status import StatusBoard
+
+log = logging.getLogger("ecosorter.sorter")
+
+
+@dataclass
+class Summary:
+    items: int = 0
+    uncertain: int = 0
+    frames: int = 0
+    inferences: int = 0
+    bad_frames: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    latency_ms: list[float] = field(default_factory=list)
+
+
+class Sorter:
+    def __init__(self, cfg: Config, model: LoadedModel, source: FrameSource, actuator: Actuator,
+                 events: EventLog | None = None, board: StatusBoard | None = None,
+                 sinks: list | None = None, notifier: Notifier | None = None,
+                 is_present: Callable[[], bool] | None = None):
+        self.cfg, self.model, self.source, self.actuator = cfg, model, source, actuator
+        self.events, self.board, self.sinks = events, board, list(sinks or [])
+        self.notifier = notifier or Notifier()
+        labels = model.manifest.label_ids
+        roi = tuple(cfg.camera.roi) if cfg.camera.roi != [0.0, 0.0, 1.0, 1.0] else None
+        self.preprocessor = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
+        self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
+        self.voter = Voter(cfg.decision, labels, self.route)
+        self.trigger = make_trigger(cfg.trigger, roi, is_present)
+        self.summary = Summary(counts=dict.fromkeys(labels, 0))
+        self.reader = LatestFrameReader(source, cfg.camera.stall_timeout_s, cfg.camera.reopen_backoff_max_s) \
+            if source.live else None
+        self._stage_ms = {"preprocess": 0.0, "inference": 0.0}
+        self._item_t0 = 0.0
+        self._item_frame: Frame | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ one frame
+    def process(self, frame: Frame) -> Event | None:
+        self.summary.frames += 1
+        state = self.trigger.update(frame.pixels)
+        decision = None
+        if state is TriggerState.SETTLED:
+            if self._item_frame is None:  # first frame of an item: it is what gets recorded
+                self._item_t0 = time.perf_counter()
+                self._stage_ms = {"preprocess": 0.0, "inference": 0.0}
+                self._item_frame = frame
+            t0 = time.perf_counter()
+            tensor = self.preprocessor(frame.pixels, frame.order)
+            t1 = time.perf_counter()
+            probs = self.model.classifier.classify(tensor)
+            t2 = time.perf_counter()
+            self._stage_ms["preprocess"] += (t1 - t0) * 1000
+            self._stage_ms["inference"] += (t2 - t1) * 1000
+            self.summary.inferences += 1
+            decision = self.voter.add(probs)
+        elif state is TriggerState.EMPTY:
+            decision = self.voter.flush()  # it left before K frames: decide on what was seen
+        elif state is TriggerState.MOVING:
+            self.voter.reset()  # it moved: start again when it is still
+            self._item_frame = None
+        if decision is None:
+            return None
+        self.trigger.decided()
+        frame, self._item_frame = self._item_frame or frame, None
+        t3 = time.perf_counter()
+        result = self.actuator.route(decision.compartment, decision.uncertain)
+        t4 = time.perf_counter()
+        if not result.ok:
+            log.error("routing: %s", result.note)
+        elif result.note:
+            log.warning("routing: %s", result.note)
+        event = Event(
+            label=decision.label, confidence=decision.confidence, probabilities=decision.probabilities,
+            uncertain=decision.uncertain, compartment=decision.compartment,
+            routed_to=result.compartment if result.ok else -1, routed_ok=result.ok, frames=decision.frames,
+            model_sha256=self.model.sha256, bin_id=self.cfg.bin_id, note=result.note, source_name=frame.name,
+            latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()},
+                        "route": round((t4 - t3) * 1000, 3),
+                        "total": round((t3 - self._item_t0) * 1000, 3)})
+        self._record(event, frame)
+        s = self.summary
+        s.items += 1
+        s.uncertain += decision.uncertain
+        s.counts[decision.label] = s.counts.get(decision.label, 0) + 1
+        s.latency_ms.append(event.latency_ms["total"])
+        return event
+
+    def _record(self, event: Event, frame: Frame) -> None:
+        # Every sink gets the event even if another fails: sorting never stops for a sink.
+        if self.events is not None and not self.events.append(event):
+            self._health("disk", False, self.events.error)
+        for sink in self.sinks:
+            try:
+                sink.record(event, frame.pixels, frame.order)
+            except Exception as e:
+                log.exception("sink %s failed: %s", type(sink).__name__, e)
+        if self.board is not None:
+            self.board.record(event, frame.pixels, frame.order)
+
+    def _health(self, part: str, ok: bool, detail: str = "") -> None:
+        if self.board is not None:
+            self.board.set_health(part, ok, detail)
+
+    # ------------------------------------------------------------------ the loop
+    def frames(self, stop: threading.Event):
+        """Frames in order from a file/folder source; the newest frame from a live camera."""
+        if self.reader is None:
+            self.source.open()
+            while not stop.is_set():
+                frame = self.source.read()
+                if frame is None:
+                    return
+                yield frame
+            return
+        self.reader.start()
+        poll = min(0.5, self.cfg.camera.stall_timeout_s)
+        while not stop.is_set():
+            frame = self.reader.get(timeout=poll)
+            h = self.reader.health
+            self._health("camera", h.state == "ok", h.error or f"{h.fps:.1f} fps")
+            if frame is None:
+                if self.reader.ended:
+                    return
+                continue
+            yield frame
+
+    def run(self, stop: threading.Event | None = None, max_items: int | None = None,
+            on_event: Callable[[Event], None] | None = None) -> Summary:
+        stop = stop or threading.Event()
+        self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}")
+        self._health("pins", not self.actuator.fault, self.actuator.fault or self.actuator.profile)
+        self.notifier.ready(f"sorting with {self.model.path.name}")
+        for frame in self.frames(stop):
+            self.notifier.watchdog()  # only reached while frames flow
+            try:
+                event = self.process(frame)
+            except Exception:
+                self.summary.bad_frames += 1
+                log.exception("frame %d failed; going on with the next", frame.seq)
+                continue
+            if event is not None:
+                self._health("pins", not self.actuator.fault, self.actuator.fault or self.actuator.profile)
+                if on_event:
+                    on_event(event)
+                if max_items is not None and self.summary.items >= max_items:
+                    break
+        self.notifier.stopping()
+        return self.summary
+
+    def close(self) -> None:
+        """Hardware safe first, then the rest; every step runs even if one fails."""
+        if self._closed:
+            return
+        self._closed = True
+        steps = [self.actuator.close]
+        if self.reader is not None:
+            steps.append(self.reader.close)
+        else:
+            steps.append(self.source.close)
+        steps += [s.close for s in self.sinks if hasattr(s, "close")]
+        if self.events is not None:
+            steps.append(self.events.close)
+        steps += [self.model.close, self.notifier.close]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("while closing")
+
+    def __enter__(self) -> Sorter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -> Sorter:
+    """Everything from the config, validated before anything moves; partial builds are closed."""
+    labels = preprocess = None
+    if cfg.model.labels_file:
+        labels = read_labels_file(Path(cfg.model.labels_file).read_text())
+    if cfg.model.preprocess:
+        preprocess = preset(cfg.model.preprocess)
+    model = load_model(cfg.model.path or None, cfg.model.backend, cfg.model.num_threads or None, labels, preprocess)
+    opened: list = [model]
+    try:
+        route = CompartmentMap(cfg.hardware.compartments, model.manifest.label_ids, cfg.decision.fallback)
+        actuator = make_actuator(cfg.hardware, route.count, route(cfg.decision.fallback, True), pin_factory)
+        opened.append(actuator)
+        state = Path(state_dir or cfg.record.state_dir)
+        events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
+        opened.append(events)
+        names = {lb.id: lb.name for lb in model.labels}
+        board = StatusBoard(cfg.bin_id, names, route.count)
+        source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
+        return Sorter(cfg, model, source, actuator, events=events, board=board)
+    except BaseException:
+        for thing in reversed(opened):
+            thing.close()
+        raise
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values)
+    return {f"p{q}": round(float(np.percentile(a, q)), 2) for q in (50, 90, 99)}

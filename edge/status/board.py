@@ -1,0 +1,77 @@
+"""What the kiosk shows: the last item, today's counts, health. A sink the loop writes to."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from ecosorter.edge.record.event import Event
+
+
+class StatusBoard:
+    def __init__(self, bin_id: str, labels: dict[str, str], compartments: int):
+        self.bin_id = bin_id
+        self.labels = labels  # id -> display name
+        self.compartments = compartments
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self.last: dict | None = None
+        self.last_jpeg: bytes = b""
+        self.seq = 0
+        self.day = _today()
+        self.counts: dict[str, int] = dict.fromkeys(labels, 0)
+        self.uncertain = 0
+        self.total = 0
+        self.health: dict[str, dict] = {}
+        self.latency_ms: list[float] = []
+
+    def record(self, event: Event, pixels: np.ndarray | None = None, order: str = "rgb") -> None:
+        jpeg = _jpeg(pixels, order) if pixels is not None else b""
+        with self._lock:
+            if _today() != self.day:
+                self.day, self.counts, self.uncertain = _today(), dict.fromkeys(self.labels, 0), 0
+            self.seq += 1
+            self.total += 1
+            self.counts[event.label] = self.counts.get(event.label, 0) + 1
+            self.uncertain += event.uncertain
+            self.last = {**event.to_dict(), "name": self.labels.get(event.label, event.label), "seq": self.seq}
+            self.last_jpeg = jpeg
+            self.latency_ms = (self.latency_ms + [event.latency_ms.get("total", 0.0)])[-200:]
+
+    def set_health(self, part: str, ok: bool, detail: str = "") -> None:
+        with self._lock:
+            self.health[part] = {"ok": ok, "detail": detail}
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "bin_id": self.bin_id,
+                "seq": self.seq,
+                "uptime_s": round(time.time() - self.started, 1),
+                "last": self.last,
+                "today": {"date": self.day, "counts": dict(self.counts), "uncertain": self.uncertain},
+                "total": self.total,
+                "labels": self.labels,
+                "health": {k: dict(v) for k, v in self.health.items()},
+                "healthy": all(v["ok"] for v in self.health.values()),
+            }
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).astimezone().date().isoformat()
+
+
+def _jpeg(pixels: np.ndarray, order: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rgb = pixels[..., :3] if order == "rgb" else pixels[..., 2::-1]
+    im = Image.fromarray(np.ascontiguousarray(rgb))
+    im.thumbnail((480, 360))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
