@@ -74,7 +74,8 @@ def _config(args, simulate: bool):
     overrides: dict = {}
     if simulate:
         overrides.update({"camera.source": "folder", "camera.device": str(args.source or SAMPLES),
-                          "hardware.pin_factory": "mock"})
+                          "hardware.pin_factory": "mock", "camera.realtime": not args.fast,
+                          "camera.loop": args.loop})
         if args.state_dir is None:
             args.state_dir = Path(tempfile.mkdtemp(prefix="ecosorter-sim-"))
     elif args.source:
@@ -147,6 +148,17 @@ def cmd_doctor(args) -> int:
     return run_doctor(args)
 
 
+def cmd_config(args) -> int:
+    from ecosorter.edge.config import example_toml, load_config
+
+    if args.action == "example":
+        print(example_toml(), end="")
+        return 0
+    load_config(args.file)
+    print(f"{args.file}: valid")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ecosorter", description="EcoSorter Edge: sort waste on a Raspberry Pi")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -166,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items", type=int)
     p.add_argument("--state-dir", type=Path)
     p.add_argument("--no-status", action="store_true", help="no status page")
+    p.add_argument("--fast", action="store_true", help="simulation: no camera pacing, as fast as it sorts")
+    p.add_argument("--loop", action="store_true", help="simulation: show the photos again and again")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("bench", help="latency per stage (p50/p90/p99) and end to end")
@@ -174,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, help="photos to feed (default: the bundled ones)")
     _model_args(p, with_model=False)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("config", help="print the documented example config, or check a config file")
+    p.add_argument("action", choices=["example", "check"])
+    p.add_argument("file", nargs="?", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p.set_defaults(fn=cmd_config)
 
     p = sub.add_parser("doctor", help="check backend, model, camera, pins, disk")
     p.add_argument("--config", type=Path)

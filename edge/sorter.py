@@ -116,8 +116,9 @@ class Sorter:
 
     def _record(self, event: Event, frame: Frame) -> None:
         # Every sink gets the event even if another fails: sorting never stops for a sink.
-        if self.events is not None and not self.events.append(event):
-            self._health("disk", False, self.events.error)
+        if self.events is not None:
+            ok = self.events.append(event)
+            self._health("disk", ok, self.events.error if not ok else str(self.events.path.parent))
         for sink in self.sinks:
             try:
                 sink.record(event, frame.pixels, frame.order)
@@ -157,6 +158,9 @@ class Sorter:
             on_event: Callable[[Event], None] | None = None) -> Summary:
         stop = stop or threading.Event()
         self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}")
+        self._health("camera", True, self.source.name)
+        if self.events is not None:
+            self._health("disk", True, str(self.events.path.parent))
         self._health("pins", not self.actuator.fault, self.actuator.fault or self.actuator.profile)
         self.notifier.ready(f"sorting with {self.model.path.name}")
         for frame in self.frames(stop):
@@ -210,13 +214,14 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
         labels = read_labels_file(Path(cfg.model.labels_file).read_text())
     if cfg.model.preprocess:
         preprocess = preset(cfg.model.preprocess)
-    model = load_model(cfg.model.path or None, cfg.model.backend, cfg.model.num_threads or None, labels, preprocess)
+    state = Path(state_dir or cfg.record.state_dir)
+    model = load_model(cfg.model.path or default_model_path(state), cfg.model.backend,
+                       cfg.model.num_threads or None, labels, preprocess)
     opened: list = [model]
     try:
         route = CompartmentMap(cfg.hardware.compartments, model.manifest.label_ids, cfg.decision.fallback)
         actuator = make_actuator(cfg.hardware, route.count, route(cfg.decision.fallback, True), pin_factory)
         opened.append(actuator)
-        state = Path(state_dir or cfg.record.state_dir)
         events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
@@ -227,6 +232,12 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
         for thing in reversed(opened):
             thing.close()
         raise
+
+
+def default_model_path(state: Path) -> Path | None:
+    """The installed model (`ecosorter model install`), else None: the bundled demo model."""
+    current = state / "models" / "current.tflite"
+    return current if current.exists() else None
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -10,7 +10,8 @@ def open_source(cfg: CameraConfig, on_bad_image=None) -> FrameSource:
     if cfg.source == "folder":
         from ecosorter.edge.sources.folder import FolderSource
 
-        return FolderSource(cfg.device, cfg.item_frames, cfg.empty_frames, cfg.loop, on_bad_image=on_bad_image)
+        return FolderSource(cfg.device, cfg.item_frames, cfg.empty_frames, cfg.loop,
+                            fps=cfg.fps if cfg.realtime else 0.0, on_bad_image=on_bad_image)
     if cfg.source == "video":
         from ecosorter.edge.sources.opencv import OpenCVSource
 

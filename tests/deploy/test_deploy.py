@@ -1,0 +1,67 @@
+"""deploy/: the unit files verify, the installer is clean and dry-runs, the example config is current."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ecosorter.edge.config import Config, example_toml, load_config
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_example_config_is_generated_from_the_schema_and_valid():
+    text = (DEPLOY / "config.example.toml").read_text()
+    assert text == example_toml(), "run: ecosorter config example > deploy/config.example.toml"
+    assert load_config(DEPLOY / "config.example.toml") == Config()
+
+
+@pytest.mark.parametrize("unit", ["ecosorter.service", "kiosk.service"])
+def test_units_pass_systemd_analyze_verify(tmp_path, unit):
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze not installed (CI installs systemd)")
+    text = (DEPLOY / unit).read_text()
+    # verify checks that ExecStart exists: point it at this checkout's installed console script
+    ecosorter = Path(sys.executable).with_name("ecosorter")
+    text = text.replace("/opt/ecosorter/venv/bin/ecosorter", str(ecosorter))
+    (tmp_path / unit).write_text(text)
+    r = subprocess.run([exe, "verify", str(tmp_path / unit)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if unit == "ecosorter.service":
+        for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
+                     "ReadWritePaths=/var/lib/ecosorter", "NoNewPrivileges=yes", "PrivateTmp=yes",
+                     "ProtectHome=yes", "SupplementaryGroups=gpio video i2c"):
+            assert line in text
+
+
+def test_installer_is_shellcheck_clean():
+    exe = shutil.which("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck not installed (CI installs it)")
+    r = subprocess.run([exe, str(DEPLOY / "install.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
+
+
+def test_installer_dry_run_prints_every_step_and_changes_nothing(tmp_path):
+    r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--dry-run", "--model", "m.tflite", "--kiosk"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for expected in ("apt-get install -y --no-install-recommends python3-venv python3-pip python3-picamera2",
+                     "-m venv --system-site-packages /opt/ecosorter/venv",
+                     "install -m 0644", "config.example.toml /etc/ecosorter/config.toml",
+                     "ecosorter model install m.tflite", "systemctl enable --now ecosorter.service",
+                     "ecosorter-kiosk.service", "doctor --config /etc/ecosorter/config.toml"):
+        assert expected in out, expected
+    u = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--uninstall", "--dry-run"], capture_output=True, text=True)
+    assert u.returncode == 0 and "kept /etc/ecosorter and /var/lib/ecosorter" in u.stdout
+
+
+def test_installer_rejects_unknown_options():
+    r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr
