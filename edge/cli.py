@@ -107,7 +107,7 @@ def cmd_run(args) -> int:
         if cfg.status.enabled and not args.no_status:
             from ecosorter.edge.status.server import start_status_server
 
-            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.events)
+            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag)
             if server is not None:
                 print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
         if simulate:
@@ -146,6 +146,51 @@ def cmd_doctor(args) -> int:
     from ecosorter.edge.doctor import run_doctor
 
     return run_doctor(args)
+
+
+def _state_dir(args) -> Path:
+    from ecosorter.edge.config import DEFAULT_PATH, load_config
+
+    if args.state_dir is not None:
+        return args.state_dir
+    return Path(load_config(DEFAULT_PATH if DEFAULT_PATH.exists() else None).record.state_dir)
+
+
+def cmd_model(args) -> int:
+    import base64
+
+    from ecosorter.edge.config import DEFAULT_PATH, load_config
+    from ecosorter.edge.model import load_model
+    from ecosorter.edge.model.store import ModelStore
+
+    cfg = load_config(DEFAULT_PATH if DEFAULT_PATH.exists() else None)
+    key = base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None
+    store = ModelStore(_state_dir(args), public_key=key)
+    if store.current.exists():
+        with load_model(store.current) as running:
+            store.expected_labels = running.manifest.label_ids
+    if args.action == "install":
+        if args.file is None:
+            raise EcoSorterError("model install needs a FILE")
+        sig = args.signature.read_bytes() if args.signature else None
+        r = store.install(args.file, args.sha256, sig, cfg.model.backend)
+        print(f"installed {r.sha256[:12]} as {store.current} (self-test: {r.self_test}); "
+              "a running sorter picks it up on restart: systemctl restart ecosorter")
+    elif args.action == "rollback":
+        print(f"rolled back to {store.rollback()}")
+    else:
+        for name in ("current", "previous"):
+            link = store.dir / f"{name}.tflite"
+            print(f"{name:<9}{os.readlink(link) if link.is_symlink() else '-'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ecosorter.edge.record.export import export
+
+    n = export(_state_dir(args), args.out, args.since or "")
+    print(f"exported {n} photos to {args.out} (class folders + labels.csv)")
+    return 0
 
 
 def cmd_config(args) -> int:
@@ -188,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, help="photos to feed (default: the bundled ones)")
     _model_args(p, with_model=False)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("model", help="install a new model (verified, tested, atomic), roll back, or list")
+    p.add_argument("action", choices=["install", "rollback", "list"])
+    p.add_argument("file", nargs="?", type=Path)
+    p.add_argument("--sha256", help="refuse the file unless its sha256 is this")
+    p.add_argument("--signature", type=Path, help="raw ed25519 signature file (needed when model.public_key is set)")
+    p.add_argument("--state-dir", type=Path)
+    p.set_defaults(fn=cmd_model)
+
+    p = sub.add_parser("export", help="captured photos as class folders + CSV, for retraining and calibration")
+    p.add_argument("out", type=Path)
+    p.add_argument("--since", help="ISO date, e.g. 2026-11-01")
+    p.add_argument("--state-dir", type=Path)
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("config", help="print the documented example config, or check a config file")
     p.add_argument("action", choices=["example", "check"])

@@ -40,6 +40,7 @@ class ModelConfig:
     num_threads: int = opt(0, min=0, max=64, doc="0 = one per CPU core")
     labels_file: str = opt("", doc="foreign .tflite only: one label per line")
     preprocess: str = opt("", allowed=("", "caffe", "tf", "unit", "raw"), doc="foreign .tflite only")
+    public_key: str = opt("", doc="base64 ed25519 key: model updates must be signed with it; empty = no signature check")
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class RecordConfig:
     state_dir: str = opt("/var/lib/ecosorter")
     capture: str = opt("uncertain", allowed=("none", "uncertain", "all"))
     capture_confident_fraction: float = opt(0.05, min=0.0, max=1.0)
-    capture_quota_mb: float = opt(2048.0, min=1.0)
+    capture_quota_mb: float = opt(2048.0, min=0.1)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ probability vector, a Decision, an Event); no stage calls back up the pipe.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -17,12 +18,16 @@ import numpy as np
 
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
+from ecosorter.edge.errors import EcoSorterError, ModelError
 from ecosorter.edge.hardware import Actuator, make_actuator
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import read_labels_file
+from ecosorter.edge.model.store import ModelInstallError, ModelStore
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
+from ecosorter.edge.record.captures import CaptureStore
+from ecosorter.edge.record.mqtt import MqttLink
 from ecosorter.edge.service import Notifier
 from ecosorter.edge.sources import Frame, FrameSource, LatestFrameReader, open_source
 from ecosorter.edge.status import StatusBoard
@@ -45,9 +50,13 @@ class Sorter:
     def __init__(self, cfg: Config, model: LoadedModel, source: FrameSource, actuator: Actuator,
                  events: EventLog | None = None, board: StatusBoard | None = None,
                  sinks: list | None = None, notifier: Notifier | None = None,
-                 is_present: Callable[[], bool] | None = None):
+                 is_present: Callable[[], bool] | None = None, captures: CaptureStore | None = None,
+                 mqtt: MqttLink | None = None, store: ModelStore | None = None):
         self.cfg, self.model, self.source, self.actuator = cfg, model, source, actuator
         self.events, self.board, self.sinks = events, board, list(sinks or [])
+        self.captures, self.mqtt, self.store = captures, mqtt, store
+        self._swap_to: Path | None = None
+        self._last_state_t = 0.0
         self.notifier = notifier or Notifier()
         labels = model.manifest.label_ids
         roi = tuple(cfg.camera.roi) if cfg.camera.roi != [0.0, 0.0, 1.0, 1.0] else None
@@ -116,6 +125,9 @@ class Sorter:
 
     def _record(self, event: Event, frame: Frame) -> None:
         # Every sink gets the event even if another fails: sorting never stops for a sink.
+        if self.captures is not None:
+            event.image = self.captures.capture(event, frame.pixels, frame.order)
+            self._health("captures", not self.captures.error, self.captures.error or "ok")
         if self.events is not None:
             ok = self.events.append(event)
             self._health("disk", ok, self.events.error if not ok else str(self.events.path.parent))
@@ -126,6 +138,68 @@ class Sorter:
                 log.exception("sink %s failed: %s", type(sink).__name__, e)
         if self.board is not None:
             self.board.record(event, frame.pixels, frame.order)
+        if self.mqtt is not None:
+            self.mqtt.record(event)
+
+    # ------------------------------------------------------------------ between items
+    def flag(self, event_id: str) -> bool:
+        """A person says this item was sorted wrongly: keep its photo for retraining."""
+        ok = self.events.flag(event_id) if self.events is not None else False
+        if ok and self.captures is not None:
+            image = self.captures.flag(event_id)
+            if image and self.events is not None:
+                self.events.set_image(event_id, image)
+        return ok
+
+    def housekeeping(self) -> None:
+        """Commands, state publishing and model swaps: only while no item is being decided."""
+        if self.mqtt is not None:
+            while not self.mqtt.commands.empty():
+                cmd = self.mqtt.commands.get_nowait()
+                self.mqtt.reply(self._command(cmd))
+            now = time.monotonic()
+            if self.board is not None and now - self._last_state_t > 2.0:
+                self._last_state_t = now
+                self.mqtt.publish_state(self.board.snapshot())
+        if self._swap_to is not None and self._item_frame is None:
+            self._swap_model(self._swap_to)
+
+    def _command(self, cmd: dict) -> dict:
+        action = cmd["action"]
+        try:
+            if action == "flag":
+                return {"action": action, "ok": self.flag(cmd["id"]), "id": cmd["id"]}
+            if self.store is None:
+                raise ModelInstallError("this bin has no model store")
+            if action == "rollback_model":
+                self.store.rollback()
+            else:
+                src = self.store.fetch(cmd["url"]) if "url" in cmd else self.store.resolve_reference(cmd["file"])
+                result = self.store.install(src, cmd["sha256"], cmd.get("signature"), self.cfg.model.backend)
+            self._swap_to = self.store.current
+            return {"action": action, "ok": True,
+                    **({"sha256": result.sha256, "self_test": result.self_test} if action == "install_model" else {})}
+        except EcoSorterError as e:
+            log.error("command %s refused: %s", action, e)
+            return {"action": action, "ok": False, "error": str(e)}
+
+    def _swap_model(self, path: Path) -> None:
+        self._swap_to = None
+        try:
+            new = load_model(path, self.cfg.model.backend, self.cfg.model.num_threads or None)
+            if new.manifest.label_ids != self.model.manifest.label_ids:
+                new.close()
+                raise ModelError(path, "labels differ from the running model's")
+        except EcoSorterError as e:  # keep sorting with the model we have
+            log.error("model swap refused, keeping %s: %s", self.model.sha256[:12], e)
+            self._health("model", True, f"{self.model.path.name} (update refused: {e})")
+            return
+        old, self.model = self.model, new
+        roi = self.preprocessor.roi
+        self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
+        old.close()
+        log.info("now sorting with model %s", new.sha256[:12])
+        self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
 
     def _health(self, part: str, ok: bool, detail: str = "") -> None:
         if self.board is not None:
@@ -163,8 +237,11 @@ class Sorter:
             self._health("disk", True, str(self.events.path.parent))
         self._health("pins", not self.actuator.fault, self.actuator.fault or self.actuator.profile)
         self.notifier.ready(f"sorting with {self.model.path.name}")
+        if self.mqtt is not None:
+            self.mqtt.start()
         for frame in self.frames(stop):
             self.notifier.watchdog()  # only reached while frames flow
+            self.housekeeping()
             try:
                 event = self.process(frame)
             except Exception:
@@ -191,6 +268,8 @@ class Sorter:
         else:
             steps.append(self.source.close)
         steps += [s.close for s in self.sinks if hasattr(s, "close")]
+        if self.mqtt is not None:
+            steps.append(self.mqtt.close)
         if self.events is not None:
             steps.append(self.events.close)
         steps += [self.model.close, self.notifier.close]
@@ -215,8 +294,9 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
     if cfg.model.preprocess:
         preprocess = preset(cfg.model.preprocess)
     state = Path(state_dir or cfg.record.state_dir)
-    model = load_model(cfg.model.path or default_model_path(state), cfg.model.backend,
-                       cfg.model.num_threads or None, labels, preprocess)
+    store = ModelStore(state, public_key=base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None)
+    model, rolled_back = _load_with_rollback(cfg, store, labels, preprocess)
+    store.expected_labels = model.manifest.label_ids
     opened: list = [model]
     try:
         route = CompartmentMap(cfg.hardware.compartments, model.manifest.label_ids, cfg.decision.fallback)
@@ -226,12 +306,33 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
         board = StatusBoard(cfg.bin_id, names, route.count)
+        captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
+                                cfg.record.capture_quota_mb)
+        mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None
         source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
-        return Sorter(cfg, model, source, actuator, events=events, board=board)
+        sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
+                        mqtt=mqtt, store=store)
+        if rolled_back:
+            board.set_health("model", True, f"rolled back: {rolled_back}")
+        return sorter
     except BaseException:
         for thing in reversed(opened):
             thing.close()
         raise
+
+
+def _load_with_rollback(cfg: Config, store: ModelStore, labels, preprocess) -> tuple[LoadedModel, str]:
+    """Load the configured or installed model; if the installed one fails, roll back to the previous."""
+    path = cfg.model.path or default_model_path(store.dir.parent)
+    args = (cfg.model.backend, cfg.model.num_threads or None, labels, preprocess)
+    try:
+        return load_model(path, *args), ""
+    except ModelError as e:
+        if cfg.model.path or not store.previous.is_symlink():
+            raise
+        log.error("installed model failed to load (%s); rolling back to the previous one", e)
+        store.rollback()
+        return load_model(store.current, *args), str(e)
 
 
 def default_model_path(state: Path) -> Path | None:

@@ -77,3 +77,52 @@ def photo_dir(tmp_path) -> Path:
     dst = tmp_path / "photos"
     shutil.copytree(DATA, dst)
     return dst
+
+
+class Mosquitto:
+    """A real Mosquitto broker on loopback, stoppable to simulate an outage."""
+
+    def __init__(self, workdir: Path):
+        import socket
+
+        self.exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n")
+        self.proc = None
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import time
+
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)])
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # SIGTERM: mosquitto saves its persistent sessions
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture()
+def mosquitto(tmp_path):
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto is not installed; .ci/run installs it from Debian's packages")
+        pytest.skip("mosquitto not installed")
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    yield broker
+    broker.stop()

@@ -150,6 +150,11 @@ class EventLog:
             assert self._db is not None
             return self._db.execute("UPDATE events SET flagged = 1 WHERE id = ?", (event_id,)).rowcount > 0
 
+    def set_image(self, event_id: str, image: str) -> None:
+        with self._lock:
+            assert self._db is not None
+            self._db.execute("UPDATE events SET image = ? WHERE id = ?", (image, event_id))
+
     def close(self) -> None:
         with self._lock:
             if self._db is not None:

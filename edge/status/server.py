@@ -38,7 +38,7 @@ def metrics_text(snap: dict, latency_ms: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_handler(board: StatusBoard, events=None):
+def make_handler(board: StatusBoard, on_flag=None):
     class Handler(BaseHTTPRequestHandler):
         server_version = "ecosorter"
 
@@ -72,9 +72,9 @@ def make_handler(board: StatusBoard, events=None):
                 self._send(404, b"not found", "text/plain")
 
         def do_POST(self) -> None:  # noqa: N802
-            if self.path.startswith("/api/flag/") and events is not None:
+            if self.path.startswith("/api/flag/") and on_flag is not None:
                 event_id = self.path.rsplit("/", 1)[1]
-                ok = event_id.isalnum() and events.flag(event_id)
+                ok = event_id.isalnum() and on_flag(event_id)
                 self._send(200 if ok else 404, json.dumps({"flagged": bool(ok)}).encode(), "application/json")
             else:
                 self._send(404, b"not found", "text/plain")
@@ -82,10 +82,10 @@ def make_handler(board: StatusBoard, events=None):
     return Handler
 
 
-def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int = 8080, events=None):
+def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int = 8080, on_flag=None):
     """Serve in a daemon thread; None (and a warning) if the port is taken: sorting goes on."""
     try:
-        server = ThreadingHTTPServer((bind, port), make_handler(board, events))
+        server = ThreadingHTTPServer((bind, port), make_handler(board, on_flag))
     except OSError as e:
         log.warning("status page not started on %s:%d: %s (status.port)", bind, port, e)
         return None

@@ -31,7 +31,7 @@ def running(tmp_path):
                                  "camera.realtime": True, "camera.fps": 8.0, "hardware.pin_factory": "mock",
                                  "hardware.led_on_s": 0.05})
     sorter = build_sorter(cfg, state_dir=tmp_path)
-    server = start_status_server(sorter.board, "127.0.0.1", 0, sorter.events)
+    server = start_status_server(sorter.board, "127.0.0.1", 0, sorter.flag)
     stop = threading.Event()
     t = threading.Thread(target=sorter.run, args=(stop,), daemon=True)
     t.start()

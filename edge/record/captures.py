@@ -1,0 +1,112 @@
+"""Photos kept for retraining: uncertain items always, a sample of confident ones, flagged ones.
+
+Files live under state_dir/captures/<label>/<event id>.jpg. A disk quota evicts oldest first;
+flagged photos (a person said "wrong?") go last. A full disk degrades capture first: the
+photo is dropped, the event itself is still recorded.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ecosorter.edge.record.event import Event
+
+log = logging.getLogger("ecosorter.captures")
+
+
+def encode_jpeg(pixels: np.ndarray, order: str, quality: int = 90) -> bytes:
+    rgb = pixels[..., :3] if order == "rgb" else pixels[..., 2::-1]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+class CaptureStore:
+    def __init__(self, root: str | Path, policy: str = "uncertain", confident_fraction: float = 0.05,
+                 quota_mb: float = 2048.0, seed: int | None = None):
+        self.root = Path(root)
+        self.policy, self.fraction = policy, confident_fraction
+        self.quota = int(quota_mb * 1e6)
+        self.error = ""
+        self._rng = random.Random(seed)
+        self._recent: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # id -> (label, jpeg) for late flags
+        self._lock = threading.Lock()
+        self._flagged_file = self.root / "flagged.txt"
+
+    def wants(self, event: Event) -> bool:
+        if self.policy == "none":
+            return False
+        return self.policy == "all" or event.uncertain or self._rng.random() < self.fraction
+
+    def capture(self, event: Event, pixels: np.ndarray, order: str) -> str:
+        """Keep the photo if the policy wants it; returns its path relative to root, or ''."""
+        jpeg = encode_jpeg(pixels, order)
+        with self._lock:
+            self._recent[event.id] = (event.label, jpeg)
+            while len(self._recent) > 8:
+                self._recent.popitem(last=False)
+        if not self.wants(event):
+            return ""
+        return self._write(event.id, event.label, jpeg)
+
+    def flag(self, event_id: str) -> str:
+        """A person flagged a recent item: make sure its photo is kept, and kept longest."""
+        with self._lock:
+            recent = self._recent.get(event_id)
+        rel = ""
+        existing = list(self.root.glob(f"*/{event_id}.jpg"))
+        if existing:
+            rel = str(existing[0].relative_to(self.root))
+        elif recent is not None:
+            rel = self._write(event_id, recent[0], recent[1])
+        if rel:
+            with open(self._flagged_file, "a") as f:
+                f.write(rel + "\n")
+        return rel
+
+    def _write(self, event_id: str, label: str, jpeg: bytes) -> str:
+        rel = f"{label}/{event_id}.jpg"
+        path = self.root / rel
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._evict(len(jpeg))
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(jpeg)
+            os.replace(tmp, path)
+            self.error = ""
+            return rel
+        except OSError as e:  # disk full / read-only: drop the photo, keep sorting
+            self.error = f"capture {path}: {e.strerror or e}"
+            log.warning("%s; photo dropped", self.error)
+            for leftover in (path.with_suffix(".tmp"),):
+                leftover.unlink(missing_ok=True)
+            return ""
+
+    def flagged(self) -> set[str]:
+        try:
+            return set(self._flagged_file.read_text().split())
+        except FileNotFoundError:
+            return set()
+
+    def _evict(self, incoming: int) -> None:
+        files = [(p.stat().st_mtime, p) for p in self.root.glob("*/*.jpg")]
+        used = sum(p.stat().st_size for _, p in files)
+        if used + incoming <= self.quota:
+            return
+        flagged = self.flagged()
+        # oldest unflagged first, then (only if still over) oldest flagged
+        order = sorted(files, key=lambda t: (str(t[1].relative_to(self.root)) in flagged, t[0]))
+        for _, p in order:
+            if used + incoming <= self.quota:
+                break
+            used -= p.stat().st_size
+            p.unlink(missing_ok=True)
