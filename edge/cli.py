@@ -88,19 +88,28 @@ def _config(args, simulate: bool):
     return load_config(path, overrides)
 
 
-def cmd_run(args) -> int:
-    from ecosorter.edge.sorter import build_sorter, percentiles
-
-    simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
-    cfg = _config(args, simulate)
+def run_until_signalled(sorter, **kw):
+    """Run the loop; SIGTERM/SIGINT finish the current item and return (the caller's `with`
+    then leaves the hardware safe). Handlers are restored afterwards."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("signal %d: finishing the current item, then stopping safely", signum)
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return sorter.run(stop, **kw)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def cmd_run(args) -> int:
+    from ecosorter.edge.sorter import build_sorter, percentiles
+
+    simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
+    cfg = _config(args, simulate)
     with build_sorter(cfg, state_dir=args.state_dir) as sorter:
         names = {lb.id: lb.name for lb in sorter.model.labels}
         server = None
@@ -122,7 +131,7 @@ def cmd_run(args) -> int:
                   f"({ev.frames} frame{'s' if ev.frames > 1 else ''}, {ev.latency_ms['total']:.0f} ms)", flush=True)
 
         t0 = time.monotonic()
-        s = sorter.run(stop, max_items=args.max_items, on_event=show)
+        s = run_until_signalled(sorter, max_items=args.max_items, on_event=show)
         if server is not None:
             server.shutdown()
         lat = percentiles(s.latency_ms)

@@ -176,6 +176,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = value
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate parsed TOML; every failure is a ConfigError naming the key."""
     cfg = _build(Config, data, "")
     _cross_check(cfg)
     return cfg

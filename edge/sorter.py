@@ -10,6 +10,7 @@ import base64
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,8 @@ class Summary:
     inferences: int = 0
     bad_frames: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    latency_ms: list[float] = field(default_factory=list)
+    # the last 2,000 decisions: enough for stable percentiles, bounded for a bin that never stops
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
 
 
 class Sorter:
@@ -65,8 +67,8 @@ class Sorter:
         self.voter = Voter(cfg.decision, labels, self.route)
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.summary = Summary(counts=dict.fromkeys(labels, 0))
-        self.reader = LatestFrameReader(source, cfg.camera.stall_timeout_s, cfg.camera.reopen_backoff_max_s) \
-            if source.live else None
+        self.reader = LatestFrameReader(source, cfg.camera.stall_timeout_s, cfg.camera.reopen_backoff_max_s,
+                                        expected_fps=cfg.camera.fps) if source.live else None
         self._stage_ms = {"preprocess": 0.0, "inference": 0.0}
         self._item_t0 = 0.0
         self._item_frame: Frame | None = None
@@ -221,10 +223,15 @@ class Sorter:
         while not stop.is_set():
             frame = self.reader.get(timeout=poll)
             h = self.reader.health
-            self._health("camera", h.state == "ok", h.error or f"{h.fps:.1f} fps")
+            self._health("camera", h.state in ("ok", "slow"), f"{h.state}: {h.error}" if h.error else f"{h.fps:.1f} fps")
             if frame is None:
                 if self.reader.ended:
                     return
+                if time.monotonic() < self.reader.alive_until:
+                    # the camera is down but the capture thread is alive and retrying: the loop is
+                    # healthy; only a thread stuck in a driver call lets the watchdog fire
+                    self.notifier.watchdog()
+                self.housekeeping()
                 continue
             yield frame
 

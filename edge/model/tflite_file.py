@@ -98,5 +98,5 @@ def read_metadata(buf: bytes) -> dict[str, bytes]:
                 data = bytes(buf[offset:offset + size])
             out[name] = data
         return out
-    except struct.error as e:  # pragma: no cover - _u checks bounds first
-        raise TFLiteFormatError(str(e)) from None
+    except (struct.error, TFLiteFormatError) as e:
+        raise TFLiteFormatError(f"truncated or corrupt TFLite file: {e}") from None

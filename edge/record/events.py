@@ -52,11 +52,25 @@ COLUMNS = ("id", "time", "label", "confidence", "probabilities", "uncertain", "c
 MAX_PENDING = 10_000
 
 
+def explain(folder: Path, e: Exception) -> str:
+    """SQLite says "unable to open database file"; say why, in the operator's terms."""
+    try:
+        st = os.statvfs(folder)
+        if st.f_flag & os.ST_RDONLY:
+            return f"the state folder {folder} is on a read-only filesystem ({e})"
+        if st.f_bavail == 0:
+            return f"the disk holding {folder} is full ({e})"
+    except OSError:
+        pass
+    return str(e)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=10000")
+    db.execute("PRAGMA cache_size=-1024")  # 1 MB page cache: the Pi has better uses for RAM
     return db
 
 
@@ -68,7 +82,12 @@ class EventLog:
         self.pending: list[Event] = []
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._open()
+        self._inode = -1
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as e:  # read-only or full disk at start: sort anyway
+            self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+            log.error("%s; events will wait in memory until it can be written", self.error)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +104,9 @@ class EventLog:
         self._inode = os.stat(self.path).st_ino
 
     def _ensure_open(self) -> None:
+        if self._db is None:
+            self._open()
+            return
         try:
             same = os.stat(self.path).st_ino == self._inode
         except FileNotFoundError:
@@ -105,7 +127,7 @@ class EventLog:
                 self.error = ""
                 return True
             except (sqlite3.Error, OSError) as e:
-                self.error = f"event log {self.path}: {e}"
+                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
                 log.error("%s; %d events waiting in memory", self.error, len(self.pending))
                 del self.pending[:-MAX_PENDING]
                 return False
@@ -131,6 +153,8 @@ class EventLog:
 
     def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
+            if self._db is None:
+                self._ensure_open()
             assert self._db is not None
             self._db.row_factory = sqlite3.Row
             try:
@@ -147,12 +171,14 @@ class EventLog:
 
     def flag(self, event_id: str) -> bool:
         with self._lock:
-            assert self._db is not None
+            if self._db is None:
+                return False
             return self._db.execute("UPDATE events SET flagged = 1 WHERE id = ?", (event_id,)).rowcount > 0
 
     def set_image(self, event_id: str, image: str) -> None:
         with self._lock:
-            assert self._db is not None
+            if self._db is None:
+                return
             self._db.execute("UPDATE events SET image = ? WHERE id = ?", (image, event_id))
 
     def close(self) -> None:

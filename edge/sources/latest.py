@@ -21,7 +21,7 @@ from ecosorter.edge.sources.base import Frame, FrameSource
 
 @dataclass
 class SourceHealth:
-    state: str = "starting"  # starting | ok | stalled | frozen | failed | ended
+    state: str = "starting"  # starting | ok | slow | stalled | frozen | failed | ended
     error: str = ""
     reopens: int = 0
     fps: float = 0.0
@@ -30,8 +30,12 @@ class SourceHealth:
 
 class LatestFrameReader:
     def __init__(self, source: FrameSource, stall_timeout_s: float = 3.0, backoff_max_s: float = 30.0,
-                 backoff_start_s: float = 0.5):
+                 backoff_start_s: float = 0.5, expected_fps: float = 0.0):
         self.source = source
+        self.expected_fps = expected_fps
+        # The capture thread is known to be alive (delivering, or deliberately waiting to
+        # reopen) until this time; a thread stuck inside a driver call stops extending it.
+        self.alive_until = time.monotonic() + stall_timeout_s
         self.stall_timeout_s, self.backoff_max_s, self.backoff_start_s = stall_timeout_s, backoff_max_s, backoff_start_s
         self.health = SourceHealth()
         self._cond = threading.Condition()
@@ -61,10 +65,10 @@ class LatestFrameReader:
                 try:
                     self.source.open()
                     opened = True
-                    self._last_new = self._same_since = time.monotonic()
-                    self._fingerprint = None
+                    self._last_new = time.monotonic()
                 except Exception as e:
                     self._set("failed", str(e))
+                    self.alive_until = time.monotonic() + backoff + self.stall_timeout_s
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.backoff_max_s)
                     self.health.reopens += 1
@@ -81,15 +85,24 @@ class LatestFrameReader:
                     self._cond.notify_all()
                 return
             now = time.monotonic()
-            times = [t for t in times if now - t < 2.0] + [now]
+            self.alive_until = now + self.stall_timeout_s
+            window = max(2.0, 3.0 / self.expected_fps) if self.expected_fps else 2.0
+            times = [t for t in times if now - t < window] + [now]
             self.health.fps = (len(times) - 1) / max(1e-6, times[-1] - times[0]) if len(times) > 1 else 0.0
             if self._frozen(frame, now):
+                # stays "frozen" until a different image arrives, even across reopens
                 self._set("frozen", f"the same image for {self.stall_timeout_s:g} s (camera frozen)")
                 opened = self._close_quietly()
+                self.alive_until = now + backoff + self.stall_timeout_s
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
                 continue
             backoff = self.backoff_start_s
             self._last_new = now
-            if self.health.state != "ok":
+            slow = (self.expected_fps and len(times) >= 3 and self.health.fps < 0.5 * self.expected_fps)
+            if slow:
+                self._set("slow", f"{self.health.fps:.1f} fps, expected {self.expected_fps:g}")
+            elif self.health.state != "ok":
                 self._set("ok")
             with self._cond:
                 self._latest = frame
@@ -127,7 +140,7 @@ class LatestFrameReader:
             return self._latest
 
     def _check_stall(self) -> None:
-        if self.health.state == "ok" and time.monotonic() - self._last_new > self.stall_timeout_s:
+        if self.health.state in ("ok", "slow") and time.monotonic() - self._last_new > self.stall_timeout_s:
             self._set("stalled", f"no frame for {self.stall_timeout_s:g} s")
             # Closing from here usually makes a blocked read() fail, and the thread reopens.
             with contextlib.suppress(Exception):
