@@ -53,9 +53,12 @@ def main(argv=None) -> int:
     x_train = np.stack([tf_x(paths[i]) for i in train])
     model = build_seed_model(tf_keras)
     reestimate_batchnorm(model, x_train[:256])
-    train_head(model, x_train, labels[train])
+    train_acc = train_head(model, x_train, labels[train])
     h5 = args.work / "seed_resnet50.h5"
     model.save(h5)
+    held_x = np.stack([tf_x(paths[i]) for i in held[:200]])
+    peak = float(model.predict(held_x, verbose=0).max(axis=1).mean())
+    print(f"head train accuracy {train_acc:.3f}; mean top-1 probability on held-out {peak:.3f}", flush=True)
     print(f"seed model prepared in {time.time() - t0:.0f}s", flush=True)
 
     results = {}
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
         results[mode]["size_mb"] = round(rep["file_size_bytes"]["tflite"] / 1e6, 2)
         results[mode]["convert_s"] = round(time.time() - t1, 1)
         print(mode, json.dumps(results[mode]), flush=True)
-    summary = {"labels": LABELS, "held_out_images": int(len(held)), "train_images": int(len(train)),
+    summary = {"labels": LABELS, "head_train_accuracy": train_acc, "mean_top1_probability_held_out": peak, "held_out_images": int(len(held)), "train_images": int(len(train)),
                "h5_mb": round(h5.stat().st_size / 1e6, 1), "modes": results}
     (ROOT / "docs").mkdir(exist_ok=True)
     (ROOT / "docs" / "int8_study.json").write_text(json.dumps(summary, indent=1))

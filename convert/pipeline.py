@@ -8,6 +8,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from ecosorter.convert.drift import drift, summary_lines
 from ecosorter.convert.embed import embed_metadata
 from ecosorter.convert.images import (
     ImageSetError,
@@ -18,7 +21,7 @@ from ecosorter.convert.images import (
     load_tensors,
     stratified_sample,
 )
-from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite, layer_errors
+from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
 from ecosorter.convert.verify import format_table, verify
 from ecosorter.edge.backends import open_classifier
@@ -97,12 +100,15 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         return _progress(list(items), "int8 calibration", progress)
 
     kept_float: list[str] = []
+    drift_rows: list[dict] = []
     if quantize == "int8" and keep_float:
         if isinstance(keep_float, int):
-            errors = layer_errors(src, calib, bar)
-            kept_float = [e["tensor"] for e in errors[:keep_float]]
-            log("layers kept in float (worst int8 error, in quantization steps): " +
-                ", ".join(f"{e['tensor']} ({e['rmse_per_step']:.1f})" for e in errors[:keep_float]))
+            full = convert_tflite(src, "int8", calib, "float32", bar)
+            drift_rows = _drift(src, full, calib)
+            worst = sorted(drift_rows, key=lambda r: r["jump"], reverse=True)[:keep_float]
+            kept_float = [r["tensor"] for r in worst]
+            log(f"keeping the {keep_float} ops that add the most int8 error in float: " +
+                ", ".join(f"{r['tensor'][:40]} (+{100 * r['jump']:.0f}%)" for r in worst))
         else:
             kept_float = list(keep_float)
         tflite = convert_selective(src, calib, kept_float, bar)
@@ -128,6 +134,12 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     log(format_table(report, sizes))
     passed = report["agreement"] >= threshold
     report["passed"] = passed
+    if quantize == "int8" and (not passed or drift_rows):
+        # Say where int8 loses the model, so the user can keep those ops in float (--keep-float).
+        drift_rows = drift_rows or _drift(src, tflite, calib)
+        report["int8_drift"] = drift_rows
+        for line in summary_lines(drift_rows):
+            log(line)
 
     verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
@@ -143,6 +155,22 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     _atomic_write(output, embed_metadata(tflite, final.to_json()))
     log(f"wrote {output} ({len(candidate) / 1e6:.1f} MB)" + ("" if passed else " despite failed verification (--force)"))
     return ConversionResult(True, output, report, final)
+
+
+def _drift(src, quant: bytes, calib) -> list[dict]:
+    """Accumulated int8 error per op on a few calibration images (see convert/drift.py)."""
+    float_model = convert_tflite(src, "float32")
+    probe = _test_load(quant, "litert", "int8")
+    spec = probe.input
+    probe.close()
+    xs = [calib[i:i + 1] for i in range(min(8, len(calib)))]
+    if spec.dtype == "float32":
+        qs = xs
+    else:  # the calibration tensors are float: quantize them as the edge table would
+        info = np.iinfo(spec.dtype)
+        qs = [np.clip(np.round(x / spec.quant_scale) + spec.quant_zero_point, info.min, info.max).astype(spec.dtype)
+              for x in xs]
+    return drift(float_model, quant, xs, qs)
 
 
 def _probe_input(tflite: bytes, runtime: str):

@@ -49,34 +49,6 @@ def convert_tflite(src: SourceModel, mode: str, calibration: np.ndarray | None =
     return _converter(src, mode, calibration, io_dtype, progress).convert()
 
 
-def layer_errors(src: SourceModel, calibration: np.ndarray, progress=None) -> list[dict]:
-    """Per-layer int8 error on the calibration set, worst first (TF's QuantizationDebugger).
-
-    `rmse/scale` is the layer's output RMSE measured in quantization steps: about 0.29 is
-    ideal rounding noise; layers far above it are where int8 loses the model.
-    """
-    tf = import_tf()
-    conv = _converter(src, "int8", calibration, "float32", progress)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=conv, debug_dataset=representative_dataset(calibration[: min(32, len(calibration))]))
-    debugger.run()
-    import csv
-    import io
-
-    buf = io.StringIO()
-    debugger.layer_statistics_dump(buf)
-    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
-    out = []
-    for r in rows:
-        scale = float(r.get("scale") or 0) or 1e-12
-        rmse = float(r.get("mean_squared_error") or 0) ** 0.5
-        out.append({"tensor": r.get("tensor_name", ""), "op": r.get("op_name", ""),
-                    "rmse_per_step": rmse / scale})
-    out.sort(key=lambda d: d["rmse_per_step"], reverse=True)
-    return out
-
-
 def convert_selective(src: SourceModel, calibration: np.ndarray, keep_float: Sequence[str],
                       progress=None) -> bytes:
     """int8 everywhere except the named tensors' ops, which stay float (float input/output)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -194,10 +193,3 @@ def _fsync_dir(d: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def copy_into_incoming(store: ModelStore, path: Path) -> Path:
-    store.incoming.mkdir(parents=True, exist_ok=True)
-    dst = store.incoming / path.name
-    shutil.copyfile(path, dst)
-    return dst

@@ -161,3 +161,23 @@ def test_embedded_model_runs_identically(tiny_h5, tmp_path):
     x = np.random.default_rng(0).normal(0, 50, (1, 224, 224, 3)).astype(np.float32)
     a, b = open_classifier(raw).classify(x), open_classifier(with_meta).classify(x)
     assert np.array_equal(a, b)
+
+
+def test_int8_drift_report_and_keep_float(tiny_h5, photo_dir, tmp_path, capsys):
+    """The converter says which ops add the most int8 error and can keep them in float."""
+    out, report = tmp_path / "kf.tflite", tmp_path / "r.json"
+    rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
+                       "--calibration-size", "24", "--validation", str(DATA), "--keep-float", "1",
+                       "--min-agreement", "0.5", "--report", str(report), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "keeping the 1 ops that add the most int8 error in float" in text
+    assert "int8 error through the depth" in text
+    r = json.loads(report.read_text())
+    assert len(r["float_layers"]) == 1
+    drift = r["int8_drift"]
+    assert drift and all({"op", "tensor", "error", "jump"} <= set(d) for d in drift)
+    assert r["float_layers"][0] == max(drift, key=lambda d: d["jump"])["tensor"]
+    with load_model(out) as m:
+        assert m.manifest.source["float_layers"] == r["float_layers"]
+        assert m.classifier.input.dtype == "float32"  # mixed models keep float I/O

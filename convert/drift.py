@@ -1,0 +1,87 @@
+"""Where does int8 lose the model? Compare every tensor of the int8 model with its float twin.
+
+Both models run on the same photos with all intermediate tensors kept (and without the XNNPACK
+delegate, which fuses ops and hides their outputs). For each op of the int8 model, the relative
+RMS error of its output against the float model's tensor of the same name is the error
+*accumulated* up to that point; the op's `jump` is what it adds over its inputs' error. Ops
+with the largest jumps are the ones worth keeping in float; a steady climb with no large jump
+means the error compounds through the depth and no small set of float layers will fix it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+
+def _interpreter(content: bytes):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        it = Interpreter(model_content=content, num_threads=2, experimental_preserve_all_tensors=True,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it.allocate_tensors()
+    return it
+
+
+def _value(it, detail) -> np.ndarray | None:
+    try:
+        a = it.get_tensor(detail["index"])
+    except ValueError:
+        return None
+    scale, zp = detail["quantization"]
+    if a.dtype != np.float32:
+        a = (a.astype(np.float32) - zp) * scale if scale else a.astype(np.float32)
+    return a
+
+
+def drift(float_model: bytes, quant_model: bytes, float_inputs: list[np.ndarray],
+          quant_inputs: list[np.ndarray]) -> list[dict]:
+    """Per op of the quantized model, in execution order: accumulated error and its jump."""
+    f, q = _interpreter(float_model), _interpreter(quant_model)
+    f_in, q_in = f.get_input_details()[0]["index"], q.get_input_details()[0]["index"]
+    f_by_name = {d["name"]: d for d in f.get_tensor_details()}
+    q_details = {d["index"]: d for d in q.get_tensor_details()}
+    sums: dict[int, list[float]] = {}
+    for xf, xq in zip(float_inputs, quant_inputs, strict=True):
+        f.set_tensor(f_in, xf)
+        f.invoke()
+        q.set_tensor(q_in, xq)
+        q.invoke()
+        for idx, d in q_details.items():
+            twin = f_by_name.get(d["name"])
+            if twin is None:
+                continue
+            a, b = _value(q, d), _value(f, twin)
+            if a is None or b is None or a.shape != b.shape or b.size < 2:
+                continue
+            err = float(np.sqrt(np.mean((a - b) ** 2)) / (np.sqrt(np.mean(b**2)) + 1e-12))
+            sums.setdefault(idx, []).append(err)
+    ops = q._get_ops_details()
+    # only activations: weights share names across the two models but not their meaning
+    activations = {t for op in ops for t in op["outputs"]}
+    err = {k: float(np.mean(v)) for k, v in sums.items() if k in activations}
+    rows = []
+    for op in ops:
+        outs = [t for t in op["outputs"] if t in err]
+        if not outs or op["op_name"] in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        e_in = max([err[t] for t in op["inputs"] if t in err], default=0.0)
+        e_out = max(err[t] for t in outs)
+        rows.append({"op": op["op_name"], "tensor": q_details[outs[0]]["name"], "error": e_out, "jump": e_out - e_in})
+    return rows
+
+
+def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
+    if not rows:
+        return []
+    n = len(rows)
+    marks = [rows[min(n - 1, round(i * (n - 1) / 4))] for i in range(5)]
+    lines = ["int8 error through the depth (relative RMS vs float): " +
+             " -> ".join(f"{100 * r['error']:.0f}%" for r in marks)]
+    lines.append("ops adding the most error:")
+    for r in sorted(rows, key=lambda r: r["jump"], reverse=True)[:top]:
+        lines.append(f"  +{100 * r['jump']:5.1f}%  {r['op']:<16} {r['tensor'][:80]}")
+    return lines
