@@ -20,7 +20,8 @@ import numpy as np
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
 from ecosorter.edge.errors import EcoSorterError, ModelError
-from ecosorter.edge.hardware import Actuator, make_actuator
+from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
+from ecosorter.edge.hardware.inputs import Inputs
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import read_labels_file
 from ecosorter.edge.model.store import ModelInstallError, ModelStore
@@ -53,10 +54,17 @@ class Sorter:
                  events: EventLog | None = None, board: StatusBoard | None = None,
                  sinks: list | None = None, notifier: Notifier | None = None,
                  is_present: Callable[[], bool] | None = None, captures: CaptureStore | None = None,
-                 mqtt: MqttLink | None = None, store: ModelStore | None = None):
+                 mqtt: MqttLink | None = None, store: ModelStore | None = None, inputs=None):
         self.cfg, self.model, self.source, self.actuator = cfg, model, source, actuator
         self.events, self.board, self.sinks = events, board, list(sinks or [])
         self.captures, self.mqtt, self.store = captures, mqtt, store
+        self.inputs = inputs
+        self.halt = threading.Event()  # set by the UPS low-power input: finish and stop
+        self.last_event_id = ""
+        if inputs is not None:
+            is_present = is_present or (inputs.item_present if inputs.item_sensor is not None else None)
+            inputs.on_wrong(lambda: self.flag(self.last_event_id) if self.last_event_id else None)
+            inputs.on_power_fail(self._power_fail)
         self._swap_to: Path | None = None
         self._last_state_t = 0.0
         self.notifier = notifier or Notifier()
@@ -118,6 +126,7 @@ class Sorter:
                         "route": round((t4 - t3) * 1000, 3),
                         "total": round((t3 - self._item_t0) * 1000, 3)})
         self._record(event, frame)
+        self.last_event_id = event.id
         s = self.summary
         s.items += 1
         s.uncertain += decision.uncertain
@@ -152,6 +161,10 @@ class Sorter:
             if image and self.events is not None:
                 self.events.set_image(event_id, image)
         return ok
+
+    def _power_fail(self) -> None:
+        log.warning("power failing (UPS signal): finishing the current item and stopping safely")
+        self.halt.set()
 
     def housekeeping(self) -> None:
         """Commands, state publishing and model swaps: only while no item is being decided."""
@@ -247,6 +260,8 @@ class Sorter:
         if self.mqtt is not None:
             self.mqtt.start()
         for frame in self.frames(stop):
+            if self.halt.is_set():
+                break
             self.notifier.watchdog()  # only reached while frames flow
             self.housekeeping()
             try:
@@ -270,6 +285,8 @@ class Sorter:
             return
         self._closed = True
         steps = [self.actuator.close]
+        if self.inputs is not None:
+            steps.append(self.inputs.close)
         if self.reader is not None:
             steps.append(self.reader.close)
         else:
@@ -307,8 +324,16 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
     opened: list = [model]
     try:
         route = CompartmentMap(cfg.hardware.compartments, model.manifest.label_ids, cfg.decision.fallback)
+        if pin_factory is None and cfg.hardware.profile != "none":
+            pin_factory = make_pin_factory(cfg.hardware.pin_factory)
         actuator = make_actuator(cfg.hardware, route.count, route(cfg.decision.fallback, True), pin_factory)
         opened.append(actuator)
+        inputs = None
+        if cfg.hardware.profile != "none" and any(p >= 0 for p in (cfg.hardware.item_sensor_pin,
+                                                                  cfg.hardware.wrong_button_pin,
+                                                                  cfg.hardware.power_fail_pin)):
+            inputs = Inputs(cfg.hardware, pin_factory)
+            opened.append(inputs)
         events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
@@ -318,7 +343,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
         mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None
         source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
-                        mqtt=mqtt, store=store)
+                        mqtt=mqtt, store=store, inputs=inputs)
         if rolled_back:
             board.set_health("model", True, f"rolled back: {rolled_back}")
         return sorter

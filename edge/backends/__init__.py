@@ -22,11 +22,11 @@ BACKEND_NAMES = ("auto", *RUNTIMES)
 
 
 def available_runtimes() -> dict[str, str]:
-    """name -> version, or the reason it cannot be used here."""
+    """name -> version, or the reason it cannot be used here (TensorFlow is not imported)."""
     out = {}
     for name, get in RUNTIMES.items():
         try:
-            out[name] = get()[1]
+            out[name] = tensorflow.installed_version() if name == "tensorflow" else get()[1]
         except BackendError as e:
             out[name] = f"unavailable: {e}"
     return out

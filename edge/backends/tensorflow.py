@@ -8,14 +8,17 @@ from ecosorter.edge.backends.base import require_module
 from ecosorter.edge.errors import BackendError
 
 
-def interpreter_class() -> tuple[type, str]:
+def installed_version() -> str:
+    """Without importing TensorFlow (seconds of start-up and hundreds of MB)."""
     for dist in ("tensorflow", "tensorflow-cpu"):
         try:
-            version = metadata.version(dist)
-            break
+            return metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    else:
-        raise BackendError("TensorFlow is not installed")
+    raise BackendError("TensorFlow is not installed")
+
+
+def interpreter_class() -> tuple[type, str]:
+    version = installed_version()
     tf = require_module("tensorflow", "pip install tensorflow")
     return tf.lite.Interpreter, version

@@ -55,7 +55,7 @@ class Preprocessor:
         self.input = inp
         self.roi = roi  # x, y, w, h as fractions of the frame: the tray region
         self._table = build_table(prep, inp)
-        self._index_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._index_cache: dict[tuple[int, int], np.ndarray] = {}
         self._out = np.empty((1, inp.height, inp.width, 3), dtype=self._table.dtype)
 
     def __call__(self, pixels: np.ndarray, order: str = "bgr", out: np.ndarray | None = None) -> np.ndarray:
@@ -63,22 +63,25 @@ class Preprocessor:
             raise ValueError(f"pixel order {order!r}; allowed: {', '.join(PIXEL_ORDERS)}")
         if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
             raise ValueError(f"expected H x W x 3 or 4 uint8 pixels, got {pixels.shape} {pixels.dtype}")
-        rows, cols = self._indices(pixels.shape[0], pixels.shape[1])
-        # Source channel feeding each model channel; a 4th (X or alpha) channel is never read.
-        same = order == self.prep.color
-        chans = (0, 1, 2) if same else (2, 1, 0)
+        flat = self._flat_index(pixels.shape[0], pixels.shape[1])
+        # Same channel order as the model: 0,1,2; opposite: 2,1,0. A 4th (X/alpha) is never read.
+        chans = (0, 1, 2) if order == self.prep.color else (2, 1, 0)
         dst = self._out if out is None else out
-        picked = pixels[rows[:, None], cols[None, :]]
+        # One gather of the picked pixels (a flat take is ~4x faster than 2-D fancy indexing),
+        # then one 256-entry table lookup per channel.
+        picked = np.take(np.ascontiguousarray(pixels).reshape(-1, pixels.shape[2]), flat, axis=0)
+        view = dst.reshape(-1, 3)
         for k, c in enumerate(chans):
-            np.take(self._table[k], picked[..., c], out=dst[0, ..., k])
+            np.take(self._table[k], picked[:, c], out=view[:, k])
         return dst if out is not None else dst.copy()
 
-    def _indices(self, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    def _flat_index(self, height: int, width: int) -> np.ndarray:
         key = (height, width)
         if key not in self._index_cache:  # frame size rarely changes: compute once per size
             x0, y0, w, h = self._roi_pixels(height, width)
-            self._index_cache[key] = (nearest_indices(h, self.input.height) + y0,
-                                      nearest_indices(w, self.input.width) + x0)
+            rows = nearest_indices(h, self.input.height) + y0
+            cols = nearest_indices(w, self.input.width) + x0
+            self._index_cache[key] = (rows[:, None] * width + cols[None, :]).ravel()
         return self._index_cache[key]
 
     def _roi_pixels(self, height: int, width: int) -> tuple[int, int, int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -133,3 +134,28 @@ def test_labels_must_all_have_a_compartment(tmp_path):
     cfg = sim(SAMPLES, **{"hardware.compartments": {"kaca": 0}})
     with pytest.raises(ConfigError, match="hardware.compartments: no compartment for kardus"):
         build_sorter(cfg, state_dir=tmp_path)
+
+
+def test_break_beam_trigger_wrong_button_and_power_fail(factory, tmp_path):
+    from ecosorter.edge.sources.base import Frame
+    from ecosorter.edge.sources.folder import FolderSource
+
+    cfg = sim(SAMPLES, **{"trigger.mode": "sensor", "hardware.item_sensor_pin": 17,
+                          "hardware.wrong_button_pin": 27, "hardware.power_fail_pin": 22})
+    with build_sorter(cfg, pin_factory=factory, state_dir=tmp_path) as sorter:
+        beam, wrong, power = factory.pin(17), factory.pin(27), factory.pin(22)
+        src = FolderSource(SAMPLES, item_frames=4, empty_frames=0)
+        src.open()
+        frames = [src.read() for _ in range(4)]
+        # the beam is not broken: an item in view is ignored
+        assert all(sorter.process(f) is None for f in frames) and sorter.summary.inferences == 0
+        beam.drive_low()  # beam broken: an item is on the tray
+        events = [e for f in frames for e in [sorter.process(Frame(f.pixels, f.order, 0.0, f.seq, f.name))] if e]
+        assert len(events) == 1 and events[0].source_name == frames[0].name
+        wrong.drive_low()  # a person presses "wrong?"
+        time.sleep(0.2)
+        assert sorter.events.query("SELECT flagged FROM events WHERE id = ?", (events[0].id,))[0]["flagged"] == 1
+        power.drive_low()  # the UPS says power is failing
+        time.sleep(0.2)
+        assert sorter.halt.is_set()
+        assert sorter.run().items == 1  # the loop stops at once
