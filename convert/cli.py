@@ -70,14 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             return inspect(Path(argv[1]))
         args = build_parser().parse_args(argv)
         from ecosorter.convert.pipeline import convert
-        from ecosorter.edge.model.manifest import read_labels_file
+        from ecosorter.edge.model.manifest import load_labels_file
 
-        labels = None
-        if args.labels:
-            try:
-                labels = read_labels_file(args.labels.read_text())
-            except (OSError, ValueError) as e:
-                raise EcoSorterError(f"--labels {args.labels}: {e}") from None
+        labels = load_labels_file(args.labels)
         keep = args.keep_float
         keep_float: int | list[str] = int(keep) if keep.isdigit() else [k for k in keep.split(",") if k]
         result = convert(args.model, args.output, args.quantize, calibration=args.calibration,

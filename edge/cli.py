@@ -30,15 +30,10 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
 
 def _load(args):
     from ecosorter.edge.model import load_model
-    from ecosorter.edge.model.manifest import read_labels_file
+    from ecosorter.edge.model.manifest import load_labels_file
     from ecosorter.edge.preprocess.spec import preset
 
-    labels = None
-    if args.labels:
-        try:
-            labels = read_labels_file(args.labels.read_text())
-        except (OSError, ValueError) as e:
-            raise EcoSorterError(f"--labels {args.labels}: {e}") from None
+    labels = load_labels_file(args.labels)
     return load_model(args.model, args.backend, args.threads or None, labels,
                       preset(args.preprocess) if args.preprocess else None)
 

@@ -23,7 +23,7 @@ from ecosorter.edge.errors import EcoSorterError, ModelError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.inputs import Inputs
 from ecosorter.edge.model import LoadedModel, load_model
-from ecosorter.edge.model.manifest import read_labels_file
+from ecosorter.edge.model.manifest import load_labels_file
 from ecosorter.edge.model.store import ModelInstallError, ModelStore
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
@@ -103,6 +103,8 @@ class Sorter:
             decision = self.voter.add(probs)
         elif state is TriggerState.EMPTY:
             decision = self.voter.flush()  # it left before K frames: decide on what was seen
+            if decision is None:
+                self._item_frame = None
         elif state is TriggerState.MOVING:
             self.voter.reset()  # it moved: start again when it is still
             self._item_frame = None
@@ -312,9 +314,8 @@ class Sorter:
 
 def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -> Sorter:
     """Everything from the config, validated before anything moves; partial builds are closed."""
-    labels = preprocess = None
-    if cfg.model.labels_file:
-        labels = read_labels_file(Path(cfg.model.labels_file).read_text())
+    labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
+    preprocess = None
     if cfg.model.preprocess:
         preprocess = preset(cfg.model.preprocess)
     state = Path(state_dir or cfg.record.state_dir)

@@ -53,6 +53,18 @@ def read_labels_file(text: str) -> list[Label]:
     return labels
 
 
+def load_labels_file(path, what: str = "--labels") -> list[Label] | None:
+    """Labels from a file given on the command line or in the config; None when not given."""
+    if not path:
+        return None
+    from ecosorter.edge.errors import EcoSorterError
+
+    try:
+        return read_labels_file(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        raise EcoSorterError(f"{what} {path}: {e}") from None
+
+
 @dataclass(frozen=True)
 class Manifest:
     labels: tuple[Label, ...]
