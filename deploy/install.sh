@@ -67,7 +67,7 @@ echo "EcoSorter Edge install: $ARCH, Python $PYVER, source $SRC"
 step "system packages (picamera2 and lgpio come from apt, not pip)"
 run apt-get update
 run apt-get install -y --no-install-recommends python3-venv python3-pip python3-picamera2 python3-lgpio \
-  python3-libcamera libopenblas0 i2c-tools
+  python3-libcamera python3-cryptography libopenblas0 i2c-tools
 if [ "$KIOSK" -eq 1 ]; then run apt-get install -y --no-install-recommends chromium; fi
 
 step "service user $SVC_USER in gpio, video, i2c"
@@ -83,7 +83,7 @@ if [ ! -x "$VENV/bin/python" ]; then run "$PY" -m venv --system-site-packages "$
 run "$VENV/bin/pip" install --upgrade pip
 if [ "$ARCH" = "armv7l" ] || [ "$ARCH" = "armv6l" ]; then
   # LiteRT has no 32-bit ARM wheels: tflite-runtime 2.14 (Python <= 3.11) with numpy 1.
-  run "$VENV/bin/pip" install "$SRC" "tflite-runtime==2.14.*" "numpy<2" opencv-python-headless gpiozero paho-mqtt tomlkit
+  run "$VENV/bin/pip" install "$SRC" "tflite-runtime==2.14.*" "numpy<2" opencv-python-headless gpiozero paho-mqtt tomlkit cryptography
 else
   run "$VENV/bin/pip" install "${SRC}[edge]"
 fi

@@ -197,6 +197,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.hardware import make_actuator
+    from ecosorter.edge.hardware.calibrate import calibrate
+
+    cfg = load_config(args.config)
+    compartments = max(cfg.hardware.compartments.values()) + 1
+    with make_actuator(cfg.hardware, compartments, 0) as actuator:
+        return 0 if calibrate(args.config, actuator) else 1
+
+
 def cmd_config(args) -> int:
     from ecosorter.edge.config import example_toml, load_config
 
@@ -237,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, help="photos to feed (default: the bundled ones)")
     _model_args(p, with_model=False)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("calibrate", help="set servo angles per compartment by eye; saved into the config")
+    p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p.set_defaults(fn=cmd_calibrate)
 
     p = sub.add_parser("model", help="install a new model (verified, tested, atomic), roll back, or list")
     p.add_argument("action", choices=["install", "rollback", "list"])

@@ -19,7 +19,8 @@ def test_seed_resnet50_h5_to_int8_runs_in_litert(tmp_path, photo_dir):
     from ecosorter.convert.demo.seed_model import build_seed_model, reestimate_batchnorm
 
     model = build_seed_model(tf_keras)
-    assert [layer.name for layer in model.layers[-2:]] == ["flatten", "dense"]
+    assert [type(layer).__name__ for layer in model.layers[-2:]] == ["Flatten", "Dense"]
+    assert model.layers[-1].units == 7 and model.input_shape == (None, 224, 224, 3)
     assert model.count_params() > 23_000_000
     t = TrainingTransform(PRESETS["caffe"], 224, 224)
     reestimate_batchnorm(model, np.stack([t(p) for p in sorted(DATA.glob("*/*.jpg"))]))

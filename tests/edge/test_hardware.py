@@ -168,3 +168,23 @@ def test_pins_validated_at_start():
         validate_pins(hw(**{"hardware.profile": "chute", "hardware.chute_pin": 5}), require_hardware_pwm=True)
     with pytest.raises(ConfigError, match="led_pins\\[1\\]: GPIO40 does not exist"):
         validate_pins(hw(**{"hardware.led_pins": [5, 40]}))
+
+
+def test_calibrate_moves_servos_and_saves_keeping_comments(factory, tmp_path):
+    from ecosorter.edge.hardware.calibrate import calibrate
+
+    path = tmp_path / "config.toml"
+    path.write_text("# my bin in the canteen\n[hardware]\nprofile = \"chute\"  # rotating chute\n"
+                    "settle_s = 0.01\n")
+    cfg = load_config(path, {"hardware.pin_factory": "mock"}).hardware
+    # c0 keep; c1 nudge +2, accept; c2 set -60, accept; c3..c6 keep; trapdoor closed -85; open 5
+    answers = iter(["", "+", "", "-60", "", "", "", "", "", "-85", "", "5", ""])
+    with make_actuator(cfg, 7, fallback=3, pin_factory=factory) as act:
+        chute = factory.pin(12)
+        assert calibrate(path, act, ask=lambda prompt: next(answers), say=lambda s: None)
+        assert round(duty(-58), 4) in [round(s.state, 4) for s in chute.states]  # -60 nudged by +2
+    text = path.read_text()
+    assert "# my bin in the canteen" in text and "# rotating chute" in text
+    saved = load_config(path, {"hardware.pin_factory": "mock"}).hardware
+    assert saved.chute_angles == [-90.0, -58.0, -60.0, 0.0, 30.0, 60.0, 90.0]
+    assert saved.trapdoor_closed_angle == -85.0 and saved.trapdoor_open_angle == 5.0

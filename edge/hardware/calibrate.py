@@ -1,0 +1,81 @@
+"""`ecosorter calibrate`: set each compartment's servo angle by eye, saved into the config file
+with its comments and layout kept (tomlkit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ecosorter.edge.errors import ConfigError
+
+HELP = "enter = keep, a number = set the angle, + / - = nudge by 2 degrees, q = stop without saving"
+
+
+def _adjust(name: str, angle: float, move: Callable[[float], None], ask: Callable[[str], str],
+            say: Callable[[str], None]) -> float | None:
+    while True:
+        move(angle)
+        answer = ask(f"{name}: {angle:.0f} deg > ").strip()
+        if answer == "":
+            return angle
+        if answer == "q":
+            return None
+        if answer in ("+", "-"):
+            angle = max(-90.0, min(90.0, angle + (2.0 if answer == "+" else -2.0)))
+            continue
+        try:
+            value = float(answer)
+        except ValueError:
+            say(f"  {answer!r}? {HELP}")
+            continue
+        if not -90.0 <= value <= 90.0:
+            say("  angles are -90..90")
+            continue
+        angle = value
+
+
+def calibrate(config_path: Path, actuator, ask: Callable[[str], str] = input,
+              say: Callable[[str], None] = print) -> bool:
+    """Walk every servo position of the actuator's profile; True when saved."""
+    import tomlkit
+
+    try:
+        doc = tomlkit.parse(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(config_path), "file not found (calibrate saves into it)") from None
+    say(HELP)
+    updates: dict[str, object] = {}
+    if actuator.profile in ("chute", "pca9685"):
+        angles = []
+        for i, a in enumerate(actuator.angles):
+            new = _adjust(f"compartment {i}", a, lambda v: setattr(actuator.chute, "angle", v), ask, say)
+            if new is None:
+                return False
+            angles.append(new)
+        for key, label, start in (("trapdoor_closed_angle", "trapdoor closed", actuator.door_closed),
+                                  ("trapdoor_open_angle", "trapdoor open", actuator.door_open)):
+            new = _adjust(label, start, lambda v: setattr(actuator.trapdoor, "angle", v), ask, say)
+            if new is None:
+                return False
+            updates[key] = new
+        updates["chute_angles"] = angles
+        actuator.chute.detach()
+        actuator.trapdoor.detach()
+    elif actuator.profile == "flaps":
+        flap = actuator.flaps[0]
+        for key, label, start in (("flap_closed_angle", "flaps closed", actuator.closed),
+                                  ("flap_open_angle", "flaps open", actuator.open_)):
+            new = _adjust(label, start, lambda v: setattr(flap, "angle", v), ask, say)
+            if new is None:
+                return False
+            updates[key] = new
+        flap.detach()
+    else:
+        say(f"profile {actuator.profile!r} has no servos to calibrate")
+        return False
+    table = doc.setdefault("hardware", tomlkit.table())
+    for key, value in updates.items():
+        table[key] = value
+    config_path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+    say(f"saved into {config_path}")
+    return True
