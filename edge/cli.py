@@ -208,6 +208,19 @@ def cmd_calibrate(args) -> int:
         return 0 if calibrate(args.config, actuator) else 1
 
 
+def cmd_safe(args) -> int:
+    """Run by systemd after every stop (ExecStopPost), also after a watchdog kill or SIGKILL,
+    when the sorter itself could not: trapdoor closed, chute home, servos detached, LEDs off."""
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.hardware import make_actuator
+
+    cfg = load_config(args.config if args.config.exists() else None)
+    with make_actuator(cfg.hardware, max(cfg.hardware.compartments.values()) + 1, 0):
+        pass  # building an actuator puts it in its safe state; closing detaches and turns off
+    print(f"hardware safe ({cfg.hardware.profile})")
+    return 0
+
+
 def cmd_config(args) -> int:
     from ecosorter.edge.config import example_toml, load_config
 
@@ -248,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", type=Path, help="photos to feed (default: the bundled ones)")
     _model_args(p, with_model=False)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("safe", help="put the hardware in its safe state (systemd runs it after every stop)")
+    p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p.set_defaults(fn=cmd_safe)
 
     p = sub.add_parser("calibrate", help="set servo angles per compartment by eye; saved into the config")
     p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))

@@ -67,6 +67,8 @@ class TriggerConfig:
     still_threshold: float = opt(4.0, min=0.1, max=255, doc="mean |diff| between frames below this = still")
     still_frames: int = opt(2, min=1, max=100)
     empty_learn_frames: int = opt(3, min=1, max=100)
+    dark_below: float = opt(25.0, min=0.0, max=255, doc="camera alert: mean brightness below this")
+    blur_below: float = opt(50.0, min=0.0, doc="camera alert: item-frame sharpness (Laplacian variance) below this")
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,10 @@ class HardwareConfig:
     drop_s: float = opt(0.6, min=0.0, max=10)
     move_budget_s: float = opt(2.0, min=0.05, max=60, doc="a move slower than this is a fault")
     interlock_pin: int = opt(-1, min=-1, max=27, doc="lid switch; -1 = none")
-    item_sensor_pin: int = opt(-1, min=-1, max=27, doc="break-beam for trigger.mode = sensor")
+    item_sensor_pin: int = opt(-1, min=-1, max=27, doc="for trigger.mode = sensor: beam/PIR input, or ultrasonic echo")
+    item_sensor_kind: str = opt("beam", allowed=("beam", "pir", "ultrasonic"))
+    item_sensor_trigger_pin: int = opt(-1, min=-1, max=27, doc="ultrasonic: the trigger pin")
+    item_sensor_distance_m: float = opt(0.15, min=0.02, max=4.0, doc="ultrasonic: an item is closer than this")
     full_sensor_pins: dict[str, int] = opt(factory=dict, doc="compartment -> fill-level input pin")
     when_full: str = opt("fallback", allowed=("fallback", "pause"))
     wrong_button_pin: int = opt(-1, min=-1, max=27, doc='"wrong?" button; -1 = none')

@@ -32,6 +32,7 @@ from ecosorter.edge.record.captures import CaptureStore
 from ecosorter.edge.record.mqtt import MqttLink
 from ecosorter.edge.service import Notifier
 from ecosorter.edge.sources import Frame, FrameSource, LatestFrameReader, open_source
+from ecosorter.edge.sources.quality import QualityMonitor
 from ecosorter.edge.status import StatusBoard
 
 log = logging.getLogger("ecosorter.sorter")
@@ -74,6 +75,7 @@ class Sorter:
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
         self.voter = Voter(cfg.decision, labels, self.route)
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
+        self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
         self.summary = Summary(counts=dict.fromkeys(labels, 0))
         self.reader = LatestFrameReader(source, cfg.camera.stall_timeout_s, cfg.camera.reopen_backoff_max_s,
                                         expected_fps=cfg.camera.fps) if source.live else None
@@ -86,6 +88,13 @@ class Sorter:
     def process(self, frame: Frame) -> Event | None:
         self.summary.frames += 1
         state = self.trigger.update(frame.pixels)
+        if self.trigger.thumb is not None:
+            settled = state is TriggerState.SETTLED
+            was = self.quality.alert
+            if self.quality.check(self.trigger.thumb, settled) != was:
+                if self.quality.alert:
+                    log.warning("camera: %s", self.quality.alert)
+                self._health("image", not self.quality.alert, self.quality.alert or "ok")
         decision = None
         if state is TriggerState.SETTLED:
             if self._item_frame is None:  # first frame of an item: it is what gets recorded
@@ -330,7 +339,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
         actuator = make_actuator(cfg.hardware, route.count, route(cfg.decision.fallback, True), pin_factory)
         opened.append(actuator)
         inputs = None
-        if cfg.hardware.profile != "none" and any(p >= 0 for p in (cfg.hardware.item_sensor_pin,
+        if cfg.hardware.profile != "none" and any(p >= 0 for p in (cfg.hardware.item_sensor_pin,  # noqa: SIM102
                                                                   cfg.hardware.wrong_button_pin,
                                                                   cfg.hardware.power_fail_pin)):
             inputs = Inputs(cfg.hardware, pin_factory)

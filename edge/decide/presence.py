@@ -49,6 +49,7 @@ class VisionTrigger:
     def update(self, pixels: np.ndarray) -> TriggerState:
         thumb = thumbnail(pixels, self.roi)
         prev, self._prev = self._prev, thumb
+        self.thumb = thumb
         if self.state is TriggerState.LEARNING:
             self._learn.append(thumb)
             if len(self._learn) >= self.cfg.empty_learn_frames:
@@ -97,6 +98,7 @@ class SensorTrigger:
     def update(self, pixels: np.ndarray) -> TriggerState:
         thumb = thumbnail(pixels, self.roi)
         prev, self._prev = self._prev, thumb
+        self.thumb = thumb
         motion = float(np.abs(thumb - prev).mean()) if prev is not None else 255.0
         if not self.is_present():
             self.state = TriggerState.EMPTY
@@ -115,6 +117,7 @@ class AlwaysTrigger:
 
     state = TriggerState.SETTLED
     change = 0.0
+    thumb = None
 
     def update(self, pixels: np.ndarray) -> TriggerState:
         self.state = TriggerState.SETTLED

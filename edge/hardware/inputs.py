@@ -1,4 +1,5 @@
-"""Inputs a person or the bin gives: item sensor, "wrong?" button, UPS low-power signal.
+"""Inputs a person or the bin gives: item sensor (break-beam, PIR or ultrasonic), "wrong?"
+button, UPS low-power signal.
 
 Sensors wired active-low with the Pi's pull-up (a break-beam that breaks, a button pressed, a
 UPS HAT pulling its signal low) read as `is_active`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ecosorter.edge.config import HardwareConfig
+from ecosorter.edge.errors import ConfigError
 
 
 class Inputs:
@@ -23,7 +25,20 @@ class Inputs:
             return d
 
         try:
-            self.item_sensor = button(cfg.item_sensor_pin) if cfg.item_sensor_pin >= 0 else None
+            self.item_sensor = None
+            if cfg.item_sensor_pin >= 0:
+                if cfg.item_sensor_kind == "pir":
+                    self.item_sensor = gpiozero.MotionSensor(cfg.item_sensor_pin, pin_factory=pin_factory)
+                elif cfg.item_sensor_kind == "ultrasonic":
+                    if cfg.item_sensor_trigger_pin < 0:
+                        raise ConfigError("hardware.item_sensor_trigger_pin", "an ultrasonic sensor needs its trigger pin")
+                    self.item_sensor = gpiozero.DistanceSensor(
+                        echo=cfg.item_sensor_pin, trigger=cfg.item_sensor_trigger_pin, max_distance=1.0,
+                        threshold_distance=cfg.item_sensor_distance_m, pin_factory=pin_factory)
+                else:  # break-beam receiver: low (active) while the beam is broken
+                    self.item_sensor = button(cfg.item_sensor_pin)
+                if not any(d is self.item_sensor for d in self._devices):
+                    self._devices.append(self.item_sensor)
             self.wrong_button = button(cfg.wrong_button_pin) if cfg.wrong_button_pin >= 0 else None
             self.power_fail = button(cfg.power_fail_pin) if cfg.power_fail_pin >= 0 else None
         except BaseException:
@@ -31,6 +46,7 @@ class Inputs:
             raise
 
     def item_present(self) -> bool:
+        # Button and MotionSensor: is_active; DistanceSensor: active when within the threshold
         return bool(self.item_sensor is not None and self.item_sensor.is_active)
 
     def on_wrong(self, fn: Callable[[], None]) -> None:

@@ -56,7 +56,7 @@ def used_pins(cfg: HardwareConfig) -> list[tuple[str, int, bool]]:
     elif cfg.profile == "flaps":
         pins += [(f"hardware.flap_pins[{i}]", p, False) for i, p in enumerate(cfg.flap_pins)]
     pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
-    for key in ("interlock_pin", "item_sensor_pin", "wrong_button_pin", "power_fail_pin"):
+    for key in ("interlock_pin", "item_sensor_pin", "item_sensor_trigger_pin", "wrong_button_pin", "power_fail_pin"):
         if getattr(cfg, key) >= 0:
             pins.append((f"hardware.{key}", getattr(cfg, key), False))
     pins += [(f"hardware.full_sensor_pins.{c}", p, False) for c, p in cfg.full_sensor_pins.items()]

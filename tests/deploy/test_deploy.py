@@ -35,7 +35,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
     if unit == "ecosorter.service":
         for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
                      "ReadWritePaths=/var/lib/ecosorter", "NoNewPrivileges=yes", "PrivateTmp=yes",
-                     "ProtectHome=yes", "SupplementaryGroups=gpio video i2c"):
+                     "ProtectHome=yes", "SupplementaryGroups=gpio video i2c", "ExecStopPost=", "WatchdogSignal=SIGTERM"):
             assert line in text
 
 

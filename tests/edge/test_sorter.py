@@ -159,3 +159,41 @@ def test_break_beam_trigger_wrong_button_and_power_fail(factory, tmp_path):
         time.sleep(0.2)
         assert sorter.halt.is_set()
         assert sorter.run().items == 1  # the loop stops at once
+
+
+def test_dark_and_blurred_camera_alerts(tmp_path):
+    import cv2
+
+    from ecosorter.edge.sources.base import Frame
+    from ecosorter.edge.sources.folder import FolderSource
+
+    with build_sorter(sim(SAMPLES), state_dir=tmp_path) as sorter:
+        src = FolderSource(SAMPLES, item_frames=6, empty_frames=3)
+        src.open()
+        frames = [src.read() for _ in range(3 + 9 * 4)]
+
+        def feed(transform):
+            for i, f in enumerate(frames):
+                sorter.process(Frame(transform(f.pixels), f.order, float(i), f.seq, f.name))
+            return sorter.board.snapshot()["health"].get("image", {"ok": True, "detail": ""})
+
+        assert feed(lambda p: p)["ok"] is True
+        dark = feed(lambda p: (p // 12).astype(np.uint8))
+        assert dark["ok"] is False and "too dark" in dark["detail"]
+        assert feed(lambda p: p)["ok"] is True  # lights back on: the alert clears
+        blurred = feed(lambda p: cv2.GaussianBlur(p, (0, 0), 12))
+        assert blurred["ok"] is False and "blurred" in blurred["detail"]
+
+
+def test_pir_sensor_trigger(factory, tmp_path):
+    from ecosorter.edge.sources.folder import FolderSource
+
+    cfg = sim(SAMPLES, **{"trigger.mode": "sensor", "hardware.item_sensor_pin": 4, "hardware.item_sensor_kind": "pir"})
+    with build_sorter(cfg, pin_factory=factory, state_dir=tmp_path) as sorter:
+        src = FolderSource(SAMPLES, item_frames=4, empty_frames=0)
+        src.open()
+        frames = [src.read() for _ in range(4)]
+        assert all(sorter.process(f) is None for f in frames)
+        factory.pin(4).drive_high()  # PIR: high on motion
+        time.sleep(0.3)  # gpiozero samples motion sensors at 10 Hz
+        assert [e for f in frames if (e := sorter.process(f))]

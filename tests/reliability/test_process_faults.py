@@ -89,3 +89,12 @@ def test_exit_codes_that_systemd_sees(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", "run", "--simulate", "--fast", "--no-status",
                          "--state-dir", str(tmp_path / "s")], capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0 and "13 items" in ok.stdout
+
+
+def test_safe_command_after_a_kill(tmp_path):
+    """What systemd's ExecStopPost runs: builds the actuator in its safe state and releases it."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[hardware]\nprofile = "chute"\npin_factory = "mock"\n')
+    r = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", "safe", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "hardware safe (chute)" in r.stdout
