@@ -38,7 +38,8 @@ class CaptureStore:
         self.quota = int(quota_mb * 1e6)
         self.error = ""
         self._rng = random.Random(seed)
-        self._recent: OrderedDict[str, tuple[str, bytes]] = OrderedDict()  # id -> (label, jpeg) for late flags
+        # id -> (label, pixels, order) of recent items, so a late "wrong?" can still keep the photo
+        self._recent: OrderedDict[str, tuple[str, np.ndarray, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._flagged_file = self.root / "flagged.txt"
 
@@ -49,14 +50,13 @@ class CaptureStore:
 
     def capture(self, event: Event, pixels: np.ndarray, order: str) -> str:
         """Keep the photo if the policy wants it; returns its path relative to root, or ''."""
-        jpeg = encode_jpeg(pixels, order)
-        with self._lock:
-            self._recent[event.id] = (event.label, jpeg)
+        with self._lock:  # references only: frames are never written to after capture
+            self._recent[event.id] = (event.label, pixels, order)
             while len(self._recent) > 8:
                 self._recent.popitem(last=False)
         if not self.wants(event):
             return ""
-        return self._write(event.id, event.label, jpeg)
+        return self._write(event.id, event.label, encode_jpeg(pixels, order))
 
     def flag(self, event_id: str) -> str:
         """A person flagged a recent item: make sure its photo is kept, and kept longest."""
@@ -67,7 +67,7 @@ class CaptureStore:
         if existing:
             rel = str(existing[0].relative_to(self.root))
         elif recent is not None:
-            rel = self._write(event_id, recent[0], recent[1])
+            rel = self._write(event_id, recent[0], encode_jpeg(recent[1], recent[2]))
         if rel:
             with open(self._flagged_file, "a") as f:
                 f.write(rel + "\n")

@@ -19,7 +19,8 @@ class StatusBoard:
         self.started = time.time()
         self._lock = threading.Lock()
         self.last: dict | None = None
-        self.last_jpeg: bytes = b""
+        self._last_pixels: tuple[np.ndarray, str] | None = None
+        self._last_jpeg: bytes | None = None
         self.seq = 0
         self.day = _today()
         self.counts: dict[str, int] = dict.fromkeys(labels, 0)
@@ -29,7 +30,7 @@ class StatusBoard:
         self.latency_ms: list[float] = []
 
     def record(self, event: Event, pixels: np.ndarray | None = None, order: str = "rgb") -> None:
-        jpeg = _jpeg(pixels, order) if pixels is not None else b""
+        # Keep a reference only; the JPEG is made when a browser asks for it, off the loop.
         with self._lock:
             if _today() != self.day:
                 self.day, self.counts, self.uncertain = _today(), dict.fromkeys(self.labels, 0), 0
@@ -38,8 +39,16 @@ class StatusBoard:
             self.counts[event.label] = self.counts.get(event.label, 0) + 1
             self.uncertain += event.uncertain
             self.last = {**event.to_dict(), "name": self.labels.get(event.label, event.label), "seq": self.seq}
-            self.last_jpeg = jpeg
+            self._last_pixels = (pixels, order) if pixels is not None else None
+            self._last_jpeg = None
             self.latency_ms = (self.latency_ms + [event.latency_ms.get("total", 0.0)])[-200:]
+
+    @property
+    def last_jpeg(self) -> bytes:
+        with self._lock:
+            if self._last_jpeg is None:
+                self._last_jpeg = _jpeg(*self._last_pixels) if self._last_pixels is not None else b""
+            return self._last_jpeg
 
     def set_health(self, part: str, ok: bool, detail: str = "") -> None:
         with self._lock:
