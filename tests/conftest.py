@@ -126,3 +126,18 @@ def mosquitto(tmp_path):
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture()
+def factory():
+    """gpiozero's own mock pins, with PWM: the one pin factory every hardware test uses."""
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    f = MockFactory(pin_class=MockPWMPin)
+    yield f
+    f.reset()
+
+
+def duty(angle: float) -> float:
+    """PWM duty of an AngularServo(-90..90) with 0.5-2.5 ms pulses at 50 Hz."""
+    return (0.5 + (angle + 90) / 180 * 2.0) / 20.0

@@ -5,25 +5,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from ecosorter.edge.config import load_config
 from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.hardware import make_actuator, validate_pins
+from tests.conftest import duty
 
 FAST = {"hardware.settle_s": 0.02, "hardware.drop_s": 0.03, "hardware.move_budget_s": 1.0}
 
 
-def duty(angle: float) -> float:
-    """AngularServo(-90..90) with 0.5-2.5 ms pulses at 50 Hz."""
-    return (0.5 + (angle + 90) / 180 * 2.0) / 20.0
 
 
-@pytest.fixture()
-def factory():
-    f = MockFactory(pin_class=MockPWMPin)
-    yield f
-    f.reset()
 
 
 def hw(**overrides):

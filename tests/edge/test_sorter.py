@@ -8,21 +8,13 @@ import time
 
 import numpy as np
 import pytest
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from ecosorter.edge import classify_image, load_model
 from ecosorter.edge.config import load_config
 from ecosorter.edge.decide.presence import TriggerState, VisionTrigger
 from ecosorter.edge.sorter import build_sorter
 from ecosorter.edge.sources.folder import EMPTY_TRAY_RGB
-from tests.conftest import DATA, SAMPLES
-
-
-@pytest.fixture()
-def factory():
-    f = MockFactory(pin_class=MockPWMPin)
-    yield f
-    f.reset()
+from tests.conftest import DATA, SAMPLES, duty
 
 
 @pytest.fixture()
@@ -59,11 +51,11 @@ def test_each_photo_is_one_decision_equal_to_classify_and_the_chute_follows(came
         rows = sqlite3.connect(tmp_path / "state" / "events.db").execute(
             "SELECT source_name, label, uncertain, compartment, routed_to FROM events ORDER BY seq").fetchall()
     assert [r[0] for r in rows] == list(expected)
-    for (name, label, uncertain, compartment, routed), duty in zip(rows, moves, strict=True):
+    for (name, label, uncertain, compartment, routed), moved_to in zip(rows, moves, strict=True):
         assert label == expected[name]
         want = cfg.hardware.compartments["khusus" if uncertain else label]
         assert compartment == routed == want
-        assert duty == round((0.5 + (chute_angles[want] + 90) / 180 * 2.0) / 20.0, 4)
+        assert moved_to == round(duty(chute_angles[want]), 4)
 
 
 def test_confident_items_cost_one_inference_others_are_averaged(camera_dir, tmp_path):

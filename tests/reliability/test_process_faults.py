@@ -9,23 +9,11 @@ import sys
 import threading
 
 import pytest
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from ecosorter.edge.cli import run_until_signalled
 from ecosorter.edge.config import load_config
 from ecosorter.edge.sorter import build_sorter
-from tests.conftest import SAMPLES
-
-
-def duty(angle: float) -> float:
-    return round((0.5 + (angle + 90) / 180 * 2.0) / 20.0, 4)
-
-
-@pytest.fixture()
-def factory():
-    f = MockFactory(pin_class=MockPWMPin)
-    yield f
-    f.reset()
+from tests.conftest import SAMPLES, duty
 
 
 def chute_cfg(**over):
@@ -49,8 +37,8 @@ def test_signal_during_a_servo_move_finishes_safely(tmp_path, factory, sig):
         assert summary.items == 1  # the item in flight was finished, nothing after it
     chute = factory.pin(12)
     assert chute.frequency is None and door.frequency is None  # detached: no holding jitter
-    assert [round(s.state, 4) for s in chute.states if s.state][-1] == duty(0)  # home
-    assert [round(s.state, 4) for s in door.states if s.state][-1] == duty(-90)  # closed
+    assert [round(s.state, 4) for s in chute.states if s.state][-1] == round(duty(0), 4)  # home
+    assert [round(s.state, 4) for s in door.states if s.state][-1] == round(duty(-90), 4)  # closed
     assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
 
 
