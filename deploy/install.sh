@@ -12,6 +12,7 @@ ETC=/etc/ecosorter
 STATE=/var/lib/ecosorter
 SVC_USER=ecosorter
 UNIT_DIR=/etc/systemd/system
+USER_UNIT_DIR=/etc/systemd/user
 
 DRY=0 UNINSTALL=0 PURGE=0 KIOSK=0 MODEL=""
 usage() { sed -n '2,5p' "$0"; exit "${1:-0}"; }
@@ -41,12 +42,14 @@ fi
 
 if [ "$UNINSTALL" -eq 1 ]; then
   step "stop and remove the services"
-  for unit in ecosorter.service ecosorter-kiosk.service; do
-    if [ -e "$UNIT_DIR/$unit" ]; then
-      run systemctl disable --now "$unit"
-      run rm -f "$UNIT_DIR/$unit"
-    fi
-  done
+  if [ -e "$UNIT_DIR/ecosorter.service" ]; then
+    run systemctl disable --now ecosorter.service
+    run rm -f "$UNIT_DIR/ecosorter.service"
+  fi
+  if [ -e "$USER_UNIT_DIR/ecosorter-kiosk.service" ]; then
+    run systemctl --global disable ecosorter-kiosk.service
+    run rm -f "$USER_UNIT_DIR/ecosorter-kiosk.service"
+  fi
   run systemctl daemon-reload
   run rm -rf "$PREFIX"
   if [ "$PURGE" -eq 1 ]; then
@@ -68,7 +71,7 @@ step "system packages (picamera2 and lgpio come from apt, not pip)"
 run apt-get update
 run apt-get install -y --no-install-recommends python3-venv python3-pip python3-picamera2 python3-lgpio \
   python3-libcamera python3-cryptography libopenblas0 i2c-tools
-if [ "$KIOSK" -eq 1 ]; then run apt-get install -y --no-install-recommends chromium; fi
+if [ "$KIOSK" -eq 1 ]; then run apt-get install -y --no-install-recommends chromium curl; fi
 
 step "service user $SVC_USER in gpio, video, i2c"
 if ! id "$SVC_USER" >/dev/null 2>&1; then
@@ -102,10 +105,14 @@ fi
 
 step "systemd units"
 run install -m 0644 "$SRC/deploy/ecosorter.service" "$UNIT_DIR/ecosorter.service"
-if [ "$KIOSK" -eq 1 ]; then run install -m 0644 "$SRC/deploy/kiosk.service" "$UNIT_DIR/ecosorter-kiosk.service"; fi
 run systemctl daemon-reload
 run systemctl enable --now ecosorter.service
-if [ "$KIOSK" -eq 1 ]; then run systemctl enable --now ecosorter-kiosk.service; fi
+if [ "$KIOSK" -eq 1 ]; then
+  # a user unit: it starts with the desktop session of whoever logs in on the kiosk screen
+  run install -d "$USER_UNIT_DIR"
+  run install -m 0644 "$SRC/deploy/kiosk.service" "$USER_UNIT_DIR/ecosorter-kiosk.service"
+  run systemctl --global enable ecosorter-kiosk.service
+fi
 
 step "check"
 run "$VENV/bin/ecosorter" doctor --config "$ETC/config.toml"

@@ -56,7 +56,8 @@ def test_installer_dry_run_prints_every_step_and_changes_nothing(tmp_path):
                      "-m venv --system-site-packages /opt/ecosorter/venv",
                      "install -m 0644", "config.example.toml /etc/ecosorter/config.toml",
                      "ecosorter model install m.tflite", "systemctl enable --now ecosorter.service",
-                     "ecosorter-kiosk.service", "doctor --config /etc/ecosorter/config.toml"):
+                     "/etc/systemd/user/ecosorter-kiosk.service", "systemctl --global enable ecosorter-kiosk.service",
+                     "doctor --config /etc/ecosorter/config.toml"):
         assert expected in out, expected
     u = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--uninstall", "--dry-run"], capture_output=True, text=True)
     assert u.returncode == 0 and "kept /etc/ecosorter and /var/lib/ecosorter" in u.stdout
