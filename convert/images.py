@@ -80,7 +80,7 @@ def load_tensors(images: list[LabelledImage], transform: TrainingTransform, desc
                  progress: bool = True) -> tuple[np.ndarray, list[LabelledImage], list[str]]:
     """Float tensors for every readable image; unreadable ones are skipped and reported."""
     tensors, kept, skipped = [], [], []
-    for im in _progress(images, desc, progress):
+    for im in progress_bar(images, desc, progress):
         try:
             tensors.append(transform(im.path))
             kept.append(im)
@@ -90,7 +90,7 @@ def load_tensors(images: list[LabelledImage], transform: TrainingTransform, desc
     return arr, kept, skipped
 
 
-def _progress(items: list, desc: str, enabled: bool) -> Iterator:
+def progress_bar(items: list, desc: str, enabled: bool) -> Iterator:
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover

@@ -16,9 +16,9 @@ from ecosorter.convert.images import (
     ImageSetError,
     LabelledImage,
     TrainingTransform,
-    _progress,
     list_images,
     load_tensors,
+    progress_bar,
     stratified_sample,
 )
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
@@ -97,7 +97,7 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
                                   f"{min(MIN_CALIBRATION_IMAGES, calibration_size)}")
 
     def bar(items):
-        return _progress(list(items), "int8 calibration", progress)
+        return progress_bar(list(items), "int8 calibration", progress)
 
     kept_float: list[str] = []
     drift_rows: list[dict] = []

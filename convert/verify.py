@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ecosorter.convert.images import LabelledImage, _progress
+from ecosorter.convert.images import LabelledImage, progress_bar
 from ecosorter.convert.source_model import SourceModel
 from ecosorter.edge.backends import Classifier
 from ecosorter.edge.errors import ImageError
@@ -30,7 +30,7 @@ def verify(src: SourceModel, classifier: Classifier, prep: PreprocessSpec, label
             ref_probs.append(src.predict(np.stack(pending)))
             pending.clear()
 
-    for im in _progress(images, "verify", progress):
+    for im in progress_bar(images, "verify", progress):
         try:
             pixels = decode_image(im.path)
         except ImageError as e:
