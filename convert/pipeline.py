@@ -118,16 +118,15 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     source = {"file": src.path.name, "format": src.kind, "sha256": src.sha256, **src.versions,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
               "float_layers": kept_float}
-    draft = Manifest(labels=tuple(labels), input=_probe_input(tflite, runtime), preprocess=prep,
-                     output={"activation": "softmax"}, source=source)
-    candidate = embed_metadata(tflite, draft.to_json())
-    classifier = _test_load(candidate, runtime, quantize)
+    classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
     log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
-        f"{len(candidate) / 1e6:.1f} MB")
+        f"{len(tflite) / 1e6:.1f} MB")
+    draft = Manifest(labels=tuple(labels), input=classifier.input, preprocess=prep,
+                     output={"activation": "softmax"}, source=source)
 
     report = verify(src, classifier, prep, label_ids, verify_images, progress)
     classifier.close()
-    sizes = {"source": _size(src.path), "tflite": len(candidate)}
+    sizes = {"source": _size(src.path), "tflite": len(tflite)}
     threshold = _min_agreement(quantize, min_agreement)
     report.update({"mode": quantize, "min_agreement": threshold, "file_size_bytes": sizes,
                    "runtime": {"name": runtime}, "float_layers": kept_float})
@@ -152,8 +151,10 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         log(f"FAILED: agreement {100 * report['agreement']:.1f}% is below --min-agreement "
             f"{100 * threshold:.1f}%; nothing written (use --force to write anyway)")
         return ConversionResult(False, output, report, final)
-    _atomic_write(output, embed_metadata(tflite, final.to_json()))
-    log(f"wrote {output} ({len(candidate) / 1e6:.1f} MB)" + ("" if passed else " despite failed verification (--force)"))
+    content = embed_metadata(tflite, final.to_json())
+    _check_final(content, runtime, quantize, final)  # the exact bytes written load and carry the manifest
+    _atomic_write(output, content)
+    log(f"wrote {output} ({len(content) / 1e6:.1f} MB)" + ("" if passed else " despite failed verification (--force)"))
     return ConversionResult(True, output, report, final)
 
 
@@ -173,11 +174,12 @@ def _drift(src, quant: bytes, calib) -> list[dict]:
     return drift(float_model, quant, xs, qs)
 
 
-def _probe_input(tflite: bytes, runtime: str):
-    classifier = _test_load(tflite, runtime, "")
-    spec = classifier.input
-    classifier.close()
-    return spec
+def _check_final(content: bytes, runtime: str, mode: str, manifest: Manifest) -> None:
+    from ecosorter.edge.model.loader import read_manifest
+
+    if read_manifest(content, "output") != manifest:
+        raise ConversionError("internal error: the embedded manifest does not read back identically")
+    _test_load(content, runtime, mode).close()
 
 
 def _test_load(content: bytes, runtime: str, mode: str):
