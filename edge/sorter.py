@@ -347,7 +347,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
         events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
-        board = StatusBoard(cfg.bin_id, names, route.count)
+        board = StatusBoard(cfg.bin_id, names)
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
         mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ecosorter.edge.config import TriggerConfig
-from ecosorter.edge.preprocess.transform import nearest_indices
+from ecosorter.edge.preprocess.transform import nearest_indices, roi_pixels
 
 THUMB_W, THUMB_H = 64, 48
 
@@ -26,11 +26,7 @@ class TriggerState(enum.Enum):
 
 
 def thumbnail(pixels: np.ndarray, roi: tuple[float, float, float, float] | None) -> np.ndarray:
-    h, w = pixels.shape[:2]
-    x0, y0, cw, ch = 0, 0, w, h
-    if roi is not None:
-        x0, y0 = round(roi[0] * w), round(roi[1] * h)
-        cw, ch = max(1, min(round(roi[2] * w), w - x0)), max(1, min(round(roi[3] * h), h - y0))
+    x0, y0, cw, ch = roi_pixels(roi, pixels.shape[0], pixels.shape[1])
     rows = nearest_indices(ch, THUMB_H) + y0
     cols = nearest_indices(cw, THUMB_W) + x0
     return pixels[rows[:, None], cols[None, :], :3].astype(np.float32).mean(axis=2)

@@ -32,6 +32,16 @@ def nearest_indices(src_len: int, dst_len: int) -> np.ndarray:
     return picked
 
 
+def roi_pixels(roi: tuple[float, float, float, float] | None, height: int, width: int) -> tuple[int, int, int, int]:
+    """The tray region (x, y, w, h as fractions of the frame) in pixels, clipped to the frame."""
+    if roi is None:
+        return 0, 0, width, height
+    fx, fy, fw, fh = roi
+    x0, y0 = round(fx * width), round(fy * height)
+    w, h = max(1, round(fw * width)), max(1, round(fh * height))
+    return x0, y0, min(w, width - x0), min(h, height - y0)
+
+
 def build_table(prep: PreprocessSpec, inp: InputSpec) -> np.ndarray:
     """3 x 256 table: model-order channel k, 8-bit value v -> the tensor value."""
     v = np.arange(256, dtype=np.float32)
@@ -85,9 +95,4 @@ class Preprocessor:
         return self._index_cache[key]
 
     def _roi_pixels(self, height: int, width: int) -> tuple[int, int, int, int]:
-        if self.roi is None:
-            return 0, 0, width, height
-        fx, fy, fw, fh = self.roi
-        x0, y0 = round(fx * width), round(fy * height)
-        w, h = max(1, round(fw * width)), max(1, round(fh * height))
-        return x0, y0, min(w, width - x0), min(h, height - y0)
+        return roi_pixels(self.roi, height, width)

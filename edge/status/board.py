@@ -12,10 +12,9 @@ from ecosorter.edge.record.event import Event
 
 
 class StatusBoard:
-    def __init__(self, bin_id: str, labels: dict[str, str], compartments: int):
+    def __init__(self, bin_id: str, labels: dict[str, str]):
         self.bin_id = bin_id
         self.labels = labels  # id -> display name
-        self.compartments = compartments
         self.started = time.time()
         self._lock = threading.Lock()
         self.last: dict | None = None
