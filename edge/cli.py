@@ -164,15 +164,15 @@ def cmd_model(args) -> int:
     import base64
 
     from ecosorter.edge.config import DEFAULT_PATH, load_config
-    from ecosorter.edge.model import load_model
+    from ecosorter.edge.model.loader import read_manifest
     from ecosorter.edge.model.store import ModelStore
 
     cfg = load_config(DEFAULT_PATH if DEFAULT_PATH.exists() else None)
     key = base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None
     store = ModelStore(_state_dir(args), public_key=key)
-    if store.current.exists():
-        with load_model(store.current) as running:
-            store.expected_labels = running.manifest.label_ids
+    if store.current.exists():  # the labels the bin is wired for: the manifest is enough
+        running = read_manifest(store.current.read_bytes(), store.current)
+        store.expected_labels = running.label_ids if running else None
     if args.action == "install":
         if args.file is None:
             raise EcoSorterError("model install needs a FILE")

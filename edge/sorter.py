@@ -72,6 +72,7 @@ class Sorter:
         labels = model.manifest.label_ids
         roi = tuple(cfg.camera.roi) if cfg.camera.roi != [0.0, 0.0, 1.0, 1.0] else None
         self.preprocessor = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
+        self._tensor = self.preprocessor.new_buffer()
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
         self.voter = Voter(cfg.decision, labels, self.route)
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
@@ -102,7 +103,7 @@ class Sorter:
                 self._stage_ms = {"preprocess": 0.0, "inference": 0.0}
                 self._item_frame = frame
             t0 = time.perf_counter()
-            tensor = self.preprocessor(frame.pixels, frame.order)
+            tensor = self.preprocessor(frame.pixels, frame.order, out=self._tensor)
             t1 = time.perf_counter()
             probs = self.model.classifier.classify(tensor)
             t2 = time.perf_counter()
@@ -223,6 +224,7 @@ class Sorter:
         old, self.model = self.model, new
         roi = self.preprocessor.roi
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
+        self._tensor = self.preprocessor.new_buffer()
         old.close()
         log.info("now sorting with model %s", new.sha256[:12])
         self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")

@@ -85,6 +85,10 @@ class Preprocessor:
             np.take(self._table[k], picked[:, c], out=view[:, k])
         return dst if out is not None else dst.copy()
 
+    def new_buffer(self) -> np.ndarray:
+        """A tensor to pass as `out=`, so a loop preprocesses every frame without allocating."""
+        return np.empty_like(self._out)
+
     def _flat_index(self, height: int, width: int) -> np.ndarray:
         key = (height, width)
         if key not in self._index_cache:  # frame size rarely changes: compute once per size

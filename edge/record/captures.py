@@ -42,6 +42,9 @@ class CaptureStore:
         self._recent: OrderedDict[str, tuple[str, np.ndarray, str]] = OrderedDict()
         self._lock = threading.Lock()
         self._flagged_file = self.root / "flagged.txt"
+        # relative path -> (mtime, size): the folder is scanned once, then kept up to date here,
+        # so a capture costs one write, not a stat of every photo under the quota
+        self._index: dict[str, tuple[float, int]] | None = None
 
     def wants(self, event: Event) -> bool:
         if self.policy == "none":
@@ -82,6 +85,7 @@ class CaptureStore:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(jpeg)
             os.replace(tmp, path)
+            self._files()[rel] = (path.stat().st_mtime, len(jpeg))
             self.error = ""
             return rel
         except OSError as e:  # disk full / read-only: drop the photo, keep sorting
@@ -97,16 +101,23 @@ class CaptureStore:
         except FileNotFoundError:
             return set()
 
+    def _files(self) -> dict[str, tuple[float, int]]:
+        if self._index is None:
+            self._index = {}
+            for p in self.root.glob("*/*.jpg"):
+                st = p.stat()
+                self._index[str(p.relative_to(self.root))] = (st.st_mtime, st.st_size)
+        return self._index
+
     def _evict(self, incoming: int) -> None:
-        files = [(p.stat().st_mtime, p) for p in self.root.glob("*/*.jpg")]
-        used = sum(p.stat().st_size for _, p in files)
+        files = self._files()
+        used = sum(size for _, size in files.values())
         if used + incoming <= self.quota:
             return
         flagged = self.flagged()
         # oldest unflagged first, then (only if still over) oldest flagged
-        order = sorted(files, key=lambda t: (str(t[1].relative_to(self.root)) in flagged, t[0]))
-        for _, p in order:
+        for rel in sorted(files, key=lambda r: (r in flagged, files[r][0])):
             if used + incoming <= self.quota:
                 break
-            used -= p.stat().st_size
-            p.unlink(missing_ok=True)
+            used -= files.pop(rel)[1]
+            (self.root / rel).unlink(missing_ok=True)

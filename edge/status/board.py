@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 
 import numpy as np
@@ -26,7 +27,7 @@ class StatusBoard:
         self.uncertain = 0
         self.total = 0
         self.health: dict[str, dict] = {}
-        self.latency_ms: list[float] = []
+        self.latency_ms: deque[float] = deque(maxlen=200)
 
     def record(self, event: Event, pixels: np.ndarray | None = None, order: str = "rgb") -> None:
         # Keep a reference only; the JPEG is made when a browser asks for it, off the loop.
@@ -40,7 +41,7 @@ class StatusBoard:
             self.last = {**event.to_dict(), "name": self.labels.get(event.label, event.label), "seq": self.seq}
             self._last_pixels = (pixels, order) if pixels is not None else None
             self._last_jpeg = None
-            self.latency_ms = (self.latency_ms + [event.latency_ms.get("total", 0.0)])[-200:]
+            self.latency_ms.append(event.latency_ms.get("total", 0.0))
 
     @property
     def last_jpeg(self) -> bytes:
