@@ -59,7 +59,7 @@ def run_doctor(args) -> int:
     def pins():
         from ecosorter.edge.hardware import make_actuator
 
-        with make_actuator(cfg.hardware, max(cfg.hardware.compartments.values()) + 1, 0) as act:
+        with make_actuator(cfg.hardware, max(cfg.hardware.compartments.values()) + 1) as act:
             return f"profile {act.profile} on pin factory {cfg.hardware.pin_factory or 'default'}"
 
     check("pins", pins)
