@@ -111,6 +111,8 @@ class Sorter:
         self.pending: Pending | None = None
         self._on_event: Callable[[Event], None] | None = None
         self._closed = False
+        for entry in self.machine.entries():  # raised while the hardware was built (a lid open at start)
+            self._on_machine(entry, "raised", "")
 
     # ------------------------------------------------------------------ one frame
     def process(self, frame: Frame) -> Event | None:
