@@ -247,7 +247,7 @@ def test_soft_pwm_pins_warned():
     from ecosorter.edge.hardware.check import machine_warnings
 
     cfg = load_config(overrides={"hardware.profile": "chute", "hardware.chute_pin": 5})
-    assert any("GPIO5) have no hardware PWM" in w for w in machine_warnings(cfg))
+    assert any("no hardware PWM on hardware.chute_pin (GPIO5)" in w for w in machine_warnings(cfg))
 
 
 def test_ultrasonic_present_means_near_with_real_echo_timing():
