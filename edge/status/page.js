@@ -101,9 +101,16 @@ function drawItem(s) {
   }
   const [id, english] = names(last.label);
   const pct = (100 * last.confidence).toFixed(0);
-  $("label").textContent = id;
-  $("english").textContent = english;
-  $("conf").textContent = last.uncertain ? `Tidak yakin / Uncertain (${pct}%)` : `${pct}% yakin / confident`;
+  if (last.uncertain) {  // the guess is not what the bin acted on: say so first, the guess smaller
+    $("label").textContent = "Tidak yakin";
+    $("english").textContent = "Uncertain";
+    $("conf").textContent = `Mungkin / Maybe: ${both(id, english)} (${pct}%)`;
+  } else {
+    $("label").textContent = id;
+    $("english").textContent = english;
+    $("conf").textContent = `${pct}% yakin / confident`;
+  }
+  document.body.dataset.uncertain = last.uncertain ? "1" : "";
   let reason = "";
   if (last.routed_to < 0) {
     dest.classList.add("unrouted");
@@ -112,7 +119,8 @@ function drawItem(s) {
   } else if (last.uncertain) {
     dest.classList.add("uncertain");
     dest.textContent = where(last.routed_to);
-    reason = "Tidak yakin: ke kompartemen cadangan / Uncertain: to the fallback compartment";
+    const [fid, fen] = names(binLabels(s, last.routed_to)[0] || "");
+    reason = "Ke kompartemen cadangan / To the fallback compartment" + (fid ? ` (${both(fid, fen)})` : "");
   } else if (last.routed_to !== last.compartment) {
     dest.classList.add("rerouted");
     dest.textContent = where(last.routed_to);
@@ -128,6 +136,10 @@ function drawItem(s) {
   $("photo").alt = both(id, english);
 }
 
+function binLabels(s, index) {
+  return ((s.compartments || []).find((c) => c.index === index) || {labels: []}).labels;
+}
+
 // ------------------------------------------------------------------ compartments, counts, links
 function drawBins(s) {
   if (!changed("bins", [s.compartments, s.labels, s.unrouted])) return;
@@ -135,7 +147,7 @@ function drawBins(s) {
     const label = c.labels.map((lb) => names(lb)[0]).join(" · ") || "—";
     const sub = c.full ? "PENUH / FULL" : c.rerouted_in ? `+${c.rerouted_in} dialihkan / rerouted` : "\u00a0";
     const t = el("div", c.full ? "bin full" : "bin", el("div", "no", `#${c.index}`), el("div", "names", label),
-      el("div", "n", String(c.count)), el("div", "sub", sub));
+      el("div", "n", String(c.count)), el("div", c.rerouted_in ? "sub more" : "sub", sub));
     t.dataset.index = c.index;
     return t;
   });
@@ -148,7 +160,7 @@ function drawBins(s) {
 function drawKinds(s) {
   const t = s.today;
   if (!changed("kinds", [t, s.labels])) return;
-  const parts = ["Hari ini / Today, jenis / by kind: "];
+  const parts = ["Hari ini / Today: "];
   Object.entries(t.counts).forEach(([k, n], i) => parts.push(...(i ? [" · "] : []), names(k)[0], " ", el("b", "", String(n))));
   parts.push("  |  Tidak yakin / Uncertain ", el("b", "", String(t.uncertain)));
   $("kinds").replaceChildren(...parts);
@@ -218,7 +230,8 @@ function drawRecent(s) {
 
 function drawButtons(s) {
   const last = (s.recent || []).find((r) => r.id === lastId);
-  $("wrong").hidden = !(actions.has("flag") && last && !last.flagged);
+  const shown = document.body.dataset.shown === "item";  // "wrong?" is about the item on screen
+  $("wrong").hidden = !(actions.has("flag") && shown && last && !last.flagged);
   $("labels").hidden = !(actions.has("label") && (s.recent || []).length);
 }
 
