@@ -1,7 +1,9 @@
 """What the kiosk shows: the machine's state, the last items, counts per label and per compartment.
 
-A sink the loop writes to. `record()` only copies a few numbers and a small strided view of the
-frame under a lock; JPEGs are encoded when a browser asks for them, on the server's thread.
+A sink the loop writes to. `record()` only copies a few numbers and keeps a reference to the
+frame (sources hand out a new array per frame); JPEGs are made on the server's thread when the
+page asks (every poll), and at most RAW_KEPT frames wait for that: with no page open, older
+items simply have no photo.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import datetime, timezone
 
 import numpy as np
@@ -17,7 +19,8 @@ import numpy as np
 from ecosorter.edge.record.event import Event
 
 RECENT = 12  # items kept for the "what was it?" list, with their photos
-THUMB_MAX_PX = 480  # longest side of a kept photo (a strided copy: no resampling on the loop)
+RAW_KEPT = 3  # frames kept by reference until the server thread makes their JPEG
+THUMB_MAX_PX = 480  # longest side of a kept photo
 # Decision latency histogram (seconds); cumulative since start, as Prometheus expects.
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 READY = {"state": "ready", "holds": [], "faults": []}
@@ -53,10 +56,10 @@ class StatusBoard:
         self.latency_sum_s = 0.0
         self._recent: OrderedDict[str, dict] = OrderedDict()
         self._photos: dict[str, tuple[np.ndarray, str] | bytes] = {}
+        self._raw: deque[str] = deque()  # ids whose photo is still a frame reference
 
     # ------------------------------------------------------------------ written by the loop
     def record(self, event: Event, pixels: np.ndarray | None = None, order: str = "rgb") -> None:
-        small = _shrink(pixels) if pixels is not None else None
         with self._lock:
             self._rollover()
             self.seq += 1
@@ -79,12 +82,19 @@ class StatusBoard:
             self._recent[event.id] = {
                 "id": event.id, "time": event.time, "label": event.label, "confidence": event.confidence,
                 "uncertain": event.uncertain, "compartment": event.compartment, "routed_to": event.routed_to,
-                "note": event.note, "true_label": None, "flagged": False, "photo": small is not None}
-            if small is not None:
-                self._photos[event.id] = (small, order)
+                "note": event.note, "true_label": None, "flagged": False, "photo": pixels is not None}
+            if pixels is not None:
+                self._photos[event.id] = (pixels, order)
+                self._raw.append(event.id)
             while len(self._recent) > RECENT:
                 old, _ = self._recent.popitem(last=False)
                 self._photos.pop(old, None)
+            while len(self._raw) > RAW_KEPT:  # nobody asked for it in time: bounded memory, no photo
+                old = self._raw.popleft()
+                if isinstance(self._photos.get(old), tuple):
+                    del self._photos[old]
+                    if old in self._recent:
+                        self._recent[old]["photo"] = False
             total_s = event.latency_ms.get("total", 0.0) / 1000
             self.latency_buckets[np.searchsorted(LATENCY_BUCKETS_S, total_s)] += 1
             self.latency_sum_s += total_s
@@ -133,7 +143,16 @@ class StatusBoard:
         with self._lock:
             if event_id in self._photos:
                 self._photos[event_id] = jpeg
+            if event_id in self._raw:
+                self._raw.remove(event_id)
         return jpeg
+
+    def encode_pending(self) -> None:
+        """Make the JPEGs of frames still held by reference: called by the server, never the loop."""
+        with self._lock:
+            pending = list(self._raw)
+        for event_id in pending:
+            self.photo(event_id)
 
     def latency(self) -> tuple[list[tuple[str, int]], float]:
         """Cumulative (le, count) buckets ending with +Inf, and the sum in seconds."""
@@ -195,19 +214,14 @@ def _today() -> str:
     return datetime.now(timezone.utc).astimezone().date().isoformat()
 
 
-def _shrink(pixels: np.ndarray) -> np.ndarray:
-    # A strided copy: bounded memory per kept photo, and the camera may reuse its buffer.
-    step = max(1, -(-max(pixels.shape[:2]) // THUMB_MAX_PX))
-    return np.ascontiguousarray(pixels[::step, ::step, :3])
-
-
 def _jpeg(pixels: np.ndarray, order: str) -> bytes:
     import io
 
     from PIL import Image
 
-    rgb = pixels if order == "rgb" else pixels[..., ::-1]
+    rgb = pixels[..., :3] if order == "rgb" else pixels[..., 2::-1]
     im = Image.fromarray(np.ascontiguousarray(rgb))
+    im.thumbnail((THUMB_MAX_PX, THUMB_MAX_PX))
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=80)
     return buf.getvalue()

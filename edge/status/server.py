@@ -183,6 +183,7 @@ class Handler(BaseHTTPRequestHandler):
             name, ctype = STATIC[path]
             self._send(200, (HERE / name).read_bytes(), ctype)
         elif path == "/api/status":
+            board.encode_pending()  # the photos the page is about to ask for, made here, not on the loop
             self._json(200, board.snapshot())
         elif path == "/api/last.jpg":
             self._jpeg(board.last_jpeg)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from ecosorter.edge.status import StatusBoard
@@ -47,21 +49,28 @@ def test_recent_items_are_bounded_with_lazy_photos_and_marks():
     events = [item(board, "kardus") for _ in range(board_module.RECENT + 3)]
     snap = board.snapshot()
     assert [r["id"] for r in snap["recent"]] == [e.id for e in reversed(events[-board_module.RECENT:])]
-    assert board.photo(events[0].id) is None  # dropped with its photo
-    assert not any(isinstance(v, bytes) for v in board._photos.values())  # nothing encoded on the loop
+    # No page asked: only the newest RAW_KEPT frames are held (by reference, nothing encoded on the loop).
+    assert [r["photo"] for r in snap["recent"]] == [True] * board_module.RAW_KEPT + [False] * (
+        board_module.RECENT - board_module.RAW_KEPT)
+    assert all(isinstance(v, tuple) for v in board._photos.values()) and len(board._photos) == board_module.RAW_KEPT
+    assert board.photo(events[0].id) is None and board.photo(events[-5].id) is None
+    board.encode_pending()  # what the server does before each /api/status
     jpeg = board.photo(events[-1].id)
     assert jpeg[:3] == b"\xff\xd8\xff" and board.photo(events[-1].id) is jpeg  # encoded once, kept
-    import io
-
-    from PIL import Image
-
     with Image.open(io.BytesIO(jpeg)) as im:
         assert max(im.size) <= board_module.THUMB_MAX_PX
-    board.flagged(events[-2].id)
-    board.labelled(events[-2].id, "kertas")
+    # With the page polling between items, every recent item keeps its photo.
+    for _ in range(board_module.RECENT):
+        item(board, "kaca")
+        board.encode_pending()
+    assert all(r["photo"] for r in board.snapshot()["recent"])
+    assert all(isinstance(v, bytes) for v in board._photos.values()) and len(board._photos) == board_module.RECENT
+    last = board.snapshot()["recent"][1]["id"]
+    board.flagged(last)
+    board.labelled(last, "kertas")
     board.flagged("f" * 32)  # unknown: ignored
     r = board.snapshot()["recent"][1]
-    assert (r["id"], r["flagged"], r["true_label"]) == (events[-2].id, True, "kertas")
+    assert (r["id"], r["flagged"], r["true_label"]) == (last, True, "kertas")
 
 
 def test_day_rollover_resets_today_not_totals(monkeypatch):
