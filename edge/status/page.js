@@ -207,7 +207,9 @@ function drawRecent(s) {
     const tag = r.true_label ? el("span", "tag done", `✓ ${names(r.true_label)[0]}`)
       : r.flagged ? el("span", "tag", "perlu label / needs label") : "";
     const time = new Date(r.time).toLocaleTimeString("id-ID", {hour: "2-digit", minute: "2-digit", second: "2-digit"});
-    const head = el("div", "what", el("b", "", id), ` ${(100 * r.confidence).toFixed(0)}% · ${time} `, tag);
+    const went = r.routed_to < 0 ? "tidak disortir / not routed" : `→ #${r.routed_to}`;
+    const head = el("div", "what", el("b", "", r.uncertain ? `${id}?` : id),
+      ` ${(100 * r.confidence).toFixed(0)}% · ${went} · ${time} `, tag);
     const choices = el("div", "choices");
     for (const label of Object.keys(s.labels)) {
       const [lid, len] = names(label);

@@ -25,7 +25,7 @@ def photo(label: str) -> np.ndarray:
 
 
 def item(board: StatusBoard, label: str, confidence: float = 0.93, *, uncertain: bool = False,
-         routed_to: int | None = None, note: str = "") -> Event:
+         routed_to: int | None = None, note: str = "", encode: bool = True) -> Event:
     intended = COMPARTMENTS["khusus" if uncertain else label]
     routed = intended if routed_to is None else routed_to
     ev = Event(label=label, confidence=confidence, probabilities={label: confidence}, uncertain=uncertain,
@@ -33,6 +33,8 @@ def item(board: StatusBoard, label: str, confidence: float = 0.93, *, uncertain:
                latency_ms={"total": 140.0}, bin_id=board.bin_id, note=note)
     shown = "khusus" if label == "organik" else label  # no organik photos are committed
     board.record(ev, photo(shown), "rgb")
+    if encode:
+        board.encode_pending()  # as the open page's next poll does
     return ev
 
 
@@ -58,6 +60,10 @@ def base(bin_id: str = "kantin-lt2") -> StatusBoard:
 
 def normal() -> StatusBoard:
     board = base()
+    recent = board.snapshot()["recent"]
+    board.flagged(recent[0]["id"])  # a person said "wrong" about the logam item...
+    board.flagged(recent[1]["id"])
+    board.labelled(recent[1]["id"], "kertas")  # ...and this one was labelled already
     item(board, "kaca", 0.96)
     return board
 

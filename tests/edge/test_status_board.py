@@ -46,7 +46,7 @@ def test_without_a_map_the_board_learns_compartments_from_confident_items():
 
 def test_recent_items_are_bounded_with_lazy_photos_and_marks():
     board = StatusBoard("b1", LABELS, COMPARTMENTS)
-    events = [item(board, "kardus") for _ in range(board_module.RECENT + 3)]
+    events = [item(board, "kardus", encode=False) for _ in range(board_module.RECENT + 3)]
     snap = board.snapshot()
     assert [r["id"] for r in snap["recent"]] == [e.id for e in reversed(events[-board_module.RECENT:])]
     # No page asked: only the newest RAW_KEPT frames are held (by reference, nothing encoded on the loop).
@@ -61,8 +61,7 @@ def test_recent_items_are_bounded_with_lazy_photos_and_marks():
         assert max(im.size) <= board_module.THUMB_MAX_PX
     # With the page polling between items, every recent item keeps its photo.
     for _ in range(board_module.RECENT):
-        item(board, "kaca")
-        board.encode_pending()
+        item(board, "kaca")  # encodes after each, as the polling page does
     assert all(r["photo"] for r in board.snapshot()["recent"])
     assert all(isinstance(v, bytes) for v in board._photos.values()) and len(board._photos) == board_module.RECENT
     last = board.snapshot()["recent"][1]["id"]
