@@ -27,8 +27,11 @@ function changed(part, value) {
 }
 
 // "Kaca (glass)" -> ["Kaca", "Glass"]; a name without English keeps one language.
+const own = (obj, key) => (obj && Object.hasOwn(obj, key) ? obj[key] : undefined);  // data keys, never prototypes
+
 function names(label) {
-  const name = (snap && snap.labels[label]) || label;
+  const known = own(snap && snap.labels, label);
+  const name = typeof known === "string" ? known : String(label);
   const m = name.match(/^(.*?)\s*\((.*)\)$/);
   if (!m) return [name, ""];
   return [m[1], m[2].charAt(0).toUpperCase() + m[2].slice(1)];
@@ -182,8 +185,8 @@ function drawChips(s) {
   if (!changed("chips", [s.links, s.health])) return;
   const chips = [];
   for (const [name, link] of Object.entries(s.links)) {
-    const [id, en, states] = LINKS[name] || [name, name, {}];
-    const [sid, sen, cls] = states[link.state] || [link.state, link.state, "warn"];
+    const [id, en, states] = own(LINKS, name) || [name, name, {}];
+    const [sid, sen, cls] = own(states, link.state) || [String(link.state), String(link.state), "warn"];
     const detail = link.detail && cls !== "ok" ? ` — ${link.detail}` : "";
     const label = id === en ? id : `${id} / ${en}`, state = sid === sen ? sid : `${sid} / ${sen}`;
     chips.push(chip(cls, `${label}: ${state}${detail}`));

@@ -105,11 +105,17 @@ class StatusServer(ThreadingHTTPServer):
         self.token = token
         self.actions = " ".join(name for name, cb in (("flag", on_flag), ("label", on_label),
                                                       ("clear_fault", on_clear_fault)) if cb is not None)
-        self.registry = metrics_registry(board)
+        self._registry = None  # made on the first /metrics: the page works without prometheus-client
         self.flagged: OrderedDict[str, bool] = OrderedDict()
         self.action_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_threads)
         self._reaper = _Reaper()
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            self._registry = metrics_registry(self.board)
+        return self._registry
 
     def process_request(self, request, client_address) -> None:
         if not self._slots.acquire(blocking=False):

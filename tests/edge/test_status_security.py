@@ -234,6 +234,7 @@ def test_injected_names_and_details_are_text_not_markup(tmp_path):
     board.set_health("model", False, XSS)
     board.set_link("camera", f"down{XSS}", XSS)
     board.set_link(f"x{XSS}", "up", XSS)
+    board.set_link("constructor", "__proto__", "")  # data keys must not reach JS prototypes
     board.set_machine({"state": "fault", "holds": [], "faults": [
         {**entry("jam", XSS, XSS, XSS, XSS), "name": XSS, "compartment": XSS}]})
     item(board, "kaca")
@@ -247,6 +248,7 @@ def test_injected_names_and_details_are_text_not_markup(tmp_path):
     assert 'src="x"' not in dom and "<img src=x" not in dom  # no element made from the data
     assert dom.count("&lt;img src=x onerror=") >= 10  # ...and the data is there, as text
     assert 'data-state="fault"' in dom and "Gangguan · Fault" in dom
+    assert "constructor: __proto__" in dom and "status unavailable" not in dom
 
 
 def test_idle_connections_cannot_grow_threads():
