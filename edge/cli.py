@@ -111,7 +111,8 @@ def cmd_run(args) -> int:
         if cfg.status.enabled and not args.no_status:
             from ecosorter.edge.status.server import start_status_server
 
-            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag)
+            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag,
+                                         on_clear_fault=sorter.clear_fault)
             if server is not None:
                 print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
         if simulate:

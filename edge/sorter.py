@@ -258,6 +258,8 @@ class Sorter:
             image = self.captures.flag(event_id)
             if image and self.events is not None:
                 self.events.set_image(event_id, image)
+        if ok and self.board is not None:
+            self.board.flagged(event_id)
         return ok
 
     def clear_fault(self, who: str) -> bool:
