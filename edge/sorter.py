@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecosorter.edge.commands import CommandProcessor, callbacks_for
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
 from ecosorter.edge.errors import EcoSorterError, ModelError
@@ -24,7 +25,7 @@ from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.inputs import Inputs
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import load_labels_file
-from ecosorter.edge.model.store import ModelInstallError, ModelStore
+from ecosorter.edge.model.store import DownloadPolicy, ModelStore
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
@@ -67,6 +68,7 @@ class Sorter:
             inputs.on_wrong(lambda: self.flag(self.last_event_id) if self.last_event_id else None)
             inputs.on_power_fail(self._power_fail)
         self._swap_to: Path | None = None
+        self.commands = None  # edge/commands.py's CommandProcessor, when MQTT is on
         self._last_state_t = 0.0
         self.notifier = notifier or Notifier()
         labels = model.manifest.label_ids
@@ -179,36 +181,22 @@ class Sorter:
         self.halt.set()
 
     def housekeeping(self) -> None:
-        """Commands, state publishing and model swaps: only while no item is being decided."""
-        if self.mqtt is not None:
-            while not self.mqtt.commands.empty():
-                cmd = self.mqtt.commands.get_nowait()
-                self.mqtt.reply(self._command(cmd))
-            now = time.monotonic()
-            if self.board is not None and now - self._last_state_t > 2.0:
-                self._last_state_t = now
-                self.mqtt.publish_state(self.board.snapshot())
-        if self._swap_to is not None and self._item_frame is None:
-            self._swap_model(self._swap_to)
-
-    def _command(self, cmd: dict) -> dict:
-        action = cmd["action"]
+        """State publishing and model swaps: only while no item is being decided. Commands run on
+        their own worker (edge/commands.py); nothing here may stop the loop."""
         try:
-            if action == "flag":
-                return {"action": action, "ok": self.flag(cmd["id"]), "id": cmd["id"]}
-            if self.store is None:
-                raise ModelInstallError("this bin has no model store")
-            if action == "rollback_model":
-                self.store.rollback()
-            else:
-                src = self.store.fetch(cmd["url"]) if "url" in cmd else self.store.resolve_reference(cmd["file"])
-                result = self.store.install(src, cmd["sha256"], cmd.get("signature"), self.cfg.model.backend)
-            self._swap_to = self.store.current
-            return {"action": action, "ok": True,
-                    **({"sha256": result.sha256, "self_test": result.self_test} if action == "install_model" else {})}
-        except EcoSorterError as e:
-            log.error("command %s refused: %s", action, e)
-            return {"action": action, "ok": False, "error": str(e)}
+            if self.mqtt is not None:
+                now = time.monotonic()
+                if self.board is not None and now - self._last_state_t > 2.0:
+                    self._last_state_t = now
+                    self.mqtt.publish_state(self.board.snapshot())
+            if self._swap_to is not None and self._item_frame is None:
+                self._swap_model(self._swap_to)
+        except Exception:
+            log.exception("housekeeping failed; sorting goes on")
+
+    def request_swap(self, path: Path) -> None:
+        """Called by the command worker with an installed, verified model: loaded between items."""
+        self._swap_to = Path(path)
 
     def _swap_model(self, path: Path) -> None:
         self._swap_to = None
@@ -305,6 +293,8 @@ class Sorter:
         else:
             steps.append(self.source.close)
         steps += [s.close for s in self.sinks if hasattr(s, "close")]
+        if self.commands is not None:
+            steps.append(self.commands.close)
         if self.mqtt is not None:
             steps.append(self.mqtt.close)
         if self.events is not None:
@@ -330,7 +320,8 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
     if cfg.model.preprocess:
         preprocess = preset(cfg.model.preprocess)
     state = Path(state_dir or cfg.record.state_dir)
-    store = ModelStore(state, public_key=base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None)
+    store = ModelStore(state, public_key=base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None,
+                       downloads=DownloadPolicy.from_config(cfg.model))
     model, rolled_back = _load_with_rollback(cfg, store, labels, preprocess)
     store.expected_labels = model.manifest.label_ids
     opened: list = [model]
@@ -346,16 +337,21 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
                                                                   cfg.hardware.power_fail_pin)):
             inputs = Inputs(cfg.hardware, pin_factory)
             opened.append(inputs)
-        events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
+        events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled,
+                          reserve_bytes=int(cfg.record.disk_reserve_mb * 1e6))
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
         board = StatusBoard(cfg.bin_id, names)
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
+        events.on_disk_full = captures.make_room  # photos make room for events on a full disk
         mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None
         source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
                         mqtt=mqtt, store=store, inputs=inputs)
+        if mqtt is not None:
+            sorter.commands = CommandProcessor(cfg, store, state, callbacks_for(sorter), mqtt.reply).start()
+            mqtt.on_command = sorter.commands.submit
         if rolled_back:
             board.set_health("model", True, f"rolled back: {rolled_back}")
         return sorter
