@@ -297,7 +297,7 @@ class CommandProcessor:
             to = store.rollback(cmd["sha256"])
             swap(store.current)
             return {"model": to}
-        downloaded = None
+        downloaded, running = None, store.current.resolve() if store.current.exists() else None
         try:
             if "url" in cmd:
                 src = downloaded = store.fetch(cmd["url"], cmd["sha256"], self.cancel)
@@ -307,7 +307,8 @@ class CommandProcessor:
         finally:
             if downloaded is not None:
                 downloaded.unlink(missing_ok=True)  # kept as sha-<hash>.tflite when installed
-        swap(store.current)
+        if store.current.resolve() != running:  # the very model already running needs no swap
+            swap(store.current)
         return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test}
 
     def _reply(self, result: dict) -> None:
