@@ -1,0 +1,137 @@
+"""A full disk loses no event that was printed and routed: kill -9, SIGTERM, a flag on a full disk,
+and a non-zero exit naming the cause when events truly cannot be saved. Real tmpfs, real SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.conftest import SAMPLES
+from tests.security.conftest import wait
+
+SORTER = r"""
+import sys
+from pathlib import Path
+from ecosorter.edge.cli import run_until_signalled
+from ecosorter.edge.config import load_config
+from ecosorter.edge.sorter import build_sorter
+cfg = load_config(overrides={"camera.source": "folder", "camera.device": sys.argv[2], "camera.loop": True,
+                             "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0, "record.capture": "all",
+                             "record.capture_quota_mb": 100.0, "record.disk_reserve_mb": 0.2})
+with build_sorter(cfg, state_dir=Path(sys.argv[1])) as s:
+    run_until_signalled(s, on_event=lambda e: print(e.id, flush=True))  # printed = routed
+sys.exit(3 if s.events.unsaved else 0)
+"""
+
+
+def start(state) -> tuple[subprocess.Popen, list[str]]:
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    p = subprocess.Popen([sys.executable, "-c", SORTER, str(state), str(SAMPLES)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    printed: list[str] = []
+    threading.Thread(target=lambda: printed.extend(line.strip() for line in p.stdout), daemon=True).start()
+    return p, printed
+
+
+def stored(state) -> set[str]:
+    con = sqlite3.connect(state / "events.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {r[0] for r in con.execute("SELECT id FROM events")}
+    finally:
+        con.close()
+
+
+def disk_full(state) -> bool:
+    st = os.statvfs(state)
+    return st.f_bavail * st.f_frsize < 100_000
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_full_disk_loses_no_printed_event_on_kill_9_or_sigterm(small_disk, sig):
+    p, printed = start(small_disk)
+    try:
+        # photos fill the 2 MB disk, then keep being evicted for events: go well past that point
+        assert wait(lambda: len(printed) >= 40 and disk_full(small_disk), 180)
+        n = len(printed)
+        assert wait(lambda: len(printed) >= n + 60, 180)
+        p.send_signal(sig)
+        code = p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read()
+    assert "evicted" in err  # photos made room for events
+    assert set(printed) <= stored(small_disk), f"lost {len(set(printed) - stored(small_disk))} events"
+    assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), err[-2000:]
+    if sig == signal.SIGTERM:
+        assert "events unwritten" not in err
+
+
+def test_events_that_truly_cannot_be_saved_make_a_non_zero_exit_naming_the_cause(small_disk):
+    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
+    p = subprocess.Popen([sys.executable, "-m", "ecosorter.edge.cli", "run", "--simulate", "--loop", "--no-status",
+                          "--state-dir", str(small_disk)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
+    try:
+        assert wait(lambda: sum(ln.startswith("[") for ln in lines) >= 2, 120)
+        fill(small_disk / "filler")  # something else takes the whole disk: nothing of ours to evict
+        n = sum(ln.startswith("[") for ln in lines)
+        assert wait(lambda: sum(ln.startswith("[") for ln in lines) >= n + 3, 120)  # sorting goes on
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read()
+    assert code == 3, err[-2000:]
+    assert "events could not be saved" in err and f"the disk holding {small_disk} is full" in err
+
+
+def fill(path) -> None:
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_an_unwritable_state_folder_is_a_clear_error_at_start(small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        r = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", "run", "--simulate", "--no-status",
+                            "--state-dir", str(small_disk / "state")], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"state folder {small_disk / 'state'} is not writable (Read-only file system)" in r.stderr
+
+
+def test_a_flag_command_on_a_full_disk_is_answered_not_a_crash(small_disk):
+    from ecosorter.edge.commands import CommandProcessor, callbacks_for
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.sorter import build_sorter
+
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES), "camera.loop": True,
+                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0, "record.capture": "all",
+                                 "record.disk_reserve_mb": 0.0, "commands.trust_broker_for": ["flag"]})
+    with build_sorter(cfg, state_dir=small_disk) as sorter:
+        sorter.run(max_items=120)
+        fill(small_disk / "filler")  # whatever room is left, taken
+        worker = CommandProcessor(cfg, sorter.store, small_disk, callbacks_for(sorter))
+        r = worker.handle(json.dumps({"action": "flag", "id": sorter.last_event_id}).encode())
+        assert r["action"] == "flag" and isinstance(r["ok"], bool) and "internal error" not in r.get("error", "")
+        assert sorter.run(max_items=122).items == 122  # and it sorts on
