@@ -111,3 +111,26 @@ def test_the_mqtt_password_file_is_used_and_link_state_is_logged_once_per_change
     link.start()
     assert link.connected.wait(20) and link.link_state == ("connected", f"localhost:{mosquitto.port}")
     link.close()
+
+
+def test_keys_new_and_sign_command_make_commands_the_bin_accepts_once(tmp_path, capsys):
+    from ecosorter.edge.cli import main
+    from ecosorter.edge.commands import parse_command
+    from ecosorter.edge.security import AuthError, Verifier, decode_public_key
+
+    key = tmp_path / "owner.key"
+    assert main(["keys", "new", str(key)]) == 0
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    public = capsys.readouterr().out.split('public_key = "')[1].split('"')[0]
+    assert main(["sign-command", "--key", str(key), "--bin-id", "bin7", "flag", "id=abc123"]) == 0
+    cmd = parse_command(capsys.readouterr().out.strip().encode())
+    assert cmd["action"] == "flag" and cmd["id"] == "abc123" and cmd["bin_id"] == "bin7"
+    verifier = Verifier([decode_public_key(public)], "bin7", tmp_path / "nonces.json")
+    verifier.verify(cmd)
+    with pytest.raises(AuthError, match="already used"):
+        Verifier([decode_public_key(public)], "bin7", tmp_path / "nonces.json").verify(cmd)  # after a restart
+    assert main(["sign-command", "--key", str(key), "--bin-id", "bin7", "flag", "id=a/b"]) == 2
+    assert "flag.id: 'a/b' is not an event id" in capsys.readouterr().err
+    os.chmod(key, 0o644)
+    assert main(["sign-command", "--key", str(key), "--bin-id", "bin7", "flag", "id=abc"]) == 2
+    assert "readable by others" in capsys.readouterr().err

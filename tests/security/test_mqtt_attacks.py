@@ -127,19 +127,28 @@ def test_unsigned_forged_stale_replayed_and_downgrade_installs_are_refused(mosqu
 
 def test_without_a_key_remote_install_is_off_and_only_listed_actions_trust_the_broker(mosquitto, tmp_path,
                                                                                         monkeypatch, keys):
-    cfg = sorter_cfg(tmp_path, mosquitto.port, **{"commands.trust_broker_for": ["flag"]})
+    from ecosorter.edge.record.events import EventLog
+
+    cfg = sorter_cfg(tmp_path, mosquitto.port, **{"commands.trust_broker_for": ["flag", "label"]})
     attacker = Attacker(mosquitto.port)
     with RunningSorter(cfg, monkeypatch, tmp_path) as bin7:
         assert wait(lambda: bin7.sorter.last_event_id != "")
         event_id = bin7.sorter.last_event_id
         attacker.send(signed(keys[0], "install_model", file="m.tflite", sha256=HEX))
         attacker.send({"action": "rollback_model", "sha256": HEX})
-        attacker.send({"action": "label", "id": event_id, "label": "kaca"})
+        attacker.send({"action": "clear_fault", "by": "someone"})
         attacker.send({"action": "flag", "id": event_id})
+        attacker.send({"action": "label", "id": event_id, "label": "kaca", "by": "ha"})
+        attacker.send({"action": "label", "id": event_id, "label": "sampah"})
         assert "remote install_model is off" in attacker.result(1)["error"]
         assert "remote rollback_model is off" in attacker.result(2)["error"]
-        assert "must be signed but no key is configured" in attacker.result(3)["error"]
+        assert "clear_fault must be signed but no key is configured" in attacker.result(3)["error"]
         assert attacker.result(4) == {"action": "flag", "ok": True, "id": event_id, "flagged": True}
+        if hasattr(EventLog, "set_label"):  # labels arrive with the retraining branch
+            assert attacker.result(5) == {"action": "label", "ok": True, "id": event_id, "label": "kaca"}
+            assert "'sampah' is not one of this model's labels" in attacker.result(6)["error"]
+        else:
+            assert attacker.result(5)["error"] == attacker.result(6)["error"] == "labels not supported"
     attacker.close()
 
 
