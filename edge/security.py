@@ -18,15 +18,14 @@ import binascii
 import json
 import logging
 import math
-import os
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.model.store import write_durably
 
 log = logging.getLogger("ecosorter.security")
 ENVELOPE = ("bin_id", "ts", "nonce", "sig")
@@ -119,7 +118,8 @@ class NonceCache:
                 self.floor = max(self.floor, self.seen.pop(oldest))
             self.seen[nonce] = ts
             try:
-                _write_atomically(self.path, json.dumps({"floor": self.floor, "seen": self.seen}).encode())
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                write_durably(self.path, json.dumps({"floor": self.floor, "seen": self.seen}).encode(), 0o600)
             except OSError as e:
                 del self.seen[nonce]  # not remembered = could be replayed after a restart: refuse
                 raise AuthError(f"cannot record the nonce in {self.path} ({e.strerror or e}): refused") from None
@@ -166,16 +166,3 @@ class Verifier:
             raise AuthError("signature does not verify with any configured key: refused")
         self.nonces.check_and_add(cmd["nonce"], ts, now)
 
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

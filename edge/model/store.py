@@ -295,7 +295,7 @@ class ModelStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / f"sha-{digest}.tflite"
         if not target.exists():
-            _write_durably(target, content)
+            write_durably(target, content)
         old = os.readlink(self.current) if self.current.is_symlink() else None
         if old == target.name:
             return
@@ -325,14 +325,15 @@ class ModelStore:
                 f.unlink(missing_ok=True)
 
 
-def _write_durably(path: Path, content: bytes) -> None:
+def write_durably(path: Path, content: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file, fsync, rename over `path`, fsync the folder: all or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

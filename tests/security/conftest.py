@@ -7,7 +7,6 @@ import hashlib
 import http.server
 import json
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from ecosorter.edge.config import load_config
 from ecosorter.edge.security import new_keypair, sign_command
 from tests.conftest import SAMPLES
+from tests.reliability.conftest import small_disk  # noqa: F401 - a real 1 MB tmpfs, as a fixture here too
 
 DEMO = SAMPLES.parent / "demo_int8.tflite"
 BIN = "bin7"
@@ -197,16 +197,3 @@ class Server:
 
 def signed(private: str, action: str, **args) -> dict:
     return sign_command(private, action, args, BIN)
-
-
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A real 2 MB tmpfs (root only) for disk-full attacks."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-

@@ -3,6 +3,7 @@ and a non-zero exit naming the cause when events truly cannot be saved. Real tmp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,13 +32,19 @@ sys.exit(3 if s.events.unsaved else 0)
 """
 
 
-def start(state) -> tuple[subprocess.Popen, list[str]]:
+@contextlib.contextmanager
+def running(*args: str):
+    """A sorter process; yields it and the lines it printed so far; killed if still running at the end."""
     env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
-    p = subprocess.Popen([sys.executable, "-c", SORTER, str(state), str(SAMPLES)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
-    printed: list[str] = []
-    threading.Thread(target=lambda: printed.extend(line.strip() for line in p.stdout), daemon=True).start()
-    return p, printed
+    p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(line.strip() for line in p.stdout), daemon=True).start()
+    try:
+        yield p, lines
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def stored(state) -> set[str]:
@@ -56,18 +63,13 @@ def disk_full(state) -> bool:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_full_disk_loses_no_printed_event_on_kill_9_or_sigterm(small_disk, sig):
-    p, printed = start(small_disk)
-    try:
-        # photos fill the 2 MB disk, then keep being evicted for events: go well past that point
+    with running("-c", SORTER, str(small_disk), str(SAMPLES)) as (p, printed):
+        # photos fill the disk, then keep being evicted for events: go well past that point
         assert wait(lambda: len(printed) >= 40 and disk_full(small_disk), 180)
         n = len(printed)
         assert wait(lambda: len(printed) >= n + 60, 180)
         p.send_signal(sig)
         code = p.wait(60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     err = p.stderr.read()
     assert "evicted" in err  # photos made room for events
     assert set(printed) <= stored(small_disk), f"lost {len(set(printed) - stored(small_disk))} events"
@@ -77,23 +79,14 @@ def test_a_full_disk_loses_no_printed_event_on_kill_9_or_sigterm(small_disk, sig
 
 
 def test_events_that_truly_cannot_be_saved_make_a_non_zero_exit_naming_the_cause(small_disk):
-    env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
-    p = subprocess.Popen([sys.executable, "-m", "ecosorter.edge.cli", "run", "--simulate", "--loop", "--no-status",
-                          "--state-dir", str(small_disk)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True).start()
-    try:
+    with running("-m", "ecosorter.edge.cli", "run", "--simulate", "--loop", "--no-status",
+                 "--state-dir", str(small_disk)) as (p, lines):
         assert wait(lambda: sum(ln.startswith("[") for ln in lines) >= 2, 120)
         fill(small_disk / "filler")  # something else takes the whole disk: nothing of ours to evict
         n = sum(ln.startswith("[") for ln in lines)
         assert wait(lambda: sum(ln.startswith("[") for ln in lines) >= n + 3, 120)  # sorting goes on
         p.send_signal(signal.SIGTERM)
         code = p.wait(60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     err = p.stderr.read()
     assert code == 3, err[-2000:]
     assert "events could not be saved" in err and f"the disk holding {small_disk} is full" in err
