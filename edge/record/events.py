@@ -132,8 +132,8 @@ class EventLog:
             if st.f_bavail * st.f_frsize < 4 * self.reserve_bytes:
                 return  # not while space is short: that would only fill the disk sooner
             with open(self.reserve, "wb") as f:
-                for _ in range(0, self.reserve_bytes, 1 << 16):  # real blocks, not a sparse file
-                    f.write(b"\0" * (1 << 16))
+                for start in range(0, self.reserve_bytes, 1 << 16):  # real blocks, not a sparse file
+                    f.write(b"\0" * min(1 << 16, self.reserve_bytes - start))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
@@ -167,6 +167,15 @@ class EventLog:
                       "still recorded; free space on the disk", self.reserve_bytes // 1024, self.reserve)
             return True
         return False
+
+    def _short_wal(self) -> None:
+        """Space is short (the reserve is gone): fold the WAL into the database after each commit, so
+        what is left grows by the size of the events, not by whole WAL pages per commit."""
+        try:
+            assert self._db is not None
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
 
     def _wal_bytes(self) -> int:
         try:
@@ -223,6 +232,8 @@ class EventLog:
                 self._write_pending()
                 self.error = ""
                 self._keep_reserve()
+                if self.reserve_bytes and not self.reserve.exists():
+                    self._short_wal()
                 return True
             except (sqlite3.Error, OSError) as e:
                 self.error = f"event log {self.path}: {explain(self.path.parent, e)}"

@@ -128,3 +128,23 @@ def test_a_flag_command_on_a_full_disk_is_answered_not_a_crash(small_disk):
         r = worker.handle(json.dumps({"action": "flag", "id": sorter.last_event_id}).encode())
         assert r["action"] == "flag" and isinstance(r["ok"], bool) and "internal error" not in r.get("error", "")
         assert sorter.run(max_items=122).items == 122  # and it sorts on
+
+
+def test_the_reserve_file_is_released_when_nothing_else_makes_room_and_comes_back(small_disk, caplog):
+    from ecosorter.edge.record import Event, EventLog
+
+    def event() -> Event:
+        return Event("kaca", 0.9, {"kaca": 0.9}, False, 0, 0, True, 1, "x" * 64, {"total": 1.0})
+
+    log = EventLog(small_disk / "events.db", reserve_bytes=200_000)
+    reserve = small_disk / ".disk-reserve"
+    assert reserve.stat().st_size == 200_000  # real blocks, taken at start
+    fill(small_disk / "filler")  # another program fills the disk; no photos to evict
+    written = [event() for _ in range(150)]
+    assert all(log.append(ev) for ev in written)  # committed, not waiting in memory
+    assert not reserve.exists() and "released the 195 kB reserve" in caplog.text
+    (small_disk / "filler").unlink()  # space again: the reserve is taken back (at most once a minute)
+    log._reserve_t = -1e9
+    assert log.append(event()) and reserve.stat().st_size == 200_000
+    log.close()
+    assert log.unsaved == 0 and {e.id for e in written} <= stored(small_disk)
