@@ -44,7 +44,9 @@ DEFAULT_LABELS: tuple[Label, ...] = (
 
 
 def read_labels_file(text: str) -> list[Label]:
-    labels = [Label.parse(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    parsed = [Label.parse(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    # the same rules as an embedded manifest: refused at convert time, not only at install
+    labels = [_label({"id": lb.id, "name": lb.name}) for lb in parsed]
     ids = [lb.id for lb in labels]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:

@@ -133,3 +133,15 @@ def test_a_newer_manifest_version_round_trips():
     m = read_manifest(DEMO.read_bytes())
     newer = dataclasses.replace(m, version=7)
     assert Manifest.from_json(newer.to_json()).version == 7 and m.version == 0
+
+
+def test_a_labels_file_with_a_script_display_name_is_refused_at_convert_time(tmp_path):
+    from ecosorter.edge.model.manifest import load_labels_file
+
+    f = tmp_path / "labels.txt"
+    f.write_text("kaca,Kaca (glass)\nkardus,<img src=x onerror=alert(1)>\n")
+    try:
+        load_labels_file(f)
+        raise AssertionError("accepted")
+    except EcoSorterError as e:
+        assert str(e).startswith(f"--labels {f}: manifest label 'kardus': display name")
