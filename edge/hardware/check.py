@@ -6,13 +6,9 @@ problem is reported at once. Warnings are things that work but a builder should 
 
 from __future__ import annotations
 
-import re
-
 from ecosorter.edge.config import Config, HardwareConfig
 from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.hardware.pins import GPIO_RANGE, HARDWARE_PWM_PINS, used_pins
-
-BIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # an MQTT topic level and a file name, with no wildcards
 
 
 def compartment_count(hw: HardwareConfig) -> int:
@@ -50,9 +46,6 @@ def longest_move_s(hw: HardwareConfig) -> float:
 
 def machine_errors(cfg: Config) -> list[ConfigError]:
     hw, errors = cfg.hardware, []
-    if not BIN_ID.fullmatch(cfg.bin_id):
-        errors.append(ConfigError("bin_id", f"{cfg.bin_id!r}: use 1-64 letters, digits, '_' or '-' "
-                                            "(it is an MQTT topic level: '/', '+', '#' and spaces break it)"))
     if hw.profile == "none":
         return errors
     errors += pin_errors(hw)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
+from ecosorter.edge.machine import Machine
 from ecosorter.edge.model.manifest import DEFAULT_LABELS
 from ecosorter.edge.record.event import Event
 from ecosorter.edge.status import StatusBoard
@@ -38,10 +38,12 @@ def item(board: StatusBoard, label: str, confidence: float = 0.93, *, uncertain:
     return ev
 
 
-def entry(name: str, reason_id: str, reason_en: str, action_id: str, action_en: str,
-          compartment: int | None = None) -> dict:
-    return {"name": name, "since": time.time() - 40, "compartment": compartment, "reason_id": reason_id,
-            "reason_en": reason_en, "action_id": action_id, "action_en": action_en}
+def machine(*raise_: tuple) -> dict:
+    """The snapshot the real machine gives for these raises (its registry writes the words)."""
+    m = Machine()
+    for name, detail, compartment in raise_:
+        m.raise_(name, detail, compartment)
+    return m.snapshot()
 
 
 def base(bin_id: str = "kantin-lt2") -> StatusBoard:
@@ -78,9 +80,7 @@ def lid_open() -> StatusBoard:
     board = base()
     item(board, "plastik", 0.91)
     board.set_link("lid", "open")
-    board.set_machine({"state": "held", "faults": [], "holds": [entry(
-        "lid", "Penutup terbuka", "The lid is open",
-        "Tutup penutupnya; bin lanjut sendiri", "Close the lid; the bin resumes by itself")]})
+    board.set_machine(machine(("lid", "", None)))
     return board
 
 
@@ -88,20 +88,14 @@ def full() -> StatusBoard:
     board = base()
     item(board, "kertas", 0.88)
     board.set_fill({4: True})
-    board.set_machine({"state": "held", "faults": [], "holds": [entry(
-        "full", "Kompartemen 4 (logam) penuh", "Compartment 4 (metal) is full",
-        "Kosongkan kompartemen 4; barang lain tetap disortir",
-        "Empty compartment 4; other items keep sorting", compartment=4)]})
+    board.set_machine(machine(("full", "", 4)))
     return board
 
 
 def jam() -> StatusBoard:
     board = base()
     item(board, "kardus", 0.9, routed_to=-1, note="jam: chute did not reach home (switch open)")
-    board.set_machine({"state": "fault", "holds": [], "faults": [entry(
-        "jam", "Saluran macet", "The chute is jammed",
-        "Buka penutup, bebaskan saluran, tutup, lalu tahan tombol 3 detik",
-        "Open the lid, free the chute, close it, then hold the button for 3 s")]})
+    board.set_machine(machine(("jam", "chute did not reach 0 deg (position switch)", None)))
     return board
 
 
@@ -109,9 +103,7 @@ def camera_down() -> StatusBoard:
     board = base()
     board.set_link("camera", "down", "/dev/video0: no frame for 5 s")
     board.set_health("camera", False, "down: no frame for 5 s")
-    board.set_machine({"state": "held", "faults": [], "holds": [entry(
-        "camera", "Kamera tidak berfungsi", "The camera is not working",
-        "Jangan letakkan barang; periksa kabel kamera", "Do not put items in; check the camera cable")]})
+    board.set_machine(machine(("camera", "/dev/video0: no frame for 5 s", None)))
     return board
 
 

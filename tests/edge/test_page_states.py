@@ -42,9 +42,9 @@ EXPECT = {
                             and "To the fallback compartment (Khusus / Special/other)" in text(d, "why")),
     "lid-open": lambda d: ("The lid is open" in part(d, 'class="banner hold"', "</div></div>")
                            and "Close the lid" in d and "Penutup / Lid: TERBUKA / OPEN" in d),
-    "full": lambda d: ("Compartment 4 (metal) is full" in part(d, 'class="banner hold"', "</div></div>")
+    "full": lambda d: ("Compartment 4 is full" in part(d, 'class="banner hold"', "</div></div>")
                        and re.search(r'class="bin full" data-index="4">.*?PENUH / FULL', d) is not None),
-    "jam": lambda d: ("The chute is jammed" in part(d, 'class="banner fault"', "</div></div>")
+    "jam": lambda d: ("Jammed: chute did not reach 0 deg" in part(d, 'class="banner fault"', "</div></div>")
                       and "Fixed: resume" in d and text(d, "dest") == "TIDAK DISORTIR / NOT ROUTED"
                       and "chute did not reach home" in text(d, "why")),
     "camera-down": lambda d: (text(d, "english") == "Camera not working" and "The camera is not working" in d
