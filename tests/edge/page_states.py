@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,13 @@ def item(board: StatusBoard, label: str, confidence: float = 0.93, *, uncertain:
     if encode:
         board.encode_pending()  # as the open page's next poll does
     return ev
+
+
+def entry(name: str, reason_id: str, reason_en: str, action_id: str, action_en: str,
+          compartment: int | None = None) -> dict:
+    """A hand-made machine entry: for what the real registry never writes (hostile text)."""
+    return {"name": name, "since": time.time() - 40, "compartment": compartment, "reason_id": reason_id,
+            "reason_en": reason_en, "action_id": action_id, "action_en": action_en}
 
 
 def machine(*raise_: tuple) -> dict:

@@ -99,12 +99,20 @@ def test_availability_state_and_home_assistant_discovery(mosquitto, tmp_path):
     with build_sorter(sim(tmp_path, mosquitto.port, **{"camera.realtime": True, "camera.fps": 60.0})) as s:
         s.run()
         assert wait(lambda: retained.get("ecosorter/bin7/availability") == b"online")
-        s._last_state_t = 0
+        s.machine.raise_("jam", "chute did not leave 0 deg")  # a fault and its clearing go out as events
+        s.clear_fault("test")
+        s._last_state_t = -1e9
         s.housekeeping()
         assert wait(lambda: "ecosorter/bin7/state" in retained)
+        assert wait(lambda: json.loads(retained.get("ecosorter/bin7/machine", b"{}")).get("state") == "cleared")
     assert wait(lambda: retained.get("ecosorter/bin7/availability") == b"offline")
     state = json.loads(retained["ecosorter/bin7/state"])
     assert sum(state["today"]["counts"].values()) == 13
+    # what physically went where: per compartment, with unrouted apart, adds up to the items
+    assert sum(c["count"] for c in state["compartments"]) + state["unrouted"] == 13
+    assert state["machine"]["state"] == "ready"
+    last_machine = json.loads(retained["ecosorter/bin7/machine"])
+    assert last_machine["name"] == "jam" and last_machine["who"] == "test" and last_machine["reason_en"].startswith("Jammed")
     disc = json.loads(retained["homeassistant/sensor/ecosorter_bin7/kaca/config"])
     assert disc["state_topic"] == "ecosorter/bin7/state" and "value_json.today.counts.kaca" in disc["value_template"]
     c.loop_stop()
