@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ecosorter.edge.config import HardwareConfig
+from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.hardware.actuator import Actuator, NullActuator
-from ecosorter.edge.hardware.pins import make_pin_factory, validate_pins
+from ecosorter.edge.hardware.pins import make_pin_factory, used_pins, validate_pins
 
 
-def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_factory=None) -> Actuator:
+def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_factory=None, servos=None) -> Actuator:
+    """`servos`: a pin -> servo callable in place of servo_maker(cfg) (tests: fake sysfs or I2C bus)."""
     validate_pins(cfg, require_hardware_pwm=cfg.profile == "chute" and cfg.pin_factory in ("", "lgpio"))
     if cfg.profile == "none":
         return NullActuator(compartments, fallback=fallback)
@@ -32,7 +36,12 @@ def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_fac
         }
         lo, hi = cfg.min_pulse_width_ms / 1000, cfg.max_pulse_width_ms / 1000
 
+        other_servo = servos or servo_maker(cfg)  # None for gpiozero; sysfs-pwm / pca9685 build their own
+
         def servo(pin):
+            if other_servo is not None:
+                made.append(s := other_servo(pin))
+                return s
             # initial_angle=None: no pulse until the first move, so power-up does not twitch it.
             return dev(gpiozero.AngularServo, pin, initial_angle=None, min_angle=-90, max_angle=90,
                        min_pulse_width=lo, max_pulse_width=hi)
@@ -51,14 +60,7 @@ def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_fac
             return FlapsActuator([servo(p) for p in cfg.flap_pins], cfg.flap_closed_angle, cfg.flap_open_angle,
                                  cfg.drop_s, cfg.settle_s, **common)
         _need(cfg.chute_angles, compartments, "hardware.chute_angles")
-        if cfg.profile == "pca9685":
-            from ecosorter.edge.hardware.pca9685 import KitServo, open_kit
-
-            kit = open_kit(cfg.pca9685_address)
-            lo_us, hi_us = int(cfg.min_pulse_width_ms * 1000), int(cfg.max_pulse_width_ms * 1000)
-            chute, door = (KitServo(kit.servo[ch], lo_us, hi_us) for ch in cfg.pca9685_channels[:2])
-        else:
-            chute, door = servo(cfg.chute_pin), servo(cfg.trapdoor_pin)
+        chute, door = servo(cfg.chute_pin), servo(cfg.trapdoor_pin)  # profile "pca9685": channels 0, 1
         return ChuteActuator(chute, door, cfg.chute_angles, cfg.chute_home_angle, cfg.trapdoor_closed_angle,
                              cfg.trapdoor_open_angle, cfg.settle_s, cfg.drop_s, **common)
     except BaseException:
@@ -67,8 +69,53 @@ def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_fac
         raise
 
 
+def servo_driver(cfg: HardwareConfig) -> str:
+    """profile = "pca9685" is the chute on a PCA9685, from before hardware.servo_driver existed."""
+    return "pca9685" if cfg.profile == "pca9685" else cfg.servo_driver
+
+
+def servo_maker(cfg: HardwareConfig, sysfs_root: Path | None = None, bus=None, board_root: Path = Path("/")):
+    """pin -> servo for servo_driver sysfs-pwm or pca9685 (None: gpiozero's AngularServo).
+
+    sysfs-pwm maps each servo pin to its PWM channel; pca9685 gives servos the channels of
+    hardware.pca9685_channels in the order they are built (chute, trapdoor; or flap 0, 1, ...).
+    `sysfs_root`, `bus` and `board_root` are the seams tests use for a fake sysfs tree and I2C bus.
+    """
+    driver = servo_driver(cfg)
+    keys = {pin: key for key, pin, _ in used_pins(cfg, servo_pins_only=True)}
+    if driver == "gpiozero" or not keys:
+        return None
+    calib = {"min_angle": getattr(cfg, "servo_min_angle", -90.0), "max_angle": getattr(cfg, "servo_max_angle", 90.0),
+             "min_pulse_width": cfg.min_pulse_width_ms / 1000, "max_pulse_width": cfg.max_pulse_width_ms / 1000}
+    if driver == "sysfs-pwm":
+        from ecosorter.edge.hardware import sysfs_pwm
+
+        root = sysfs_root or sysfs_pwm.SYSFS_PWM
+        channels = ({int(p): c for p, c in cfg.pwm_channels.items()} if cfg.pwm_channels
+                    else sysfs_pwm.default_channels(sysfs_pwm.board_model(board_root)))
+        taken: dict[int, str] = {}
+        for pin, key in keys.items():
+            if pin not in channels:
+                raise ConfigError(key, f"GPIO{pin} has no hardware PWM channel for servo_driver = 'sysfs-pwm' "
+                                       f"(PWM pins here: {sorted(channels)}; set hardware.pwm_channels to map it)")
+            if channels[pin] in taken:
+                raise ConfigError(key, f"GPIO{pin} is on PWM channel {channels[pin]}, already driving {taken[channels[pin]]}")
+            taken[channels[pin]] = key
+        chip = sysfs_pwm.find_chip(cfg.pwm_chip, root)
+        return lambda pin: sysfs_pwm.SysfsPwmServo(chip, channels[pin], key=keys[pin], **calib)
+    from ecosorter.edge.hardware.pca9685 import PCA9685, PCA9685Servo, open_bus
+
+    _need(cfg.pca9685_channels, len(keys), "hardware.pca9685_channels")
+    bus = bus if bus is not None else open_bus(cfg.i2c_bus)
+    try:
+        board = PCA9685(bus, cfg.pca9685_address)
+    except BaseException:
+        bus.close()
+        raise
+    order = iter(cfg.pca9685_channels)
+    return lambda pin: PCA9685Servo(board, next(order), key=f"hardware.pca9685_channels ({keys.get(pin, 'servo')})", **calib)
+
+
 def _need(items: list, n: int, key: str) -> None:
     if len(items) < n:
-        from ecosorter.edge.errors import ConfigError
-
         raise ConfigError(key, f"{len(items)} given but the compartment map uses {n} compartments")

@@ -44,17 +44,25 @@ def make_pin_factory(name: str = ""):
     raise ConfigError("hardware.pin_factory", f"{name!r} is not a known pin factory")
 
 
-def used_pins(cfg: HardwareConfig) -> list[tuple[str, int, bool]]:
-    """(config key, BCM pin, needs hardware PWM) for every pin this profile will claim."""
+def used_pins(cfg: HardwareConfig, servo_pins_only: bool = False) -> list[tuple[str, int, bool]]:
+    """(config key, BCM pin, needs hardware PWM) for every pin this profile will claim.
+
+    servo_pins_only: just the servos' pins (or, for a PCA9685, the pins naming each servo)."""
     pins: list[tuple[str, int, bool]] = []
-    if cfg.profile == "leds":
+    if cfg.profile == "leds" and not servo_pins_only:
         pins += [(f"hardware.led_pins[{i}]", p, False) for i, p in enumerate(cfg.led_pins)]
         if cfg.buzzer_pin >= 0:
             pins.append(("hardware.buzzer_pin", cfg.buzzer_pin, False))
-    elif cfg.profile == "chute":
+    elif cfg.profile in ("chute", "pca9685"):
         pins += [("hardware.chute_pin", cfg.chute_pin, True), ("hardware.trapdoor_pin", cfg.trapdoor_pin, True)]
     elif cfg.profile == "flaps":
         pins += [(f"hardware.flap_pins[{i}]", p, False) for i, p in enumerate(cfg.flap_pins)]
+    if servo_pins_only:
+        return pins
+    if cfg.profile == "pca9685" or (cfg.servo_driver == "pca9685" and cfg.profile in ("chute", "flaps")):
+        # the servos hang off the PCA9685: their *_pin keys claim nothing; the I2C bus does
+        pins = [("hardware.servo_driver = 'pca9685' (I2C SDA)", 2, False),
+                ("hardware.servo_driver = 'pca9685' (I2C SCL)", 3, False)]
     pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
     for key in ("interlock_pin", "item_sensor_pin", "item_sensor_trigger_pin", "wrong_button_pin", "power_fail_pin"):
         if getattr(cfg, key) >= 0:
