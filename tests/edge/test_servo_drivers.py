@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from ecosorter.edge.config import load_config
 from ecosorter.edge.errors import ConfigError, HardwareError
 from ecosorter.edge.hardware import make_actuator
 from ecosorter.edge.hardware.factory import servo_maker
-from ecosorter.edge.hardware.pca9685 import LED0_ON_L, MODE1, PRESCALE, PCA9685, PCA9685Servo
+from ecosorter.edge.hardware.pca9685 import LED0_ON_L, MODE1, PCA9685, PRESCALE, PCA9685Servo
 from ecosorter.edge.hardware.sysfs_pwm import SysfsPwmServo, board_model, find_chip
 
 FAST = {"hardware.settle_s": 0.02, "hardware.drop_s": 0.03, "hardware.move_budget_s": 1.0}
