@@ -10,6 +10,10 @@ from ecosorter.edge.errors import ConfigError, HardwareError
 # BCM pins with a hardware PWM channel on Pi 4/5 (PWM0: 12, 18; PWM1: 13, 19).
 HARDWARE_PWM_PINS = frozenset({12, 13, 18, 19})
 GPIO_RANGE = range(0, 28)
+# What to do when gpiozero finds no pin library (its "BadPinFactory: Unable to load any default pin factory!").
+NO_PIN_LIBRARY = ("gpiozero found no pin library. On a Raspberry Pi: sudo apt install python3-lgpio and use a venv "
+                  "made with --system-site-packages (sudo deploy/install.sh does both). Not on a Pi: set "
+                  'hardware.pin_factory = "mock", or use `ecosorter run --simulate`')
 
 
 def make_pin_factory(name: str = ""):
@@ -17,7 +21,7 @@ def make_pin_factory(name: str = ""):
     if not name:
         name = os.environ.get("GPIOZERO_PIN_FACTORY", "")
         if not name:
-            return None  # gpiozero picks
+            return default_pin_factory()
     try:
         if name == "mock":
             from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -42,6 +46,24 @@ def make_pin_factory(name: str = ""):
     except Exception as e:
         raise HardwareError(f"hardware.pin_factory = {name!r} cannot start: {type(e).__name__}: {e}") from None
     raise ConfigError("hardware.pin_factory", f"{name!r} is not a known pin factory")
+
+
+def default_pin_factory():
+    """gpiozero's own choice for the board (lgpio on a Pi 5), made now so that a machine without a
+    pin library gets what to do instead of BadPinFactory's traceback at the first device."""
+    import warnings
+
+    from gpiozero import Device
+    from gpiozero.exc import BadPinFactory, PinFactoryFallback
+
+    if Device.pin_factory is None:
+        try:
+            with warnings.catch_warnings():  # one "falling back from ..." per library: the advice below says it
+                warnings.simplefilter("ignore", PinFactoryFallback)
+                Device.pin_factory = Device._default_pin_factory()
+        except BadPinFactory:
+            raise HardwareError(f"hardware.pin_factory = '': {NO_PIN_LIBRARY}") from None
+    return Device.pin_factory
 
 
 def used_pins(cfg: HardwareConfig, servo_pins_only: bool = False) -> list[tuple[str, int, bool]]:
