@@ -111,6 +111,10 @@ fi
 run apt-get install -y --no-install-recommends $PKGS
 if [ "$KIOSK" -eq 1 ]; then run apt-get install -y --no-install-recommends chromium curl; fi
 
+# python3 may have come with the packages just installed (a minimal system)
+PY="$(command -v python3 || echo python3)"
+PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || echo unknown)"
+
 step "service user $SVC_USER in gpio, video, i2c"
 if ! id "$SVC_USER" >/dev/null 2>&1; then
   run useradd --system --home-dir "$STATE" --shell /usr/sbin/nologin "$SVC_USER"
@@ -127,8 +131,14 @@ if [ "$PCA9685" -eq 1 ]; then EXTRAS="edge,pca9685"; fi
 # ai-edge-litert has aarch64 wheels for Python 3.10-3.14 (Bookworm 3.11, Trixie 3.13); tflite-runtime
 # stops at 3.11, so it is only the fallback when LiteRT cannot be installed.
 if ! run "$VENV/bin/pip" install "${SRC}[$EXTRAS]"; then
-  echo "install.sh: ${SRC}[$EXTRAS] did not install; trying tflite-runtime in place of LiteRT" >&2
-  run "$VENV/bin/pip" install "$SRC" "tflite-runtime==2.14.*" "numpy<2" opencv-python-headless gpiozero paho-mqtt tomlkit cryptography
+  case "$PYVER" in
+    3.9|3.10|3.11)
+      echo "install.sh: ${SRC}[$EXTRAS] did not install; trying tflite-runtime 2.14 (Python $PYVER) in place of LiteRT" >&2
+      run "$VENV/bin/pip" install "$SRC" "tflite-runtime==2.14.*" "numpy<2" opencv-python-headless gpiozero paho-mqtt tomlkit cryptography ;;
+    *)
+      echo "install.sh: ${SRC}[$EXTRAS] did not install, and tflite-runtime has no wheels for Python $PYVER" >&2
+      exit 1 ;;
+  esac
 fi
 
 step "config, state and model folders"
