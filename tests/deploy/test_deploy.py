@@ -39,11 +39,12 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
             assert line in text
 
 
-def test_installer_is_shellcheck_clean():
+@pytest.mark.parametrize("script", [DEPLOY / "install.sh", DEPLOY.parent / "tools" / "pi-check"], ids=lambda p: p.name)
+def test_installer_is_shellcheck_clean(script):
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.skip("shellcheck not installed (CI installs it)")
-    r = subprocess.run([exe, str(DEPLOY / "install.sh")], capture_output=True, text=True)
+    r = subprocess.run([exe, str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
 
