@@ -132,9 +132,40 @@ def cmd_run(args) -> int:
         lat = percentiles(s.latency_ms)
         print(f"\n{s.items} items in {time.monotonic() - t0:.1f} s, {s.uncertain} uncertain, "
               f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
-        for label, n in s.counts.items():
-            if n:
-                print(f"  {label:<8} {names[label]:<24} {n}")
+        print(format_counts(s, names, cfg.hardware.compartments))
+    return 0
+
+
+def format_counts(s, names: dict[str, str], compartments: dict[str, int]) -> str:
+    """What physically went where (per compartment), then per predicted label."""
+    by_comp: dict[int, list[str]] = {}
+    for label, c in compartments.items():
+        by_comp.setdefault(c, []).append(label)
+    lines = ["  per compartment (what went where):"]
+    for c in sorted(s.routed):
+        lines.append(f"    {c}  {'/'.join(by_comp.get(c, [])):<16} {s.routed[c]}")
+    lines.append(f"    rerouted {s.rerouted} (counted where they went), not routed {s.unrouted}, "
+                 f"waited on a hold {s.held}")
+    lines.append("  per label (what the model said):")
+    lines += [f"    {label:<8} {names.get(label, label):<24} {n}" for label, n in s.counts.items() if n]
+    return "\n".join(lines)
+
+
+def cmd_simulate(args) -> int:
+    from ecosorter.edge.simulate import run_scenario, write_timeline
+
+    result = run_scenario(args.scenario, args.config)
+    if args.timeline:
+        write_timeline(result, args.timeline)
+    if args.json:
+        print(json.dumps(result.summary, indent=1))
+    else:
+        s, it = result.summary, result.summary["items"]
+        print(f"{it['placed']} items placed, {it['decided']} decided, {it['routed']} routed "
+              f"({it['rerouted']} rerouted), {it['not_routed']} not routed, {it['held']} waited on a hold; "
+              f"{s['virtual_s']:.0f} virtual s in {s['wall_s']:.1f} s")
+        print(f"  routed per compartment: {s['compartments']['routed']}; landed (physics): {s['compartments']['landed']}")
+        print(f"  holds raised: {s['holds'] or 'none'}; faults raised: {s['faults'] or 'none'}")
     return 0
 
 
@@ -201,23 +232,40 @@ def cmd_calibrate(args) -> int:
     from ecosorter.edge.config import load_config
     from ecosorter.edge.hardware import make_actuator
     from ecosorter.edge.hardware.calibrate import calibrate
+    from ecosorter.edge.hardware.check import compartment_count
 
     cfg = load_config(args.config)
-    compartments = max(cfg.hardware.compartments.values()) + 1
-    with make_actuator(cfg.hardware, compartments, 0) as actuator:
+    with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as actuator:
         return 0 if calibrate(args.config, actuator) else 1
 
 
 def cmd_safe(args) -> int:
     """Run by systemd after every stop (ExecStopPost), also after a watchdog kill or SIGKILL,
-    when the sorter itself could not: trapdoor closed, chute home, servos detached, LEDs off."""
-    from ecosorter.edge.config import load_config
+    when the sorter itself could not: trapdoor closed and waited for, then chute home, then
+    detach; with the lid open, detach only. A config that no longer loads (a bad edit) falls back
+    to the hardware section of the last config that started, kept in the state folder."""
+    from ecosorter.edge.config import config_from_dict, load_config
     from ecosorter.edge.hardware import make_actuator
+    from ecosorter.edge.hardware.check import compartment_count
+    from ecosorter.edge.sorter import LAST_GOOD_HARDWARE
 
-    cfg = load_config(args.config if args.config.exists() else None)
-    with make_actuator(cfg.hardware, max(cfg.hardware.compartments.values()) + 1, 0):
-        pass  # building an actuator puts it in its safe state; closing detaches and turns off
-    print(f"hardware safe ({cfg.hardware.profile})")
+    try:
+        cfg = load_config(args.config if args.config.exists() else None)
+        source = str(args.config)
+    except EcoSorterError as e:
+        kept = (args.state_dir or Path("/var/lib/ecosorter")) / LAST_GOOD_HARDWARE
+        print(f"ecosorter safe: {args.config} does not load ({e}); using {kept}", file=sys.stderr)
+        try:
+            cfg = config_from_dict({"hardware": json.loads(kept.read_text())})
+        except (OSError, ValueError, EcoSorterError) as e2:
+            raise EcoSorterError(f"no usable hardware config: {args.config} is broken and {kept} "
+                                 f"cannot be used ({e2}); fix the config and run `ecosorter safe` again") from None
+        source = str(kept)
+    with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as act:
+        lid_open = act.lid_open()
+    # building parks it; closing parks again (no travel left) and detaches
+    print(f"hardware safe ({cfg.hardware.profile}) from {source}"
+          + (": lid open, servos detached where they stand" if lid_open else ""))
     return 0
 
 
@@ -227,8 +275,26 @@ def cmd_config(args) -> int:
     if args.action == "example":
         print(example_toml(), end="")
         return 0
-    load_config(args.file)
-    print(f"{args.file}: valid")
+    from ecosorter.edge.errors import ConfigErrors
+    from ecosorter.edge.hardware.check import label_errors, machine_warnings
+    from ecosorter.edge.model.loader import read_manifest
+    from ecosorter.edge.model.manifest import load_labels_file
+
+    cfg = load_config(args.file)
+    # the compartment map against the model it will run (its manifest is enough)
+    model = Path(cfg.model.path) if cfg.model.path else Path(__file__).resolve().parent / "demo" / "demo_int8.tflite"
+    labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
+    try:
+        manifest = read_manifest(model.read_bytes(), model)
+    except OSError as e:
+        raise EcoSorterError(f"model.path {model}: cannot read ({e.strerror or e})") from None
+    ids = labels if labels else (manifest.label_ids if manifest else None)
+    errors = label_errors(cfg, list(ids)) if ids else []
+    if errors:
+        raise ConfigErrors(errors)
+    for w in machine_warnings(cfg):
+        print(f"warning: {w}")
+    print(f"{args.file}: valid" + ("" if ids else " (labels not checked: the model has no manifest)"))
     return 0
 
 
@@ -255,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="simulation: show the photos again and again")
     p.set_defaults(fn=cmd_run)
 
+    p = sub.add_parser("simulate", help="the real sorter against a simulated bin in virtual time (docs/simulate.md)")
+    p.add_argument("scenario", type=Path, help="scenario TOML")
+    p.add_argument("--config", type=Path, help="the bin's config (default: defaults + the scenario's [config])")
+    p.add_argument("--timeline", type=Path, help="write every pin command and physical event as JSON lines")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(fn=cmd_simulate)
+
     p = sub.add_parser("bench", help="latency per stage (p50/p90/p99) and end to end")
     p.add_argument("model", nargs="?", type=Path)
     p.add_argument("--iterations", type=int, default=50)
@@ -264,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("safe", help="put the hardware in its safe state (systemd runs it after every stop)")
     p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p.add_argument("--state-dir", type=Path, help="where the last good hardware config is kept (default /var/lib/ecosorter)")
     p.set_defaults(fn=cmd_safe)
 
     p = sub.add_parser("calibrate", help="set servo angles per compartment by eye; saved into the config")

@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ecosorter.edge.errors import ConfigError
+from ecosorter.edge.errors import ConfigError, ConfigErrors
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,16 +111,30 @@ class HardwareConfig:
     i2c_bus: int = opt(1, min=0, max=31, doc="pca9685: /dev/i2c-N")
     min_pulse_width_ms: float = opt(0.5, min=0.1, max=3.0)
     max_pulse_width_ms: float = opt(2.5, min=0.5, max=5.0)
-    settle_s: float = opt(0.35, min=0.0, max=10)
+    servo_min_angle: float = opt(-90.0, min=-180, max=180, doc="the servos' angle at min_pulse_width_ms")
+    servo_max_angle: float = opt(90.0, min=-180, max=180, doc="the servos' angle at max_pulse_width_ms")
+    servo_speed_deg_s: float = opt(300.0, min=10, max=3000,
+                                   doc="travel speed under load: SG90/MG90S ~500-600, MG996R ~300-400, "
+                                       "DS3218 ~400; measure yours (docs/simulate.md); lower = safer")
+    settle_s: float = opt(0.35, min=0.0, max=10, doc="extra wait after the computed travel time")
     drop_s: float = opt(0.6, min=0.0, max=10)
-    move_budget_s: float = opt(2.0, min=0.05, max=60, doc="a move slower than this is a fault")
+    move_budget_s: float = opt(2.0, min=0.05, max=60, doc="one move (travel + settle) slower than this is a fault")
+    chute_home_switch_pin: int = opt(-1, min=-1, max=27, doc="closed = chute at home; -1 = none (jams go unseen)")
+    trapdoor_closed_switch_pin: int = opt(-1, min=-1, max=27, doc="closed = trapdoor shut; -1 = none")
     interlock_pin: int = opt(-1, min=-1, max=27, doc="lid switch; -1 = none")
+    interlock_resume: str = opt("auto", allowed=("auto", "button"),
+                                doc="after the lid closes: resume by itself after resume_delay_s, or only "
+                                    "after a press of the wrong/clear button (ISO 14119)")
+    resume_delay_s: float = opt(2.0, min=0.0, max=600)
+    clear_hold_s: float = opt(3.0, min=0.5, max=30, doc="hold the wrong/clear button this long to clear a fault")
     item_sensor_pin: int = opt(-1, min=-1, max=27, doc="for trigger.mode = sensor: beam/PIR input, or ultrasonic echo")
     item_sensor_kind: str = opt("beam", allowed=("beam", "pir", "ultrasonic"))
     item_sensor_trigger_pin: int = opt(-1, min=-1, max=27, doc="ultrasonic: the trigger pin")
     item_sensor_distance_m: float = opt(0.15, min=0.02, max=4.0, doc="ultrasonic: an item is closer than this")
     full_sensor_pins: dict[str, int] = opt(factory=dict, doc="compartment -> fill-level input pin")
-    when_full: str = opt("fallback", allowed=("fallback", "pause"))
+    when_full: str = opt("fallback", allowed=("fallback", "pause"),
+                         doc="fallback: items for a full compartment go to the fallback's (if it has room); "
+                             "pause: they wait on the tray. Either way other items keep sorting")
     wrong_button_pin: int = opt(-1, min=-1, max=27, doc='"wrong?" button; -1 = none')
     power_fail_pin: int = opt(-1, min=-1, max=27, doc="UPS HAT low-power signal; -1 = none")
 
@@ -192,31 +206,51 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Validate parsed TOML; every failure is a ConfigError naming the key."""
-    cfg = _build(Config, data, "")
-    _cross_check(cfg)
+    """Validate parsed TOML; every problem is reported at once (ConfigErrors), each naming its key."""
+    errors: list[ConfigError] = []
+    cfg = _build(Config, data, "", errors)
+    if not errors:
+        _collect(errors, _cross_check, cfg)
+        from ecosorter.edge.hardware.check import machine_errors  # the hardware rules live with the hardware
+
+        errors += machine_errors(cfg)
+    if errors:
+        raise ConfigErrors(errors)
     return cfg
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def _collect(errors: list[ConfigError], fn, *args) -> None:
+    try:
+        fn(*args)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    except ConfigError as e:
+        errors.append(e)
+
+
+def _build(cls: type, data: Any, prefix: str, errors: list[ConfigError]) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(prefix or "<root>", f"must be a table, got {type(data).__name__}")
+        errors.append(ConfigError(prefix or "<root>", f"must be a table, got {type(data).__name__}"))
+        return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     for key in data:
         if key not in names:
             near = difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean {_join(prefix, near[0])!r}?" if near else f"; allowed: {', '.join(names)}"
-            raise ConfigError(_join(prefix, key), f"unknown key{hint}")
+            errors.append(ConfigError(_join(prefix, key), f"unknown key{hint}"))
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
             continue
         key, tp = _join(prefix, f.name), hints[f.name]
         if is_dataclass(tp):
-            kwargs[f.name] = _build(tp, data[f.name], key)
-        else:
+            kwargs[f.name] = _build(tp, data[f.name], key, errors)
+            continue
+        try:
             kwargs[f.name] = _check(key, data[f.name], tp, f.metadata)
+        except ConfigError as e:
+            errors.append(e)
     return cls(**kwargs)
 
 
@@ -266,7 +300,7 @@ def _join(prefix: str, key: str) -> str:
 
 
 def _cross_check(cfg: Config) -> None:
-    """Rules between keys. Label names are checked against the model later, at start-up."""
+    """Rules between keys that stop at the first problem (each raises ConfigError)."""
     roi = cfg.camera.roi
     if len(roi) != 4 or not all(0.0 <= v <= 1.0 for v in roi) or roi[2] <= 0 or roi[3] <= 0 \
             or roi[0] + roi[2] > 1.0 + 1e-9 or roi[1] + roi[3] > 1.0 + 1e-9:

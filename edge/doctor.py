@@ -86,27 +86,28 @@ class Doctor:
         from ecosorter.edge.hardware import make_actuator
 
         hw = self.cfg.hardware
-        with make_actuator(hw, max(hw.compartments.values()) + 1, 0) as act:
+        with make_actuator(hw, max(hw.compartments.values()) + 1) as act:
             driver = "pca9685" if hw.profile == "pca9685" else hw.servo_driver
             servos = f", servos on {driver}" if hw.profile in ("chute", "flaps", "pca9685") else ""
             return OK, f"profile {act.profile}{servos}; built and left safe"
 
     def budget(self) -> Result:
-        """The slowest sequence from the configured waits against hardware.move_budget_s."""
+        """The longest single move (config validation already refuses one over the budget)."""
+        from ecosorter.edge.hardware.check import longest_move_s, servo_angles
+
         hw = self.cfg.hardware
-        if hw.profile in ("chute", "pca9685"):
-            need, how = 3 * hw.settle_s + hw.drop_s, "3 x settle_s + drop_s"
-        elif hw.profile == "flaps":
-            need, how = hw.drop_s + hw.settle_s, "drop_s + settle_s"
-        else:
-            return SKIP, f"profile {hw.profile}: no servo sequence"
+        if not servo_angles(hw):
+            return SKIP, f"profile {hw.profile}: no servo moves"
+        need = longest_move_s(hw)
+        how = (f"{hw.servo_max_angle - hw.servo_min_angle:g} deg at {hw.servo_speed_deg_s:g} deg/s "
+               f"+ settle {hw.settle_s:g} s")
         if need > hw.move_budget_s:
-            raise Problem(f"a move takes at least {need:.2f} s ({how}) but hardware.move_budget_s = "
-                          f"{hw.move_budget_s:g}: every item would fault; raise move_budget_s or shorten the waits")
+            raise Problem(f"the longest move takes {need:.2f} s ({how}) but hardware.move_budget_s = "
+                          f"{hw.move_budget_s:g}: such moves fault; raise move_budget_s or check servo_speed_deg_s")
         if need > 0.9 * hw.move_budget_s:
-            raise Problem(f"a move takes {need:.2f} s ({how}), within 10% of hardware.move_budget_s = "
-                          f"{hw.move_budget_s:g}: a slow servo will fault; leave more margin", WARN)
-        return OK, f"{need:.2f} s per move ({how}) within move_budget_s = {hw.move_budget_s:g}"
+            raise Problem(f"the longest move takes {need:.2f} s ({how}), within 10% of hardware.move_budget_s = "
+                          f"{hw.move_budget_s:g}: a servo slower than its rating will fault; leave more margin", WARN)
+        return OK, f"longest move {need:.2f} s ({how}) within move_budget_s = {hw.move_budget_s:g}"
 
     def pwm(self) -> Result:
         from ecosorter.edge.hardware import sysfs_pwm

@@ -13,6 +13,18 @@ class ConfigError(EcoSorterError):
         self.key = key
 
 
+class ConfigErrors(ConfigError):
+    """Every problem in a config at once, so one edit fixes them all."""
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = list(errors)
+        if len(self.errors) == 1:
+            Exception.__init__(self, str(self.errors[0]))
+        else:
+            Exception.__init__(self, f"config: {len(self.errors)} problems:\n" + "\n".join(f"  - {e}" for e in self.errors))
+        self.key = self.errors[0].key if self.errors else ""
+
+
 class ModelError(EcoSorterError):
     def __init__(self, path: object, message: str):
         super().__init__(f"model {path}: {message}")

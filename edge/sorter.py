@@ -7,21 +7,27 @@ probability vector, a Decision, an Event); no stage calls back up the pipe.
 from __future__ import annotations
 
 import base64
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
-from ecosorter.edge.errors import EcoSorterError, ModelError
+from ecosorter.edge.decide.vote import Decision
+from ecosorter.edge.errors import ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
+from ecosorter.edge.hardware.check import label_errors
 from ecosorter.edge.hardware.inputs import Inputs
+from ecosorter.edge.machine import Entry, Machine
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import load_labels_file
 from ecosorter.edge.model.store import ModelInstallError, ModelStore
@@ -29,6 +35,8 @@ from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
 from ecosorter.edge.record.captures import CaptureStore
+from ecosorter.edge.record.event import wall_iso
+from ecosorter.edge.record.machine_log import MachineLog
 from ecosorter.edge.record.mqtt import MqttLink
 from ecosorter.edge.service import Notifier
 from ecosorter.edge.sources import Frame, FrameSource, LatestFrameReader, open_source
@@ -39,13 +47,29 @@ log = logging.getLogger("ecosorter.sorter")
 
 
 @dataclass
+class Pending:
+    """A decided item still on the tray: routed when nothing blocks it, recorded exactly once."""
+
+    decision: Decision
+    frame: Frame
+    t0: float  # perf_counter when the item settled (decision latency)
+    decided_ms: float  # settle -> decision
+    held_by: str = ""
+
+
+@dataclass
 class Summary:
     items: int = 0
     uncertain: int = 0
     frames: int = 0
     inferences: int = 0
     bad_frames: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # per predicted label
+    # what physically went where: per compartment, and the items that went elsewhere or nowhere
+    routed: dict[int, int] = field(default_factory=dict)
+    rerouted: int = 0
+    unrouted: int = 0
+    held: int = 0  # items that had to wait on the tray for a hold or fault to end
     # the last 2,000 decisions: enough for stable percentiles, bounded for a bin that never stops
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
 
@@ -55,19 +79,20 @@ class Sorter:
                  events: EventLog | None = None, board: StatusBoard | None = None,
                  sinks: list | None = None, notifier: Notifier | None = None,
                  is_present: Callable[[], bool] | None = None, captures: CaptureStore | None = None,
-                 mqtt: MqttLink | None = None, store: ModelStore | None = None, inputs=None):
+                 mqtt: MqttLink | None = None, store: ModelStore | None = None, inputs: Inputs | None = None,
+                 clock: Clock = SYSTEM_CLOCK, machine_log: MachineLog | None = None):
         self.cfg, self.model, self.source, self.actuator = cfg, model, source, actuator
         self.events, self.board, self.sinks = events, board, list(sinks or [])
         self.captures, self.mqtt, self.store = captures, mqtt, store
-        self.inputs = inputs
-        self.halt = threading.Event()  # set by the UPS low-power input: finish and stop
+        self.inputs, self.clock, self.machine_log = inputs, clock, machine_log
+        self.machine: Machine = actuator.machine
+        self.machine.listeners.append(self._on_machine)
+        self.halt = threading.Event()
         self.last_event_id = ""
         if inputs is not None:
             is_present = is_present or (inputs.item_present if inputs.item_sensor is not None else None)
-            inputs.on_wrong(lambda: self.flag(self.last_event_id) if self.last_event_id else None)
-            inputs.on_power_fail(self._power_fail)
         self._swap_to: Path | None = None
-        self._last_state_t = 0.0
+        self._last_state_t = -1e9
         self.notifier = notifier or Notifier()
         labels = model.manifest.label_ids
         roi = tuple(cfg.camera.roi) if cfg.camera.roi != [0.0, 0.0, 1.0, 1.0] else None
@@ -77,12 +102,14 @@ class Sorter:
         self.voter = Voter(cfg.decision, labels, self.route)
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
-        self.summary = Summary(counts=dict.fromkeys(labels, 0))
+        self.summary = Summary(counts=dict.fromkeys(labels, 0), routed=dict.fromkeys(range(self.route.count), 0))
         self.reader = LatestFrameReader(source, cfg.camera.stall_timeout_s, cfg.camera.reopen_backoff_max_s,
                                         expected_fps=cfg.camera.fps) if source.live else None
         self._stage_ms = {"preprocess": 0.0, "inference": 0.0}
         self._item_t0 = 0.0
         self._item_frame: Frame | None = None
+        self.pending: Pending | None = None
+        self._on_event: Callable[[Event], None] | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ one frame
@@ -96,6 +123,10 @@ class Sorter:
                 if self.quality.alert:
                     log.warning("camera: %s", self.quality.alert)
                 self._health("image", not self.quality.alert, self.quality.alert or "ok")
+        if self.pending is not None:  # a decided item waits on the tray
+            if state in (TriggerState.EMPTY, TriggerState.MOVING):
+                return self._resolve(None, "taken off the tray while it waited: not routed")
+            return self._try_route()
         decision = None
         if state is TriggerState.SETTLED:
             if self._item_frame is None:  # first frame of an item: it is what gets recorded
@@ -122,28 +153,81 @@ class Sorter:
             return None
         self.trigger.decided()
         frame, self._item_frame = self._item_frame or frame, None
-        t3 = time.perf_counter()
-        result = self.actuator.route(decision.compartment, decision.uncertain)
-        t4 = time.perf_counter()
-        if not result.ok:
-            log.error("routing: %s", result.note)
-        elif result.note:
-            log.warning("routing: %s", result.note)
+        self.pending = Pending(decision, frame, self._item_t0, (time.perf_counter() - self._item_t0) * 1000)
+        return self._try_route()
+
+    def _destination(self, compartment: int) -> tuple[int, str]:
+        """Where an item bound for `compartment` goes now: a full one reroutes to the fallback's
+        compartment when that has room (when_full = "fallback"); otherwise it stays bound (and waits)."""
+        full = self.machine.full()
+        fallback = self.route(self.route.fallback, True)
+        if compartment in full and self.cfg.hardware.when_full == "fallback" and compartment != fallback \
+                and fallback not in full:
+            return fallback, f"compartment {compartment} full: rerouted to {fallback}"
+        return compartment, ""
+
+    def _try_route(self) -> Event | None:
+        p = self.pending
+        assert p is not None
+        target, note = self._destination(p.decision.compartment)
+        blocker = self.machine.blocking(target)
+        if blocker is not None:
+            if not p.held_by:
+                self.summary.held += 1
+                log.warning("item (%s) waits on the tray: %s", p.decision.label, blocker.key)
+                self.actuator.show("held")
+            p.held_by = blocker.key
+            return None
+        t0 = time.perf_counter()
+        try:
+            result = self.actuator.route(target, p.decision.uncertain)
+        except EcoSorterError as e:  # a bad compartment number or a closed actuator: never the loop
+            self.machine.raise_("servo", str(e))
+            p.held_by = "servo"
+            return None
+        route_ms = (time.perf_counter() - t0) * 1000
+        if not result.ok:  # stopped before the drop: the item is still on the tray
+            if not p.held_by:
+                self.summary.held += 1
+            p.held_by = result.stopped or "fault"
+            return None
+        if result.stopped:  # dropped, then a later step stopped: the item is in; the fault is raised apart
+            note = "; ".join(x for x in (note, f"after the drop: {result.note}") if x)
+        elif p.held_by:
+            note = "; ".join(x for x in (note, f"waited for {p.held_by}") if x)
+        return self._resolve(target, note, route_ms)
+
+    def _resolve(self, routed_to: int | None, note: str, route_ms: float = 0.0) -> Event:
+        """The one place an item becomes an event: once, routed or not."""
+        p, self.pending = self.pending, None
+        assert p is not None
+        d = p.decision
+        if routed_to is None:
+            log.error("item not routed: %s", note)
+        elif note:
+            log.warning("routing: %s", note)
         event = Event(
-            label=decision.label, confidence=decision.confidence, probabilities=decision.probabilities,
-            uncertain=decision.uncertain, compartment=decision.compartment,
-            routed_to=result.compartment if result.ok else -1, routed_ok=result.ok, frames=decision.frames,
-            model_sha256=self.model.sha256, bin_id=self.cfg.bin_id, note=result.note, source_name=frame.name,
-            latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()},
-                        "route": round((t4 - t3) * 1000, 3),
-                        "total": round((t3 - self._item_t0) * 1000, 3)})
-        self._record(event, frame)
+            label=d.label, confidence=d.confidence, probabilities=d.probabilities, uncertain=d.uncertain,
+            compartment=d.compartment, routed_to=-1 if routed_to is None else routed_to,
+            routed_ok=routed_to is not None, frames=d.frames, model_sha256=self.model.sha256, bin_id=self.cfg.bin_id,
+            note=note, source_name=p.frame.name, time=wall_iso(self.clock.time()),
+            latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()}, "route": round(route_ms, 3),
+                        "total": round(p.decided_ms, 3)})
+        self._record(event, p.frame)
         self.last_event_id = event.id
         s = self.summary
         s.items += 1
-        s.uncertain += decision.uncertain
-        s.counts[decision.label] = s.counts.get(decision.label, 0) + 1
+        s.uncertain += d.uncertain
+        s.counts[d.label] = s.counts.get(d.label, 0) + 1
+        if routed_to is None:
+            s.unrouted += 1
+        else:
+            s.routed[routed_to] = s.routed.get(routed_to, 0) + 1
+            s.rerouted += routed_to != d.compartment
         s.latency_ms.append(event.latency_ms["total"])
+        self.trigger.decided()
+        if routed_to is not None and self.actuator.clears_tray:
+            self.trigger.rearm()
         return event
 
     def _record(self, event: Event, frame: Frame) -> None:
@@ -174,21 +258,74 @@ class Sorter:
                 self.events.set_image(event_id, image)
         return ok
 
-    def _power_fail(self) -> None:
-        log.warning("power failing (UPS signal): finishing the current item and stopping safely")
-        self.halt.set()
+    def clear_fault(self, who: str) -> bool:
+        """A person says the mechanism is free again (button held, page, MQTT)."""
+        return bool(self.machine.clear_faults(who))
+
+    def tick(self) -> None:
+        """Read what the bin's inputs say, let the machine decide, end timed outputs. Every pass."""
+        m, act = self.machine, self.actuator
+        blocked_before = not m.may_move()
+        m.lid(act.lid_open())
+        m.fill(act.full())
+        if self.inputs is not None:
+            failing = self.inputs.power_failing()
+            if failing and not m.active("power"):
+                m.raise_("power")
+                act.park()  # safe positions while there is still power to reach them
+            elif not failing:
+                m.clear("power")
+            for press in self.inputs.presses():
+                if press == "long":
+                    if not self.clear_fault("button"):
+                        log.info("clear button held: no fault to clear")
+                elif m.active("resume_button"):
+                    m.resume_pressed("button")
+                elif self.last_event_id:
+                    self.flag(self.last_event_id)
+        act.tick()
+        if blocked_before and m.may_move() and act.needs_park():
+            act.park()  # a hold or fault ended with a servo somewhere unknown: home first
+        if self.pending is not None and self.pending.held_by and m.may_move():
+            event = self._try_route()
+            if event is not None and self._on_event is not None:
+                self._on_event(event)
+
+    def wake_at(self) -> float | None:
+        """The next instant tick() changes something by itself (the simulator skips idle time to it)."""
+        due = [t for t in (self.machine.wake_at(), self.actuator.wake_at(),
+                           self.inputs.wake_at() if self.inputs is not None else None) if t is not None]
+        return min(due) if due else None
+
+    def _on_machine(self, entry: Entry, state: str, who: str) -> None:
+        d = entry.to_dict()
+        if self.machine_log is not None:
+            self.machine_log.record(d, state, who, self.clock.time())
+        if self.mqtt is not None:
+            self.mqtt.publish_machine(d, state, who)
+        if self.board is not None:
+            self.board.set_machine(self.machine.snapshot())
+            if entry.name == "full":
+                self.board.set_fill({c: c in self.machine.full() for c in range(self.route.count)})
+            if entry.name == "lid":
+                self.board.set_link("lid", "open" if state == "raised" else "closed")
+        if state == "cleared" and self.machine.may_move():
+            self.actuator.show("ready")
+        elif state == "raised":
+            self.actuator.show("fault" if entry.condition.kind == "fault" else "held")
 
     def housekeeping(self) -> None:
         """Commands, state publishing and model swaps: only while no item is being decided."""
+        self.tick()
         if self.mqtt is not None:
             while not self.mqtt.commands.empty():
                 cmd = self.mqtt.commands.get_nowait()
                 self.mqtt.reply(self._command(cmd))
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if self.board is not None and now - self._last_state_t > 2.0:
                 self._last_state_t = now
                 self.mqtt.publish_state(self.board.snapshot())
-        if self._swap_to is not None and self._item_frame is None:
+        if self._swap_to is not None and self._item_frame is None and self.pending is None:
             self._swap_model(self._swap_to)
 
     def _command(self, cmd: dict) -> dict:
@@ -229,6 +366,12 @@ class Sorter:
         log.info("now sorting with model %s", new.sha256[:12])
         self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
 
+    def _camera(self, ok: bool, detail: str) -> None:
+        self.machine.set_hold("camera", not ok, detail)
+        self._health("camera", ok, detail)
+        if self.board is not None:
+            self.board.set_link("camera", "ok" if ok else "down", detail)
+
     def _health(self, part: str, ok: bool, detail: str = "") -> None:
         if self.board is not None:
             self.board.set_health(part, ok, detail)
@@ -239,9 +382,17 @@ class Sorter:
         if self.reader is None:
             self.source.open()
             while not stop.is_set():
-                frame = self.source.read()
+                try:
+                    frame = self.source.read()
+                except SourceError as e:  # the camera is down: hold, keep ticking, try again
+                    self._camera(False, str(e))
+                    self.notifier.watchdog()
+                    self.housekeeping()
+                    self.clock.sleep(min(0.5, self.cfg.camera.stall_timeout_s))
+                    continue
                 if frame is None:
                     return
+                self._camera(True, self.source.name)
                 yield frame
             return
         self.reader.start()
@@ -249,7 +400,7 @@ class Sorter:
         while not stop.is_set():
             frame = self.reader.get(timeout=poll)
             h = self.reader.health
-            self._health("camera", h.state in ("ok", "slow"), f"{h.state}: {h.error}" if h.error else f"{h.fps:.1f} fps")
+            self._camera(h.state in ("ok", "slow"), f"{h.state}: {h.error}" if h.error else f"{h.fps:.1f} fps")
             if frame is None:
                 if self.reader.ended:
                     return
@@ -264,31 +415,48 @@ class Sorter:
     def run(self, stop: threading.Event | None = None, max_items: int | None = None,
             on_event: Callable[[Event], None] | None = None) -> Summary:
         stop = stop or threading.Event()
+        events: list[Event] = []
+        self._on_event = events.append  # items routed from tick() when a hold ends
         self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}")
         self._health("camera", True, self.source.name)
         if self.events is not None:
             self._health("disk", True, str(self.events.path.parent))
-        self._health("pins", not self.actuator.fault, self.actuator.fault or self.actuator.profile)
+        self._health("pins", True, self.actuator.profile)
+        if self.board is not None:
+            self.board.set_machine(self.machine.snapshot())
+            self.board.set_link("lid", "none" if self.actuator.interlock is None else
+                                ("open" if self.actuator.lid_open() else "closed"))
+            self.board.set_link("mqtt", "off" if self.mqtt is None else "disconnected")
         self.notifier.ready(f"sorting with {self.model.path.name}")
         if self.mqtt is not None:
             self.mqtt.start()
-        for frame in self.frames(stop):
-            if self.halt.is_set():
-                break
-            self.notifier.watchdog()  # only reached while frames flow
-            self.housekeeping()
-            try:
-                event = self.process(frame)
-            except Exception:
-                self.summary.bad_frames += 1
-                log.exception("frame %d failed; going on with the next", frame.seq)
-                continue
-            if event is not None:
-                self._health("pins", not self.actuator.fault, self.actuator.fault or self.actuator.profile)
-                if on_event:
-                    on_event(event)
-                if max_items is not None and self.summary.items >= max_items:
+        try:
+            for frame in self.frames(stop):
+                if self.halt.is_set():
                     break
+                self.notifier.watchdog()  # only reached while frames flow
+                self.housekeeping()
+                try:
+                    event = self.process(frame)
+                except Exception:
+                    self.summary.bad_frames += 1
+                    log.exception("frame %d failed; going on with the next", frame.seq)
+                    continue
+                if event is not None:
+                    events.append(event)
+                for ev in events:
+                    if on_event:
+                        on_event(ev)
+                done = bool(events) and max_items is not None and self.summary.items >= max_items
+                events.clear()
+                if done:
+                    break
+        finally:
+            self._on_event = None
+        if self.pending is not None:  # stopping with an item on the tray: recorded, not lost
+            ev = self._resolve(None, f"still on the tray at stop (held by {self.pending.held_by or 'nothing'})")
+            if on_event:
+                on_event(ev)
         self.notifier.stopping()
         return self.summary
 
@@ -298,6 +466,8 @@ class Sorter:
             return
         self._closed = True
         steps = [self.actuator.close]
+        if self.machine_log is not None:
+            steps.append(self.machine_log.close)
         if self.inputs is not None:
             steps.append(self.inputs.close)
         if self.reader is not None:
@@ -323,7 +493,11 @@ class Sorter:
         self.close()
 
 
-def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -> Sorter:
+LAST_GOOD_HARDWARE = "last-good-hardware.json"
+
+
+def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, clock: Clock = SYSTEM_CLOCK,
+                 source: FrameSource | None = None) -> Sorter:
     """Everything from the config, validated before anything moves; partial builds are closed."""
     labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
     preprocess = None
@@ -335,34 +509,52 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None) -
     store.expected_labels = model.manifest.label_ids
     opened: list = [model]
     try:
+        errors = label_errors(cfg, model.manifest.label_ids)
+        if errors:
+            raise ConfigErrors(errors)
         route = CompartmentMap(cfg.hardware.compartments, model.manifest.label_ids, cfg.decision.fallback)
         if pin_factory is None and cfg.hardware.profile != "none":
             pin_factory = make_pin_factory(cfg.hardware.pin_factory)
-        actuator = make_actuator(cfg.hardware, route.count, route(cfg.decision.fallback, True), pin_factory)
+        hw = cfg.hardware
+        machine = Machine(clock, hw.resume_delay_s, hw.interlock_resume)
+        actuator = make_actuator(hw, route.count, pin_factory, machine, clock)
         opened.append(actuator)
         inputs = None
-        if cfg.hardware.profile != "none" and any(p >= 0 for p in (cfg.hardware.item_sensor_pin,  # noqa: SIM102
-                                                                  cfg.hardware.wrong_button_pin,
-                                                                  cfg.hardware.power_fail_pin)):
-            inputs = Inputs(cfg.hardware, pin_factory)
+        if hw.profile != "none" and any(p >= 0 for p in (hw.item_sensor_pin, hw.wrong_button_pin, hw.power_fail_pin)):
+            inputs = Inputs(hw, pin_factory, clock)
             opened.append(inputs)
         events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
-        board = StatusBoard(cfg.bin_id, names)
+        board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments))
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
         mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None
-        source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
+        if source is None:
+            source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
-                        mqtt=mqtt, store=store, inputs=inputs)
+                        mqtt=mqtt, store=store, inputs=inputs, clock=clock,
+                        machine_log=MachineLog(events.path))
         if rolled_back:
             board.set_health("model", True, f"rolled back: {rolled_back}")
+        save_last_good_hardware(cfg, state)
         return sorter
     except BaseException:
         for thing in reversed(opened):
             thing.close()
         raise
+
+
+def save_last_good_hardware(cfg: Config, state: Path) -> None:
+    """The hardware section of a config that started: `ecosorter safe` uses it when the config
+    file is later broken or missing, so systemd can still make the bin safe after a bad edit."""
+    path = state / LAST_GOOD_HARDWARE
+    try:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(cfg.hardware), indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot keep the last good hardware config in %s: %s", path, e)
 
 
 def _load_with_rollback(cfg: Config, store: ModelStore, labels, preprocess) -> tuple[LoadedModel, str]:

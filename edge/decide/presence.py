@@ -32,7 +32,26 @@ def thumbnail(pixels: np.ndarray, roi: tuple[float, float, float, float] | None)
     return pixels[rows[:, None], cols[None, :], :3].astype(np.float32).mean(axis=2)
 
 
-class VisionTrigger:
+class _Rearm:
+    """What both image-watching triggers share: one decision per item, re-armed after a drop."""
+
+    state: TriggerState
+    _still = 0
+
+    def decided(self) -> None:
+        if self.state is TriggerState.SETTLED:
+            self.state = TriggerState.DECIDED
+
+    def rearm(self) -> None:
+        """The routed item has left the tray (a trapdoor or flap dropped it): whatever is still and
+        present next is a new item, even if the camera never saw the tray empty in between (it was
+        put down during the move). An item that did not fall is classified and routed again: a
+        second try, logged as a second event, rather than a bin that waits forever."""
+        if self.state is TriggerState.DECIDED:
+            self.state, self._still = TriggerState.MOVING, 0
+
+
+class VisionTrigger(_Rearm):
     def __init__(self, cfg: TriggerConfig, roi: tuple[float, float, float, float] | None = None):
         self.cfg, self.roi = cfg, roi
         self.state = TriggerState.LEARNING
@@ -76,12 +95,7 @@ class VisionTrigger:
                 self.state, self._still = TriggerState.MOVING, 0  # moved before we decided
         return self.state
 
-    def decided(self) -> None:
-        if self.state is TriggerState.SETTLED:
-            self.state = TriggerState.DECIDED
-
-
-class SensorTrigger:
+class SensorTrigger(_Rearm):
     """A break-beam/PIR/ultrasonic input says an item is there; the image must still be still."""
 
     def __init__(self, cfg: TriggerConfig, is_present: Callable[[], bool], roi=None):
@@ -103,10 +117,6 @@ class SensorTrigger:
             self.state = TriggerState.SETTLED if self._still >= self.cfg.still_frames else TriggerState.MOVING
         return self.state
 
-    def decided(self) -> None:
-        if self.state is TriggerState.SETTLED:
-            self.state = TriggerState.DECIDED
-
 
 class AlwaysTrigger:
     """Every frame is an item (bench tests, a conveyor that always has something)."""
@@ -120,6 +130,9 @@ class AlwaysTrigger:
         return self.state
 
     def decided(self) -> None:
+        pass
+
+    def rearm(self) -> None:
         pass
 
 

@@ -1,132 +1,254 @@
-"""What every actuator profile shares: routing results, faults, and safe shutdown."""
+"""What every actuator profile shares: motion in time, routing results, and the safe sequence.
+
+Servos are open-loop: the bin only knows where it sent each one and when it should have
+arrived (|delta angle| / servo_speed_deg_s + settle). Every dependent step waits for that; the
+lid (interlock) is read between slices of every wait, and if it opens the servos are detached
+at once and nothing moves again until the machine says so. Optional position switches turn
+"should have arrived" into "has arrived": a switch that does not confirm is a jam fault.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 from dataclasses import dataclass
 
+from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.errors import HardwareError
+from ecosorter.edge.machine import Machine
+
+log = logging.getLogger("ecosorter.hardware")
+
+WAIT_SLICE_S = 0.02  # how often the lid is read while a servo travels
 
 
 @dataclass(frozen=True)
 class RouteResult:
-    compartment: int  # where the item went (may differ from the decision when full)
-    ok: bool
+    compartment: int  # where the item was sent
+    ok: bool  # the item reached it (dropped / lit): recorded as routed even if a later step failed
     ms: float
-    note: str = ""  # "full: rerouted", "fault: ..." etc.
+    note: str = ""  # why it stopped, or what happened after the drop
+    stopped: str = ""  # the hold or fault that stopped the sequence ("lid", "jam", ...), "" if none
 
 
 class HardwareFault(HardwareError):
-    """Routing stopped; the sorter pauses sorting and reports it."""
+    """A latched fault raised by a sequence: `name` is a machine fault name."""
+
+    def __init__(self, name: str, detail: str):
+        super().__init__(detail)
+        self.name, self.detail = name, detail
+
+
+class LidOpened(HardwareError):
+    """The interlock opened during a sequence: everything was detached where it stood."""
+
+
+class Axis:
+    """One servo and what the bin knows of it: where it was sent and how long travel takes."""
+
+    def __init__(self, name: str, servo, speed_deg_s: float, settle_s: float, span: tuple[float, float],
+                 switch=None, switch_angle: float | None = None):
+        self.name, self.servo = name, servo
+        self.speed, self.settle_s, self.span = speed_deg_s, settle_s, span
+        self.switch, self.switch_angle = switch, switch_angle  # switch closed (active) = at switch_angle
+        self.angle: float | None = None  # None: unknown (power-up, or stopped mid-travel)
+
+    def travel_s(self, target: float) -> float:
+        delta = abs(target - self.angle) if self.angle is not None else self.span[1] - self.span[0]
+        return delta / self.speed
+
+    def send(self, target: float) -> float:
+        """Command the angle; returns the seconds until it has arrived and settled."""
+        seconds = self.travel_s(target) + self.settle_s
+        try:
+            self.servo.angle = target
+        except Exception as e:  # a pin or driver error is a fault, not a crash of the loop
+            self.angle = None
+            raise HardwareFault("servo", f"{self.name} -> {target:g} deg: {type(e).__name__}: {e}") from e
+        self.angle = target
+        return seconds
+
+    def detach(self) -> None:
+        self.servo.detach()
+
+    def lost(self) -> None:
+        """Stopped mid-travel: where it is now is unknown."""
+        self.angle = None
+
+    def confirm(self, target: float) -> None:
+        """With a switch: at switch_angle it must be closed; anywhere else it must be open."""
+        if self.switch is None or self.switch_angle is None:
+            return
+        closed = bool(self.switch.is_active)
+        at_switch = abs(target - self.switch_angle) < 1e-6
+        if closed != at_switch:
+            self.angle = None
+            where = "did not reach" if at_switch else "did not leave"
+            raise HardwareFault("jam", f"{self.name} {where} {self.switch_angle:g} deg (position switch)")
 
 
 class Actuator:
-    """Base: status LED, interlock, fill sensors, and close() that always makes things safe.
+    """Base: status LED, interlock, fill sensors, timed steps, and close() that is always safe.
 
-    Subclasses implement `_move(compartment)` and `_safe()`; they never move while the
-    interlock is open and call `_check_budget` between steps of a sequence.
+    Subclasses implement `_sequence(compartment)` (calling `_step` and setting `self._dropped`)
+    and `_park()` (the safe positions, in a safe order); both run with the lid closed only.
     """
 
     profile = "base"
+    clears_tray = False  # a routed item has left the tray (a door or flap dropped it), not carried later
+    COLORS = {"ready": (0, 1, 0), "busy": (0, 0, 1), "uncertain": (1, 0.5, 0), "held": (0.6, 0, 1),
+              "fault": (1, 0, 0), "off": (0, 0, 0)}
 
-    def __init__(self, compartments: int, fallback: int = -1, when_full: str = "fallback",
+    def __init__(self, compartments: int, machine: Machine | None = None, clock: Clock = SYSTEM_CLOCK,
                  interlock=None, full_sensors: dict[int, object] | None = None, status_led=None,
                  move_budget_s: float = 2.0):
+        if compartments < 1:
+            raise ValueError(f"compartments must be >= 1, not {compartments}")
         self.compartments = compartments
-        self.fallback = fallback
-        self.when_full = when_full
+        self.clock = clock
+        self.machine = machine if machine is not None else Machine(clock)
         self.interlock = interlock  # gpiozero Button: pressed = lid closed
         self.full_sensors = full_sensors or {}
         self.status_led = status_led  # gpiozero RGBLED or None
         self.move_budget_s = move_budget_s
-        self.fault: str = ""
-        self._lock = threading.Lock()
-        self._closed = False
+        self.axes: list[Axis] = []
+        self._dropped = False
+        self._lock = threading.RLock()
+        self.closed = False
         self._devices: list = [d for d in (interlock, status_led, *self.full_sensors.values()) if d is not None]
         self.show("ready")
 
-    # --- status LED: ready green, busy blue, uncertain amber, fault red
-    COLORS = {"ready": (0, 1, 0), "busy": (0, 0, 1), "uncertain": (1, 0.5, 0), "fault": (1, 0, 0), "off": (0, 0, 0)}
+    def _check_open(self) -> None:
+        if self.closed:
+            raise HardwareError(f"{self.profile} actuator is closed")
 
-    def show(self, state: str) -> None:
-        if self.status_led is not None and not self._closed:
-            self.status_led.color = self.COLORS[state]
-
-    def full(self) -> list[int]:
-        return sorted(c for c, s in self.full_sensors.items() if s.is_active)
+    # --- inputs the machine reads every tick
+    def full(self) -> set[int]:
+        return {c for c, s in self.full_sensors.items() if s.is_active}
 
     def lid_open(self) -> bool:
         return self.interlock is not None and not self.interlock.is_active
 
+    def show(self, state: str) -> None:
+        if self.status_led is not None and not self.closed:
+            self.status_led.color = self.COLORS[state]
+
+    def tick(self) -> None:
+        """Called every loop pass: timed outputs (LEDs) end here, never in a thread of their own."""
+
+    def wake_at(self) -> float | None:
+        """The next instant tick() has work to do (None: nothing pending)."""
+        return None
+
+    def needs_park(self) -> bool:
+        """A servo stopped somewhere unknown (lid opened mid-move, a jam): home before the next item."""
+        return any(a.angle is None for a in self.axes)
+
+    # --- routing
     def route(self, compartment: int, uncertain: bool = False) -> RouteResult:
-        if self._closed:
-            raise HardwareFault("actuator is closed")
-        if self.fault:
-            return RouteResult(compartment, False, 0.0, f"fault: {self.fault}")
-        t0 = time.monotonic()
-        note = ""
-        if compartment in self.full_sensors and self.full_sensors[compartment].is_active:
-            if self.when_full == "pause" or self.fallback < 0 or self.fallback in self.full():
-                return self._fail(t0, compartment, f"compartment {compartment} is full; bin paused")
-            note = f"compartment {compartment} full: rerouted to {self.fallback}"
-            compartment = self.fallback
+        """One item into `compartment`. The caller asked the machine first; faults and lid holds
+        found on the way are raised on the machine, and the result says whether the item dropped."""
+        self._check_open()
+        if not 0 <= compartment < self.compartments:
+            raise HardwareError(f"compartment {compartment} does not exist (0..{self.compartments - 1})")
+        t0 = self.clock.monotonic()
         with self._lock:
-            if self.lid_open():
-                return self._fail(t0, compartment, "lid open (interlock): not moving")
+            self._dropped = False
             self.show("busy")
+            stopped, note = "", ""
             try:
-                self._move(compartment, t0)
+                self._guard_lid()
+                self._sequence(compartment)
+            except LidOpened as e:
+                stopped, note = "lid", str(e)
             except HardwareFault as e:
-                self._safe_quietly()
-                return self._fail(t0, compartment, str(e))
-            self.show("uncertain" if uncertain else "ready")
-        return RouteResult(compartment, True, (time.monotonic() - t0) * 1000, note)
+                self._detach_all()
+                stopped, note = e.name, str(e)
+                self.machine.raise_(e.name, e.detail)
+            ok = self._dropped
+            self.show(("uncertain" if uncertain else "ready") if not stopped else
+                      ("held" if stopped == "lid" else "fault"))
+        return RouteResult(compartment, ok, (self.clock.monotonic() - t0) * 1000, note, stopped)
 
-    def _fail(self, t0: float, compartment: int, why: str) -> RouteResult:
-        self.fault = why
-        self.show("fault")
-        return RouteResult(compartment, False, (time.monotonic() - t0) * 1000, f"fault: {why}")
+    def park(self) -> bool:
+        """The safe sequence: with the lid closed, safe positions in a safe order, each waited
+        for, then detach; with the lid open, detach only (nothing moves). True if parked."""
+        if self.closed:
+            return False
+        with self._lock:
+            try:
+                self._guard_lid()
+                self._park()
+                return True
+            except LidOpened:
+                return False
+            except HardwareFault as e:
+                self._detach_all()
+                self.machine.raise_(e.name, e.detail)
+                return False
 
-    def clear_fault(self) -> None:
-        self.fault = ""
-        self.show("ready")
-
-    def _check(self, t0: float, step: str) -> None:
-        """Between steps: stop at once if the lid opened or the sequence ran over budget."""
+    def _guard_lid(self) -> None:
         if self.lid_open():
-            raise HardwareFault(f"lid opened during {step}: stopped")
-        if time.monotonic() - t0 > self.move_budget_s:
-            raise HardwareFault(f"{step} exceeded the {self.move_budget_s:g} s move budget")
+            self._detach_all()
+            self.machine.raise_("lid")
+            raise LidOpened("lid open (interlock): not moving")
 
-    def _wait(self, seconds: float, t0: float, step: str) -> None:
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            time.sleep(min(left, 0.02))
-            self._check(t0, step)
+    def _step(self, axis: Axis, target: float, step: str) -> None:
+        """Send one servo and wait until it has arrived; lid, budget and switch checked."""
+        self._guard_lid()
+        t0 = self.clock.monotonic()
+        seconds = axis.send(target)
+        self._wait(seconds, step, moving=axis)
+        took = self.clock.monotonic() - t0
+        if took > self.move_budget_s:
+            raise HardwareFault("budget", f"{step} took {took:.2f} s, over the {self.move_budget_s:g} s move budget")
+        axis.confirm(target)
 
-    def _move(self, compartment: int, t0: float) -> None:
+    def _wait(self, seconds: float, step: str, moving: Axis | None = None) -> None:
+        end = self.clock.monotonic() + seconds
+        while (left := end - self.clock.monotonic()) > 1e-9:
+            self.clock.sleep(min(left, WAIT_SLICE_S))
+            if self.lid_open():
+                if moving is not None:
+                    moving.lost()
+                self._detach_all()
+                self.machine.raise_("lid", f"during {step}")
+                raise LidOpened(f"lid opened during {step}: everything stopped where it was")
+
+    def _detach_all(self) -> None:
+        for axis in self.axes:
+            try:
+                axis.detach()
+            except Exception:  # keep detaching the others
+                log.exception("detaching %s", axis.name)
+
+    def _sequence(self, compartment: int) -> None:
         raise NotImplementedError
 
-    def _safe(self) -> None:
-        """Home, trapdoor closed, then detach servos and turn outputs off."""
-
-    def _safe_quietly(self) -> None:
-        try:
-            self._safe()
-        except Exception:  # on a dying process, best effort is all there is
-            pass
+    def _park(self) -> None:
+        self._detach_all()
 
     def close(self) -> None:
-        if self._closed:
+        """Safe first (guarded), then outputs off, then release every device."""
+        if self.closed:
             return
         with self._lock:
-            self._safe_quietly()
-            self._closed = True
+            try:
+                self.park()
+            except Exception:  # on a dying process, best effort is all there is
+                log.exception("while parking")
+            self._detach_all()
+            self.closed = True
             if self.status_led is not None:
-                self.status_led.off()
+                try:
+                    self.status_led.off()
+                except Exception:
+                    log.exception("status LED off")
             for d in self._devices:
-                d.close()
+                try:
+                    d.close()
+                except Exception:
+                    log.exception("closing %r", d)
 
     def __enter__(self) -> Actuator:
         return self
@@ -140,5 +262,5 @@ class NullActuator(Actuator):
 
     profile = "none"
 
-    def _move(self, compartment: int, t0: float) -> None:
-        pass
+    def _sequence(self, compartment: int) -> None:
+        self._dropped = True

@@ -48,13 +48,13 @@ def calibrate(config_path: Path, actuator, ask: Callable[[str], str] = input,
     if actuator.profile in ("chute", "pca9685"):
         angles = []
         for i, a in enumerate(actuator.angles):
-            new = _adjust(f"compartment {i}", a, lambda v: setattr(actuator.chute, "angle", v), ask, say)
+            new = _adjust(f"compartment {i}", a, lambda v: setattr(actuator.chute.servo, "angle", v), ask, say)
             if new is None:
                 return False
             angles.append(new)
         for key, label, start in (("trapdoor_closed_angle", "trapdoor closed", actuator.door_closed),
                                   ("trapdoor_open_angle", "trapdoor open", actuator.door_open)):
-            new = _adjust(label, start, lambda v: setattr(actuator.trapdoor, "angle", v), ask, say)
+            new = _adjust(label, start, lambda v: setattr(actuator.trapdoor.servo, "angle", v), ask, say)
             if new is None:
                 return False
             updates[key] = new
@@ -63,9 +63,9 @@ def calibrate(config_path: Path, actuator, ask: Callable[[str], str] = input,
         actuator.trapdoor.detach()
     elif actuator.profile == "flaps":
         flap = actuator.flaps[0]
-        for key, label, start in (("flap_closed_angle", "flaps closed", actuator.closed),
-                                  ("flap_open_angle", "flaps open", actuator.open_)):
-            new = _adjust(label, start, lambda v: setattr(flap, "angle", v), ask, say)
+        for key, label, start in (("flap_closed_angle", "flaps closed", actuator.closed_angle),
+                                  ("flap_open_angle", "flaps open", actuator.open_angle)):
+            new = _adjust(label, start, lambda v: setattr(flap.servo, "angle", v), ask, say)
             if new is None:
                 return False
             updates[key] = new

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.config import HardwareConfig
 from ecosorter.edge.errors import ConfigError
-from ecosorter.edge.hardware.actuator import Actuator, NullActuator
+from ecosorter.edge.hardware.actuator import Actuator, Axis, NullActuator
 from ecosorter.edge.hardware.pins import make_pin_factory, used_pins, validate_pins
+from ecosorter.edge.machine import Machine
 
 
-def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_factory=None, servos=None) -> Actuator:
+def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, machine: Machine | None = None,
+                  clock: Clock = SYSTEM_CLOCK, servos=None) -> Actuator:
     """`servos`: a pin -> servo callable in place of servo_maker(cfg) (tests: fake sysfs or I2C bus)."""
-    validate_pins(cfg, require_hardware_pwm=cfg.profile == "chute" and cfg.pin_factory in ("", "lgpio"))
+    validate_pins(cfg)
     if cfg.profile == "none":
-        return NullActuator(compartments, fallback=fallback)
+        return NullActuator(compartments, machine=machine, clock=clock)
     import gpiozero
 
     pf = pin_factory if pin_factory is not None else make_pin_factory(cfg.pin_factory)
@@ -27,8 +30,8 @@ def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_fac
 
     try:
         common = {
-            "fallback": fallback,
-            "when_full": cfg.when_full,
+            "machine": machine,
+            "clock": clock,
             "move_budget_s": cfg.move_budget_s,
             "interlock": dev(gpiozero.Button, cfg.interlock_pin, pull_up=True) if cfg.interlock_pin >= 0 else None,
             "full_sensors": {int(c): dev(gpiozero.Button, p, pull_up=True) for c, p in cfg.full_sensor_pins.items()},
@@ -36,6 +39,7 @@ def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_fac
         }
         lo, hi = cfg.min_pulse_width_ms / 1000, cfg.max_pulse_width_ms / 1000
 
+        span = (cfg.servo_min_angle, cfg.servo_max_angle)
         other_servo = servos or servo_maker(cfg)  # None for gpiozero; sysfs-pwm / pca9685 build their own
 
         def servo(pin):
@@ -43,26 +47,32 @@ def make_actuator(cfg: HardwareConfig, compartments: int, fallback: int, pin_fac
                 made.append(s := other_servo(pin))
                 return s
             # initial_angle=None: no pulse until the first move, so power-up does not twitch it.
-            return dev(gpiozero.AngularServo, pin, initial_angle=None, min_angle=-90, max_angle=90,
+            return dev(gpiozero.AngularServo, pin, initial_angle=None, min_angle=span[0], max_angle=span[1],
                        min_pulse_width=lo, max_pulse_width=hi)
+
+        def axis(name: str, device, switch_pin: int = -1, switch_angle: float | None = None) -> Axis:
+            switch = dev(gpiozero.Button, switch_pin, pull_up=True) if switch_pin >= 0 else None
+            return Axis(name, device, cfg.servo_speed_deg_s, cfg.settle_s, span, switch, switch_angle)
 
         if cfg.profile == "leds":
             from ecosorter.edge.hardware.leds import LedActuator
 
             _need(cfg.led_pins, compartments, "hardware.led_pins")
-            leds = [dev(gpiozero.LED, p) for p in cfg.led_pins]
+            leds = [dev(gpiozero.LED, p) for p in cfg.led_pins[:compartments]]
             buzzer = dev(gpiozero.Buzzer, cfg.buzzer_pin) if cfg.buzzer_pin >= 0 else None
             return LedActuator(leds, buzzer, cfg.led_on_s, **common)
         from ecosorter.edge.hardware.servos import ChuteActuator, FlapsActuator
 
         if cfg.profile == "flaps":
             _need(cfg.flap_pins, compartments, "hardware.flap_pins")
-            return FlapsActuator([servo(p) for p in cfg.flap_pins], cfg.flap_closed_angle, cfg.flap_open_angle,
-                                 cfg.drop_s, cfg.settle_s, **common)
+            flaps = [axis(f"flap{i}", servo(p)) for i, p in enumerate(cfg.flap_pins[:compartments])]
+            return FlapsActuator(flaps, cfg.flap_closed_angle, cfg.flap_open_angle, cfg.drop_s, **common)
         _need(cfg.chute_angles, compartments, "hardware.chute_angles")
         chute, door = servo(cfg.chute_pin), servo(cfg.trapdoor_pin)  # profile "pca9685": channels 0, 1
-        return ChuteActuator(chute, door, cfg.chute_angles, cfg.chute_home_angle, cfg.trapdoor_closed_angle,
-                             cfg.trapdoor_open_angle, cfg.settle_s, cfg.drop_s, **common)
+        return ChuteActuator(axis("chute", chute, cfg.chute_home_switch_pin, cfg.chute_home_angle),
+                             axis("trapdoor", door, cfg.trapdoor_closed_switch_pin, cfg.trapdoor_closed_angle),
+                             cfg.chute_angles[:compartments], cfg.chute_home_angle, cfg.trapdoor_closed_angle,
+                             cfg.trapdoor_open_angle, cfg.drop_s, **common)
     except BaseException:
         for d in made:
             d.close()
@@ -85,7 +95,7 @@ def servo_maker(cfg: HardwareConfig, sysfs_root: Path | None = None, bus=None, b
     keys = {pin: key for key, pin, _ in used_pins(cfg, servo_pins_only=True)}
     if driver == "gpiozero" or not keys:
         return None
-    calib = {"min_angle": getattr(cfg, "servo_min_angle", -90.0), "max_angle": getattr(cfg, "servo_max_angle", 90.0),
+    calib = {"min_angle": cfg.servo_min_angle, "max_angle": cfg.servo_max_angle,
              "min_pulse_width": cfg.min_pulse_width_ms / 1000, "max_pulse_width": cfg.max_pulse_width_ms / 1000}
     if driver == "sysfs-pwm":
         from ecosorter.edge.hardware import sysfs_pwm

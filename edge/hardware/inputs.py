@@ -1,23 +1,36 @@
-"""Inputs a person or the bin gives: item sensor (break-beam, PIR or ultrasonic), "wrong?"
-button, UPS low-power signal.
+"""Inputs a person or the bin gives: item sensor (break-beam, PIR or ultrasonic), the
+"wrong?" / clear button, UPS low-power signal.
 
 Sensors wired active-low with the Pi's pull-up (a break-beam that breaks, a button pressed, a
 UPS HAT pulling its signal low) read as `is_active`.
+
+The button has two meanings, told apart by how long it is held: a short press says "wrong?"
+(or resumes after the lid, with interlock_resume = "button"); held `clear_hold_s` it clears
+latched faults. Edges are only noted in the pin callback; the loop acts on them in `presses()`,
+on its own thread and clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections import deque
 
+from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.config import HardwareConfig
 from ecosorter.edge.errors import ConfigError
 
 
 class Inputs:
-    def __init__(self, cfg: HardwareConfig, pin_factory=None):
+    def __init__(self, cfg: HardwareConfig, pin_factory=None, clock: Clock = SYSTEM_CLOCK):
         import gpiozero
 
         self._devices: list = []
+        self.clock, self.clear_hold_s = clock, cfg.clear_hold_s
+        self.item_distance_m = cfg.item_sensor_distance_m
+        self._lock = threading.Lock()
+        self._pressed_at: float | None = None
+        self._long_sent = False
+        self._presses: deque[str] = deque(maxlen=16)
 
         def button(pin: int):
             d = gpiozero.Button(pin, pull_up=True, bounce_time=0.05, pin_factory=pin_factory)
@@ -26,6 +39,7 @@ class Inputs:
 
         try:
             self.item_sensor = None
+            self.kind = cfg.item_sensor_kind
             if cfg.item_sensor_pin >= 0:
                 if cfg.item_sensor_kind == "pir":
                     self.item_sensor = gpiozero.MotionSensor(cfg.item_sensor_pin, pin_factory=pin_factory)
@@ -41,21 +55,51 @@ class Inputs:
                     self._devices.append(self.item_sensor)
             self.wrong_button = button(cfg.wrong_button_pin) if cfg.wrong_button_pin >= 0 else None
             self.power_fail = button(cfg.power_fail_pin) if cfg.power_fail_pin >= 0 else None
+            if self.wrong_button is not None:
+                self.wrong_button.when_pressed = self._down
+                self.wrong_button.when_released = self._up
         except BaseException:
             self.close()
             raise
 
     def item_present(self) -> bool:
-        # Button and MotionSensor: is_active; DistanceSensor: active when within the threshold
-        return bool(self.item_sensor is not None and self.item_sensor.is_active)
+        if self.item_sensor is None:
+            return False
+        if self.kind == "ultrasonic":
+            # gpiozero's DistanceSensor.is_active means "out of range": an item is what is near
+            return float(self.item_sensor.distance) < self.item_distance_m
+        return bool(self.item_sensor.is_active)
 
-    def on_wrong(self, fn: Callable[[], None]) -> None:
-        if self.wrong_button is not None:
-            self.wrong_button.when_pressed = lambda: fn()
+    def power_failing(self) -> bool:
+        return bool(self.power_fail is not None and self.power_fail.is_active)
 
-    def on_power_fail(self, fn: Callable[[], None]) -> None:
-        if self.power_fail is not None:
-            self.power_fail.when_pressed = lambda: fn()
+    # --- the button: edges noted here, meaning decided by presses() on the loop
+    def _down(self) -> None:
+        with self._lock:
+            self._pressed_at, self._long_sent = self.clock.monotonic(), False
+
+    def _up(self) -> None:
+        with self._lock:
+            if self._pressed_at is not None and not self._long_sent:
+                self._presses.append("short")
+            self._pressed_at = None
+
+    def presses(self) -> list[str]:
+        """"short" for each completed short press, "long" once a press has lasted clear_hold_s."""
+        with self._lock:
+            if (self._pressed_at is not None and not self._long_sent
+                    and self.clock.monotonic() - self._pressed_at >= self.clear_hold_s):
+                self._long_sent = True
+                self._presses.append("long")
+            out = list(self._presses)
+            self._presses.clear()
+        return out
+
+    def wake_at(self) -> float | None:
+        with self._lock:
+            if self._pressed_at is not None and not self._long_sent:
+                return self._pressed_at + self.clear_hold_s
+        return None
 
     def close(self) -> None:
         for d in self._devices:

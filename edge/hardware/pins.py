@@ -78,29 +78,30 @@ def used_pins(cfg: HardwareConfig, servo_pins_only: bool = False) -> list[tuple[
     elif cfg.profile in ("chute", "pca9685"):
         pins += [("hardware.chute_pin", cfg.chute_pin, True), ("hardware.trapdoor_pin", cfg.trapdoor_pin, True)]
     elif cfg.profile == "flaps":
-        pins += [(f"hardware.flap_pins[{i}]", p, False) for i, p in enumerate(cfg.flap_pins)]
+        pins += [(f"hardware.flap_pins[{i}]", p, True) for i, p in enumerate(cfg.flap_pins)]
     if servo_pins_only:
         return pins
     if cfg.profile == "pca9685" or (cfg.servo_driver == "pca9685" and cfg.profile in ("chute", "flaps")):
-        # the servos hang off the PCA9685: their *_pin keys claim nothing; the I2C bus does
-        pins = [("hardware.servo_driver = 'pca9685' (I2C SDA)", 2, False),
-                ("hardware.servo_driver = 'pca9685' (I2C SCL)", 3, False)]
+        # the servos hang off the PCA9685: their *_pin keys claim nothing; its I2C bus uses GPIO 2 and 3
+        pins = [("I2C SDA (pca9685)", 2, False), ("I2C SCL (pca9685)", 3, False)]
     pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
-    for key in ("interlock_pin", "item_sensor_pin", "item_sensor_trigger_pin", "wrong_button_pin", "power_fail_pin"):
+    for key in INPUT_PIN_KEYS:
         if getattr(cfg, key) >= 0:
             pins.append((f"hardware.{key}", getattr(cfg, key), False))
     pins += [(f"hardware.full_sensor_pins.{c}", p, False) for c, p in cfg.full_sensor_pins.items()]
     return pins
 
 
-def validate_pins(cfg: HardwareConfig, require_hardware_pwm: bool = False) -> None:
-    seen: dict[int, str] = {}
-    for key, pin, pwm in used_pins(cfg):
-        if pin not in GPIO_RANGE:
-            raise ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27")
-        if pin in seen:
-            raise ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}")
-        if pwm and require_hardware_pwm and pin not in HARDWARE_PWM_PINS:
-            raise ConfigError(key, f"GPIO{pin} has no hardware PWM (servos jitter on software PWM); "
-                                   f"use one of {sorted(HARDWARE_PWM_PINS)} or the pca9685 profile")
-        seen[pin] = key
+# One registry of single-pin input roles: used_pins and the simulator both read it.
+INPUT_PIN_KEYS = ("interlock_pin", "item_sensor_pin", "item_sensor_trigger_pin", "wrong_button_pin",
+                  "power_fail_pin", "chute_home_switch_pin", "trapdoor_closed_switch_pin")
+
+
+def validate_pins(cfg: HardwareConfig) -> None:
+    """Every pin exists and has one role (all problems at once)."""
+    from ecosorter.edge.errors import ConfigErrors
+    from ecosorter.edge.hardware.check import pin_errors
+
+    errors = pin_errors(cfg)
+    if errors:
+        raise ConfigErrors(errors)

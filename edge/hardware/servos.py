@@ -1,78 +1,84 @@
 """Servo profiles: a rotating chute with a trapdoor, or one flap per compartment.
 
-Servos are open-loop: each sequence step has a settle time, and the whole sequence a time
-budget; the interlock is checked between steps. After every sequence the servos are detached
-(no pulses), so they do not hum or jitter while they wait for the next item.
+Every step waits for its servo's travel + settle before the next dependent step; servos are
+detached (no pulses, no hum) only after they have arrived.
 """
 
 from __future__ import annotations
 
-from ecosorter.edge.hardware.actuator import Actuator, HardwareFault
+from ecosorter.edge.hardware.actuator import Actuator, Axis
 
 
 class ChuteActuator(Actuator):
-    """move chute -> settle -> open trapdoor -> drop -> close -> settle -> chute home -> detach."""
+    """door closed? -> chute to the compartment -> door open, drop -> door closed -> chute home -> detach.
+
+    The chute is only ever commanded after the trapdoor has had its travel time to close.
+    """
 
     profile = "chute"
+    clears_tray = True
 
-    def __init__(self, chute, trapdoor, angles: list[float], home: float, door_closed: float,
-                 door_open: float, settle_s: float, drop_s: float, **kw):
-        self.chute, self.trapdoor = chute, trapdoor
-        self.angles, self.home, self.door_closed, self.door_open = angles, home, door_closed, door_open
-        self.settle_s, self.drop_s = settle_s, drop_s
-        self._door_is_open = False
+    def __init__(self, chute: Axis, trapdoor: Axis, angles: list[float], home: float, door_closed: float,
+                 door_open: float, drop_s: float, **kw):
         super().__init__(compartments=len(angles), **kw)
-        self._devices += [chute, trapdoor]
-        self._safe()
+        self.chute, self.trapdoor = chute, trapdoor
+        self.angles, self.home, self.door_closed, self.door_open = list(angles), home, door_closed, door_open
+        self.drop_s = drop_s
+        self.axes = [trapdoor, chute]
+        self._devices += [chute.servo, trapdoor.servo, *(a.switch for a in self.axes if a.switch is not None)]
+        self.park()
 
-    def _move(self, compartment: int, t0: float) -> None:
-        if self._door_is_open:  # never rotate the chute with the trapdoor open
-            raise HardwareFault("trapdoor open before a chute move")
-        self.chute.angle = self.angles[compartment]
-        self._wait(self.settle_s, t0, "chute move")
-        self.trapdoor.angle = self.door_open
-        self._door_is_open = True
-        self._wait(self.drop_s, t0, "drop")
-        self._close_door()
-        self._wait(self.settle_s, t0, "trapdoor close")
-        self.chute.angle = self.home
-        self._wait(self.settle_s, t0, "chute home")
-        self.chute.detach()
-        self.trapdoor.detach()
+    def _door_shut(self) -> None:
+        if self.trapdoor.angle != self.door_closed:  # unknown or open: close it and wait
+            self._step(self.trapdoor, self.door_closed, "trapdoor close")
+        else:
+            self.trapdoor.confirm(self.door_closed)
 
-    def _close_door(self) -> None:
-        self.trapdoor.angle = self.door_closed
-        self._door_is_open = False
+    def _sequence(self, compartment: int) -> None:
+        self._door_shut()
+        self._step(self.chute, self.angles[compartment], "chute move")
+        self.trapdoor.confirm(self.door_closed)  # both switches checked before the door opens
+        self._step(self.trapdoor, self.door_open, "trapdoor open")
+        self._dropped = True  # the door is open: the item is in the compartment
+        self._wait(self.drop_s, "drop")
+        self._step(self.trapdoor, self.door_closed, "trapdoor close")
+        self._step(self.chute, self.home, "chute home")
+        self._detach_all()
 
-    def _safe(self) -> None:
+    def _park(self) -> None:
         # Door first, then the chute: the chute never turns over an open trapdoor.
-        self._close_door()
-        self.chute.angle = self.home
-        self.chute.detach()
-        self.trapdoor.detach()
+        self._step(self.trapdoor, self.door_closed, "trapdoor close")
+        self._step(self.chute, self.home, "chute home")
+        self._detach_all()
 
 
 class FlapsActuator(Actuator):
     """One flap servo per compartment: open the item's flap, drop, close, detach."""
 
     profile = "flaps"
+    clears_tray = True
 
-    def __init__(self, flaps: list, closed: float, open_: float, drop_s: float, settle_s: float, **kw):
-        self.flaps, self.closed, self.open_, self.drop_s, self.settle_s = flaps, closed, open_, drop_s, settle_s
+    def __init__(self, flaps: list[Axis], closed: float, open_: float, drop_s: float, **kw):
         super().__init__(compartments=len(flaps), **kw)
-        self._devices += list(flaps)
-        self._safe()
+        self.flaps, self.closed_angle, self.open_angle, self.drop_s = list(flaps), closed, open_, drop_s
+        self.axes = self.flaps
+        self._devices += [f.servo for f in self.flaps]
+        self.park()
 
-    def _move(self, compartment: int, t0: float) -> None:
+    def _sequence(self, compartment: int) -> None:
+        for i, flap in enumerate(self.flaps):  # after an interruption, close what may be open first
+            if flap.angle != self.closed_angle:
+                self._step(flap, self.closed_angle, f"flap{i} close")
+                flap.detach()
         flap = self.flaps[compartment]
-        flap.angle = self.open_
-        self._wait(self.drop_s, t0, "flap open")
-        flap.angle = self.closed
-        self._wait(self.settle_s, t0, "flap close")
+        self._step(flap, self.open_angle, f"flap{compartment} open")
+        self._dropped = True
+        self._wait(self.drop_s, "drop")
+        self._step(flap, self.closed_angle, f"flap{compartment} close")
         flap.detach()
 
-    def _safe(self) -> None:
-        for flap in self.flaps:
-            flap.angle = self.closed
-        for flap in self.flaps:
+    def _park(self) -> None:
+        # One flap at a time: seven stalled servos at once would brown out the supply.
+        for i, flap in enumerate(self.flaps):
+            self._step(flap, self.closed_angle, f"flap{i} close")
             flap.detach()

@@ -9,6 +9,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 
+def wall_iso(t: float | None = None) -> str:
+    """UTC ISO time of epoch seconds `t` (now if None), to the millisecond, as every record writes it."""
+    when = datetime.now(timezone.utc) if t is None else datetime.fromtimestamp(t, timezone.utc)
+    return when.isoformat(timespec="milliseconds")
+
+
 def new_event_id() -> str:
     """Time-ordered and unique across restarts and bins: 12 hex of ms time, 20 random."""
     return f"{int(time.time() * 1000):012x}{uuid.uuid4().hex[:20]}"
@@ -31,7 +37,7 @@ class Event:
     note: str = ""
     source_name: str = ""  # the simulated photo's file name
     id: str = field(default_factory=new_event_id)
-    time: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    time: str = field(default_factory=wall_iso)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -170,11 +170,19 @@ class MqttLink:
     def publish_state(self, snapshot: dict) -> None:
         if not self.connected.is_set():
             return
-        body = json.dumps({k: snapshot[k] for k in ("today", "total", "health", "healthy", "last")},
+        keys = ("today", "total", "health", "healthy", "last", "machine", "compartments", "unrouted")
+        body = json.dumps({k: snapshot[k] for k in keys if k in snapshot},
                           separators=(",", ":")).encode()
         if body != self._last_state:
             self.client.publish(f"{self.base}/state", body, qos=1, retain=True)
             self._last_state = body
+
+    def publish_machine(self, entry: dict, state: str, who: str) -> None:
+        """A hold or fault raised or cleared: QoS 1 on <prefix>/<bin>/machine (best effort while offline;
+        the machine_log table and the retained state keep the record)."""
+        if self.connected.is_set():
+            self.client.publish(f"{self.base}/machine", json.dumps({**entry, "state": state, "who": who},
+                                                                   separators=(",", ":")), qos=1)
 
     def _discovery(self) -> None:
         device = {"identifiers": [f"ecosorter_{self.bin_id}"], "name": f"EcoSorter {self.bin_id}",

@@ -13,8 +13,12 @@ from ecosorter.edge.record.event import Event
 
 
 class StatusBoard:
-    def __init__(self, bin_id: str, labels: dict[str, str]):
+    def __init__(self, bin_id: str, labels: dict[str, str], compartments: dict[str, int] | None = None):
         self.bin_id = bin_id
+        self.compartments = compartments or {}
+        self.machine: dict = {"state": "ready", "holds": [], "faults": []}
+        self.fill: dict[int, bool] = {}
+        self.links: dict[str, dict] = {}
         self.labels = labels  # id -> display name
         self.started = time.time()
         self._lock = threading.Lock()
@@ -50,6 +54,18 @@ class StatusBoard:
                 self._last_jpeg = _jpeg(*self._last_pixels) if self._last_pixels is not None else b""
             return self._last_jpeg
 
+    def set_machine(self, snapshot: dict) -> None:
+        with self._lock:
+            self.machine = snapshot
+
+    def set_fill(self, full: dict[int, bool]) -> None:
+        with self._lock:
+            self.fill = dict(full)
+
+    def set_link(self, name: str, state: str, detail: str = "") -> None:
+        with self._lock:
+            self.links[name] = {"state": state, "detail": detail}
+
     def set_health(self, part: str, ok: bool, detail: str = "") -> None:
         with self._lock:
             self.health[part] = {"ok": ok, "detail": detail}
@@ -66,6 +82,8 @@ class StatusBoard:
                 "labels": self.labels,
                 "health": {k: dict(v) for k, v in self.health.items()},
                 "healthy": all(v["ok"] for v in self.health.values()),
+                "machine": self.machine,
+                "links": {k: dict(v) for k, v in self.links.items()},
             }
 
 

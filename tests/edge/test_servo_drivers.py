@@ -11,18 +11,28 @@ from pathlib import Path
 
 import pytest
 
+from ecosorter.edge.clock import VirtualClock
 from ecosorter.edge.config import load_config
 from ecosorter.edge.errors import ConfigError, HardwareError
 from ecosorter.edge.hardware import make_actuator
+from ecosorter.edge.hardware.check import compartment_count
 from ecosorter.edge.hardware.factory import servo_maker
 from ecosorter.edge.hardware.pca9685 import LED0_ON_L, MODE1, PCA9685, PRESCALE, PCA9685Servo
 from ecosorter.edge.hardware.sysfs_pwm import SysfsPwmServo, board_model, find_chip
+from ecosorter.edge.machine import Machine
 
 FAST = {"hardware.settle_s": 0.02, "hardware.drop_s": 0.03, "hardware.move_budget_s": 1.0}
 
 
 def hw(**overrides):
     return load_config(overrides={"hardware.pin_factory": "mock", **overrides}).hardware
+
+
+def actuator(cfg, factory, servos):
+    """The real actuator in virtual time (no real sleeping), its servos from `servos`."""
+    clock = VirtualClock()
+    machine = Machine(clock, cfg.resume_delay_s, cfg.interlock_resume)
+    return make_actuator(cfg, compartment_count(cfg), factory, machine, clock, servos=servos)
 
 
 def pulse_us(angle: float) -> float:
@@ -198,7 +208,7 @@ def test_chute_on_sysfs_pwm_timeline_and_safe_exit(sysfs, factory, tmp_path):
     cfg = hw(**{"hardware.profile": "chute", "hardware.servo_driver": "sysfs-pwm", **FAST})
     servos = servo_maker(cfg, sysfs_root=sysfs.root, board_root=pi_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.5"))
     ns = {a: round(pulse_us(a) * 1000) for a in (-90, 0, 60)}
-    with make_actuator(cfg, 7, fallback=3, pin_factory=factory, servos=servos) as act:
+    with actuator(cfg, factory, servos) as act:
         # built in its safe state: door closed, chute home, then both detached
         assert sysfs.writes(0, "duty_cycle") == [0, ns[0], 0]
         assert sysfs.writes(1, "duty_cycle") == [0, ns[-90], 0]
@@ -206,8 +216,8 @@ def test_chute_on_sysfs_pwm_timeline_and_safe_exit(sysfs, factory, tmp_path):
         assert sysfs.writes(0, "duty_cycle")[3:] == [ns[60], ns[0], 0]  # to compartment 5, home, detached
         assert sysfs.writes(1, "duty_cycle")[3:] == [ns[0], ns[-90], 0]  # open, closed, detached
     # close: door shut and chute home first, then no pulses, disabled, unexported
-    assert sysfs.writes(1, "duty_cycle")[6:] == [ns[-90], 0, 0]
-    assert sysfs.writes(0, "duty_cycle")[6:] == [ns[0], 0, 0]
+    door, chute = sysfs.writes(1, "duty_cycle")[6:], sysfs.writes(0, "duty_cycle")[6:]
+    assert door[0] == ns[-90] and chute[0] == ns[0] and set(door[1:]) == set(chute[1:]) == {0}
     assert sysfs.writes(0, "enable") == sysfs.writes(1, "enable") == [1, 0]
     assert sorted(sysfs.unexported()) == [0, 1]
 
@@ -307,7 +317,7 @@ def test_chute_on_pca9685_routes_and_leaves_full_off(factory):
     cfg = hw(**{"hardware.profile": "chute", "hardware.servo_driver": "pca9685",
                 "hardware.pca9685_channels": [4, 5], "hardware.chute_pin": 2, **FAST})
     # chute_pin 2 would clash with I2C SDA on gpiozero; on a PCA9685 the servo pins claim nothing
-    with make_actuator(cfg, 7, fallback=3, pin_factory=factory, servos=servo_maker(cfg, bus=bus)) as act:
+    with actuator(cfg, factory, servo_maker(cfg, bus=bus)) as act:
         n = len(bus.timeline)
         assert act.route(0).ok
         moves = bus.timeline[n:]
@@ -322,7 +332,7 @@ def test_chute_on_pca9685_routes_and_leaves_full_off(factory):
 def test_legacy_pca9685_profile_uses_the_same_driver(factory):
     bus = FakePCA9685Bus()
     cfg = hw(**{"hardware.profile": "pca9685", **FAST})
-    with make_actuator(cfg, 7, fallback=3, pin_factory=factory, servos=servo_maker(cfg, bus=bus)) as act:
+    with actuator(cfg, factory, servo_maker(cfg, bus=bus)) as act:
         assert act.route(6).ok
     assert [c for c, _ in bus.timeline if _ is not None][:2] == [1, 0]  # safe state: door (1) first, then chute (0)
     assert bus.closed

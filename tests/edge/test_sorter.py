@@ -75,7 +75,8 @@ def test_confident_items_cost_one_inference_others_are_averaged(camera_dir, tmp_
 def test_uncertain_items_go_to_the_fallback_compartment(camera_dir, tmp_path):
     cfg = sim(camera_dir, **{"decision.threshold": 0.999, "decision.fallback": "khusus",
                              "hardware.compartments": {"kaca": 0, "kardus": 1, "kertas": 1, "khusus": 2,
-                                                       "logam": 0, "organik": 1, "plastik": 0}})
+                                                       "logam": 0, "organik": 1, "plastik": 0},
+                             "hardware.led_pins": [5, 6, 13]})
     with build_sorter(cfg, state_dir=tmp_path) as sorter:
         sorter.run()
         rows = sorter.events.query("SELECT uncertain, confidence, routed_to FROM events")
@@ -123,7 +124,7 @@ def test_run_keeps_going_past_a_bad_photo(camera_dir, tmp_path, caplog):
 def test_labels_must_all_have_a_compartment(tmp_path):
     from ecosorter.edge.errors import ConfigError
 
-    cfg = sim(SAMPLES, **{"hardware.compartments": {"kaca": 0}})
+    cfg = sim(SAMPLES, **{"hardware.compartments": {"kaca": 0}, "hardware.profile": "none"})
     with pytest.raises(ConfigError, match="hardware.compartments: no compartment for kardus"):
         build_sorter(cfg, state_dir=tmp_path)
 
@@ -138,19 +139,30 @@ def test_break_beam_trigger_wrong_button_and_power_fail(factory, tmp_path):
         beam, wrong, power = factory.pin(17), factory.pin(27), factory.pin(22)
         src = FolderSource(SAMPLES, item_frames=4, empty_frames=0)
         src.open()
-        frames = [src.read() for _ in range(4)]
+        frames = [src.read() for _ in range(8)]
         # the beam is not broken: an item in view is ignored
-        assert all(sorter.process(f) is None for f in frames) and sorter.summary.inferences == 0
+        assert all(sorter.process(f) is None for f in frames[:4]) and sorter.summary.inferences == 0
         beam.drive_low()  # beam broken: an item is on the tray
-        events = [e for f in frames for e in [sorter.process(Frame(f.pixels, f.order, 0.0, f.seq, f.name))] if e]
+        events = [e for f in frames[:4] for e in [sorter.process(Frame(f.pixels, f.order, 0.0, f.seq, f.name))] if e]
         assert len(events) == 1 and events[0].source_name == frames[0].name
-        wrong.drive_low()  # a person presses "wrong?"
-        time.sleep(0.2)
+        wrong.drive_low()  # a person presses "wrong?" and lets go
+        wrong.drive_high()
+        sorter.tick()
         assert sorter.events.query("SELECT flagged FROM events WHERE id = ?", (events[0].id,))[0]["flagged"] == 1
-        power.drive_low()  # the UPS says power is failing
-        time.sleep(0.2)
-        assert sorter.halt.is_set()
-        assert sorter.run().items == 1  # the loop stops at once
+        beam.drive_high()  # the item is taken away
+        sorter.process(frames[3])
+        power.drive_low()  # the UPS says power is failing: a hold, nothing moves
+        sorter.tick()
+        assert sorter.machine.active("power") and not sorter.machine.may_move()
+        beam.drive_low()  # the next item arrives
+        held = [sorter.process(f) for f in frames[4:]]
+        assert held == [None] * 4 and sorter.pending is not None and sorter.pending.held_by == "power"
+        power.drive_high()  # power is back: the item that waited is routed, once
+        routed = []
+        sorter._on_event = routed.append
+        sorter.tick()
+        assert len(routed) == 1 and routed[0].routed_ok and "waited for power" in routed[0].note
+        assert sorter.summary.items == 2 and sorter.summary.held == 1
 
 
 def test_dark_and_blurred_camera_alerts(tmp_path):

@@ -26,13 +26,13 @@ def chute_cfg(**over):
 def test_signal_during_a_servo_move_finishes_safely(tmp_path, factory, sig):
     with build_sorter(chute_cfg(), pin_factory=factory, state_dir=tmp_path) as sorter:
         door = factory.pin(sorter.cfg.hardware.trapdoor_pin)
-        real_move = sorter.actuator._move
+        real_move = sorter.actuator._sequence
 
-        def move_then_signal(compartment, t0):
+        def move_then_signal(compartment):
             threading.Timer(0.05, os.kill, (os.getpid(), sig)).start()  # arrives mid-sequence
-            return real_move(compartment, t0)
+            return real_move(compartment)
 
-        sorter.actuator._move = move_then_signal
+        sorter.actuator._sequence = move_then_signal
         summary = run_until_signalled(sorter)
         assert summary.items == 1  # the item in flight was finished, nothing after it
     chute = factory.pin(12)

@@ -1,0 +1,132 @@
+"""The config checked as one machine: rules between hardware keys that each key alone cannot see.
+
+Run by `config check`, `doctor`, `run` and `simulate` (through config validation); every
+problem is reported at once. Warnings are things that work but a builder should know.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ecosorter.edge.config import Config, HardwareConfig
+from ecosorter.edge.errors import ConfigError
+from ecosorter.edge.hardware.pins import GPIO_RANGE, HARDWARE_PWM_PINS, used_pins
+
+BIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # an MQTT topic level and a file name, with no wildcards
+
+
+def compartment_count(hw: HardwareConfig) -> int:
+    return max(hw.compartments.values(), default=-1) + 1
+
+
+def pin_errors(hw: HardwareConfig) -> list[ConfigError]:
+    errors, seen = [], {}
+    for key, pin, _pwm in used_pins(hw):
+        if pin not in GPIO_RANGE:
+            errors.append(ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27"))
+        elif pin in seen:
+            errors.append(ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}"))
+        else:
+            seen[pin] = key
+    return errors
+
+
+def servo_angles(hw: HardwareConfig) -> list[tuple[str, float]]:
+    """(key, angle) of every servo position this profile uses."""
+    if hw.profile in ("chute", "pca9685"):
+        return [*((f"hardware.chute_angles[{i}]", a) for i, a in enumerate(hw.chute_angles)),
+                ("hardware.chute_home_angle", hw.chute_home_angle),
+                ("hardware.trapdoor_closed_angle", hw.trapdoor_closed_angle),
+                ("hardware.trapdoor_open_angle", hw.trapdoor_open_angle)]
+    if hw.profile == "flaps":
+        return [("hardware.flap_closed_angle", hw.flap_closed_angle), ("hardware.flap_open_angle", hw.flap_open_angle)]
+    return []
+
+
+def longest_move_s(hw: HardwareConfig) -> float:
+    """The slowest single move: from an unknown position (power-up, after a jam) across the range."""
+    return (hw.servo_max_angle - hw.servo_min_angle) / hw.servo_speed_deg_s + hw.settle_s
+
+
+def machine_errors(cfg: Config) -> list[ConfigError]:
+    hw, errors = cfg.hardware, []
+    if not BIN_ID.fullmatch(cfg.bin_id):
+        errors.append(ConfigError("bin_id", f"{cfg.bin_id!r}: use 1-64 letters, digits, '_' or '-' "
+                                            "(it is an MQTT topic level: '/', '+', '#' and spaces break it)"))
+    if hw.profile == "none":
+        return errors
+    errors += pin_errors(hw)
+    n = compartment_count(hw)
+    used = sorted(set(hw.compartments.values()))
+    if used != list(range(n)):
+        missing = sorted(set(range(n)) - set(used))
+        errors.append(ConfigError("hardware.compartments", f"compartments {missing} have no label; number them 0..{n - 1} "
+                                                           "without gaps"))
+    lists = {"leds": ("led_pins", hw.led_pins), "flaps": ("flap_pins", hw.flap_pins),
+             "chute": ("chute_angles", hw.chute_angles), "pca9685": ("chute_angles", hw.chute_angles)}
+    if hw.profile in lists:
+        key, items = lists[hw.profile]
+        if len(items) != n:
+            errors.append(ConfigError(f"hardware.{key}", f"{len(items)} given for {n} compartments "
+                                                         "(hardware.compartments): one per compartment"))
+    if hw.status_led_pins and len(hw.status_led_pins) != 3:
+        errors.append(ConfigError("hardware.status_led_pins", f"{len(hw.status_led_pins)} pins: an RGB LED needs "
+                                                              "3 (r, g, b), or [] for none"))
+    for c, _pin in hw.full_sensor_pins.items():
+        if not c.isdigit() or int(c) >= n:
+            errors.append(ConfigError(f"hardware.full_sensor_pins.{c}", f"no compartment {c!r}; compartments are "
+                                                                        f"0..{n - 1}"))
+    lo, hi = hw.servo_min_angle, hw.servo_max_angle
+    if lo >= hi:
+        errors.append(ConfigError("hardware.servo_min_angle", f"{lo:g} must be below hardware.servo_max_angle ({hi:g})"))
+    else:
+        for key, angle in servo_angles(hw):
+            if not lo <= angle <= hi:
+                errors.append(ConfigError(key, f"{angle:g} deg is outside the servo's range {lo:g}..{hi:g} "
+                                               "(hardware.servo_min_angle / servo_max_angle)"))
+        longest = longest_move_s(hw)
+        if servo_angles(hw) and hw.move_budget_s < longest:
+            errors.append(ConfigError("hardware.move_budget_s", f"{hw.move_budget_s:g} s is below the longest move, "
+                                      f"{longest:.2f} s ({hi - lo:g} deg at {hw.servo_speed_deg_s:g} deg/s + settle "
+                                      f"{hw.settle_s:g} s): every such move would be a fault"))
+    if hw.profile not in ("chute", "pca9685"):
+        for key in ("chute_home_switch_pin", "trapdoor_closed_switch_pin"):
+            if getattr(hw, key) >= 0:
+                errors.append(ConfigError(f"hardware.{key}", f"only the chute profiles have it (profile = {hw.profile!r})"))
+    if hw.interlock_resume == "button" and hw.wrong_button_pin < 0:
+        errors.append(ConfigError("hardware.interlock_resume", "'button' needs hardware.wrong_button_pin "
+                                                               "(the button that resumes)"))
+    if hw.item_sensor_kind == "ultrasonic" and hw.item_sensor_pin >= 0 and hw.item_sensor_trigger_pin < 0:
+        errors.append(ConfigError("hardware.item_sensor_trigger_pin", "an ultrasonic sensor needs its trigger pin"))
+    return errors
+
+
+def label_errors(cfg: Config, labels: list[str]) -> list[ConfigError]:
+    """Rules against the model's labels (known once the model's manifest is read)."""
+    errors = []
+    shown = ", ".join(labels)
+    for label in cfg.hardware.compartments:
+        if label not in labels:
+            errors.append(ConfigError(f"hardware.compartments.{label}", f"not a label of the model ({shown})"))
+    missing = [lb for lb in labels if lb not in cfg.hardware.compartments]
+    if missing:
+        errors.append(ConfigError("hardware.compartments", f"no compartment for {', '.join(missing)} (the model's "
+                                                           f"labels: {shown})"))
+    if cfg.decision.fallback not in labels:
+        errors.append(ConfigError("decision.fallback", f"{cfg.decision.fallback!r} is not a label of the model ({shown})"))
+    for label in cfg.decision.class_thresholds:
+        if label not in labels:
+            errors.append(ConfigError(f"decision.class_thresholds.{label}", f"not a label of the model ({shown})"))
+    return errors
+
+
+def machine_warnings(cfg: Config) -> list[str]:
+    hw, out = cfg.hardware, []
+    if hw.profile in ("chute", "flaps") and hw.servo_driver == "gpiozero":
+        soft = [f"{k} (GPIO{p})" for k, p, pwm in used_pins(hw) if pwm and p not in HARDWARE_PWM_PINS]
+        if soft:
+            out.append(f"hardware: {', '.join(soft)} have no hardware PWM: servos jitter on software PWM; use GPIO "
+                       f"{sorted(HARDWARE_PWM_PINS)} with servo_driver = \"sysfs-pwm\" (docs/pi.md) or \"pca9685\"")
+    if hw.profile in ("chute", "pca9685") and hw.chute_home_switch_pin < 0 and hw.trapdoor_closed_switch_pin < 0:
+        out.append("hardware: no position switches: a jammed chute or trapdoor cannot be seen (README, 'Operating the bin')")
+    return out

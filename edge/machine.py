@@ -1,0 +1,221 @@
+"""The one place that decides whether the bin may move.
+
+Two kinds of stop, from one registry:
+- holds clear by themselves when their cause ends (lid open, a compartment full, camera down,
+  power failing, the pause after the lid closes);
+- faults latch until a person acts (a jam, a move over its budget, a servo or pin error):
+  the clear button held 3 s, the page, MQTT `clear_fault`, or a restart.
+
+Every raise and clear goes to the listeners (log, event log, MQTT, page, simulator timeline)
+with the words a person at the bin needs, in Indonesian and English.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger("ecosorter.machine")
+
+
+@dataclass(frozen=True)
+class Condition:
+    kind: str  # "hold" | "fault"
+    scope: str  # "all": nothing moves; "compartment": only items bound there wait; "intake": no new items
+    reason_id: str
+    reason_en: str
+    action_id: str
+    action_en: str
+
+
+_CLEAR_ID = "Periksa mekanismenya, lalu tahan tombol 3 detik (atau 'Hapus gangguan' di layar)"
+_CLEAR_EN = "Check the mechanism, then hold the button for 3 s (or 'Clear fault' on the screen)"
+
+# The registry: every allowed name, its kind and its words come from here and nowhere else.
+CONDITIONS: dict[str, Condition] = {
+    "lid": Condition("hold", "all", "Tutup terbuka", "Lid open",
+                     "Tutup kembali tutupnya", "Close the lid"),
+    "resume": Condition("hold", "all", "Tutup baru ditutup: menunggu", "Lid just closed: waiting",
+                        "Mulai lagi sebentar lagi", "Sorting resumes shortly"),
+    "resume_button": Condition("hold", "all", "Tutup ditutup: menunggu tombol", "Lid closed: waiting for the button",
+                               "Tekan tombol untuk mulai lagi", "Press the button to resume"),
+    "full": Condition("hold", "compartment", "Kompartemen {compartment} penuh", "Compartment {compartment} is full",
+                      "Kosongkan kompartemen {compartment}", "Empty compartment {compartment}"),
+    "camera": Condition("hold", "intake", "Kamera tidak terlihat", "Camera not working",
+                        "Periksa kabel kamera", "Check the camera cable"),
+    "power": Condition("hold", "all", "Daya listrik bermasalah", "Power failing",
+                       "Periksa catu daya / UPS", "Check the power supply / UPS"),
+    "jam": Condition("fault", "all", "Macet: {detail}", "Jammed: {detail}", _CLEAR_ID, _CLEAR_EN),
+    "budget": Condition("fault", "all", "Gerakan terlalu lama: {detail}", "Move too slow: {detail}",
+                        _CLEAR_ID, _CLEAR_EN),
+    "servo": Condition("fault", "all", "Kesalahan servo/pin: {detail}", "Servo or pin error: {detail}",
+                       _CLEAR_ID, _CLEAR_EN),
+}
+HOLDS = tuple(n for n, c in CONDITIONS.items() if c.kind == "hold")
+FAULTS = tuple(n for n, c in CONDITIONS.items() if c.kind == "fault")
+
+
+@dataclass
+class Entry:
+    name: str
+    since: float  # wall time, epoch seconds
+    detail: str = ""
+    compartment: int | None = None
+
+    @property
+    def condition(self) -> Condition:
+        return CONDITIONS[self.name]
+
+    @property
+    def key(self) -> str:
+        return self.name if self.compartment is None else f"{self.name}{self.compartment}"
+
+    def to_dict(self) -> dict:
+        c, fmt = self.condition, {"detail": self.detail, "compartment": self.compartment}
+        return {"name": self.name, "kind": c.kind, "since": self.since, "compartment": self.compartment,
+                "detail": self.detail, "reason_id": c.reason_id.format(**fmt), "reason_en": c.reason_en.format(**fmt),
+                "action_id": c.action_id.format(**fmt), "action_en": c.action_en.format(**fmt)}
+
+
+Listener = Callable[[Entry, str, str], None]  # (entry, "raised" | "cleared", who)
+
+
+class Machine:
+    """Holds and faults; `may_move` is the only question the rest of the bin asks."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, resume_delay_s: float = 2.0, resume: str = "auto"):
+        if resume not in ("auto", "button"):
+            raise ValueError(f"resume must be 'auto' or 'button', not {resume!r}")
+        self.clock = clock
+        self.resume_delay_s, self.resume = resume_delay_s, resume
+        self._active: dict[str, Entry] = {}
+        self._resume_at: float | None = None
+        self._lock = threading.RLock()  # button and MQTT callbacks come from other threads
+        self.listeners: list[Listener] = []
+
+    # ------------------------------------------------------------------ raise / clear
+    def raise_(self, name: str, detail: str = "", compartment: int | None = None) -> bool:
+        """True if this is new (a raise already active only updates nothing)."""
+        if name not in CONDITIONS:
+            raise ValueError(f"unknown hold/fault {name!r}; known: {', '.join(CONDITIONS)}")
+        entry = Entry(name, self.clock.time(), detail, compartment)
+        with self._lock:
+            if entry.key in self._active:
+                return False
+            self._active[entry.key] = entry
+        self._tell(entry, "raised", "")
+        return True
+
+    def clear(self, name: str, compartment: int | None = None, who: str = "") -> bool:
+        key = name if compartment is None else f"{name}{compartment}"
+        with self._lock:
+            entry = self._active.pop(key, None)
+        if entry is None:
+            return False
+        self._tell(entry, "cleared", who)
+        return True
+
+    def set_hold(self, name: str, on: bool, detail: str = "", compartment: int | None = None) -> None:
+        """For a cause that is read again and again (a pin, the camera): raise or clear to match."""
+        if on:
+            self.raise_(name, detail, compartment)
+        else:
+            self.clear(name, compartment)
+
+    def clear_faults(self, who: str) -> list[str]:
+        """A person acted: clear every latched fault. Holds stay: their causes decide."""
+        with self._lock:
+            faults = [e for e in self._active.values() if e.condition.kind == "fault"]
+        for e in faults:
+            self.clear(e.name, e.compartment, who)
+        if faults:
+            log.warning("faults cleared by %s: %s", who, ", ".join(e.key for e in faults))
+        return [e.key for e in faults]
+
+    def _tell(self, entry: Entry, state: str, who: str) -> None:
+        c = entry.condition
+        (log.warning if state == "raised" else log.info)(
+            "%s %s %s%s%s", c.kind, entry.key, state, f": {entry.detail}" if entry.detail else "",
+            f" by {who}" if who else "")
+        for fn in list(self.listeners):
+            try:
+                fn(entry, state, who)
+            except Exception:  # a listener (sink) never stops the machine
+                log.exception("machine listener failed")
+
+    # ------------------------------------------------------------------ inputs read each tick
+    def lid(self, is_open: bool) -> None:
+        """The interlock: open = hold; closed = a pause (or a button press) before motion resumes."""
+        if is_open:
+            self.clear("resume")
+            self.clear("resume_button")
+            self._resume_at = None
+            self.raise_("lid")
+        elif self.clear("lid"):
+            if self.resume == "button":
+                self.raise_("resume_button")
+            else:
+                self._resume_at = self.clock.monotonic() + self.resume_delay_s
+                self.raise_("resume", f"{self.resume_delay_s:g} s")
+        if self._resume_at is not None and self.clock.monotonic() >= self._resume_at:
+            self._resume_at = None
+            self.clear("resume")
+
+    def resume_pressed(self, who: str = "button") -> bool:
+        """With interlock_resume = "button": the press that lets motion start again."""
+        return self.clear("resume_button", who=who)
+
+    def fill(self, full: set[int]) -> None:
+        with self._lock:
+            was = {e.compartment for e in self._active.values() if e.name == "full"}
+        for c in sorted(full - was):
+            self.raise_("full", compartment=c)
+        for c in sorted(was - full):
+            self.clear("full", c)
+
+    # ------------------------------------------------------------------ questions
+    def entries(self) -> list[Entry]:
+        with self._lock:
+            return list(self._active.values())
+
+    def active(self, name: str, compartment: int | None = None) -> bool:
+        return (name if compartment is None else f"{name}{compartment}") in self._active
+
+    @property
+    def faulted(self) -> bool:
+        return any(e.condition.kind == "fault" for e in self.entries())
+
+    def full(self) -> set[int]:
+        return {e.compartment for e in self.entries() if e.name == "full" and e.compartment is not None}
+
+    def blocking(self, compartment: int | None = None) -> Entry | None:
+        """What stops a move now (to `compartment`, if given); None = the bin may move."""
+        for e in self.entries():
+            scope = e.condition.scope
+            if scope == "all" or (scope == "compartment" and e.compartment == compartment):
+                return e
+        return None
+
+    def may_move(self, compartment: int | None = None) -> bool:
+        return self.blocking(compartment) is None
+
+    def wake_at(self) -> float | None:
+        """The next instant the machine changes by itself (the end of the resume pause)."""
+        return self._resume_at
+
+    @property
+    def state(self) -> str:
+        entries = self.entries()
+        if any(e.condition.kind == "fault" for e in entries):
+            return "fault"
+        return "held" if entries else "ready"
+
+    def snapshot(self) -> dict:
+        entries = sorted(self.entries(), key=lambda e: e.since)
+        return {"state": self.state,
+                "holds": [e.to_dict() for e in entries if e.condition.kind == "hold"],
+                "faults": [e.to_dict() for e in entries if e.condition.kind == "fault"]}

@@ -1,0 +1,193 @@
+"""`ecosorter simulate`: the real sorter against a simulated bin in virtual time.
+
+Config validation, trigger, model, decision, actuator, machine, event log and status board are
+the real ones; only the clock (VirtualClock), the pins (gpiozero's MockFactory on that clock)
+and the world behind them (servos that travel, a tray, compartments, a lid, a person) are
+simulated. The timeline records what the pins were sent and what physically happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ecosorter.edge.clock import VirtualClock
+from ecosorter.edge.config import config_from_dict
+from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.machine import Entry
+from ecosorter.edge.record.event import Event
+from ecosorter.edge.simulate.pins import ClockedMockFactory
+from ecosorter.edge.simulate.scenario import Scenario, ScenarioError, SimEvent, load_scenario
+from ecosorter.edge.simulate.world import SimCamera, World
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger("ecosorter.simulate")
+
+__all__ = ["SimResult", "ScenarioError", "load_scenario", "run_scenario"]
+
+
+@dataclass
+class SimResult:
+    timeline: list[dict]
+    summary: dict
+    events: list[Event] = field(default_factory=list)
+
+    def of(self, kind: str, **match) -> list[dict]:
+        return [r for r in self.timeline if r["kind"] == kind and all(r.get(k) == v for k, v in match.items())]
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def sim_config(scenario: Scenario, config_path: Path | None, state_dir: Path):
+    data: dict = {}
+    if config_path is not None:
+        try:
+            data = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise EcoSorterError(f"config {config_path}: {e}") from None
+    data = _merge(data, scenario.config)
+    # the simulated bin owns the camera, the pins and the clock; it never talks to a broker
+    data = _merge(data, {"record": {"state_dir": str(state_dir)}, "mqtt": {"enabled": False},
+                         "status": {"enabled": False}, "hardware": {"pin_factory": "mock"}})
+    return config_from_dict(data)
+
+
+def run_scenario(scenario: Scenario | str | Path, config_path: Path | None = None,
+                 state_dir: Path | None = None) -> SimResult:
+    from ecosorter.edge.sorter import build_sorter
+
+    sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    tmp = None
+    if state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="ecosorter-simulate-")
+        state_dir = Path(tmp.name)
+    try:
+        return _run(sc, sim_config(sc, config_path, state_dir), state_dir, build_sorter)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
+    wall0 = time.perf_counter()
+    clock = VirtualClock()
+    pins = ClockedMockFactory(clock)
+    timeline: list[dict] = []
+    record = timeline.append
+    hw = cfg.hardware
+    world = World(cfg, clock, pins, record, speed=sc.bin.servo_speed_deg_s or hw.servo_speed_deg_s,
+                  capacity=sc.bin.compartment_capacity, hand_off_s=sc.bin.hand_off_s,
+                  next_item_gap_s=sc.bin.next_item_gap_s, root=sc.path.parent.resolve())
+    t = cfg.trigger
+    camera = SimCamera(world, clock, sc.bin.fps or cfg.camera.fps, sc.end,
+                       settle_frames=t.empty_learn_frames + t.still_frames + cfg.decision.frames + 3)
+    _check_pins(sc, cfg)
+    stop = threading.Event()
+    events: list[Event] = []
+    with build_sorter(cfg, pin_factory=pins, state_dir=state_dir, clock=clock, source=camera) as sorter:
+        camera.wake = sorter.wake_at
+
+        def on_machine(entry: Entry, state: str, who: str) -> None:
+            record({"t": clock.monotonic(), "kind": entry.condition.kind, "name": entry.key, "state": state,
+                    **({"who": who} if who else {})})
+
+        sorter.machine.listeners.insert(0, on_machine)
+        # The bin parks its servos before it is up, and its camera learns the empty tray first:
+        # what a scenario does before then happens as soon as the bin can see it.
+        up = clock.monotonic() + (t.empty_learn_frames + 1) / (sc.bin.fps or cfg.camera.fps)
+        for ev in sc.events:
+            clock.call_at(max(ev.at, up), lambda ev=ev: _apply(ev, world, camera, pins, cfg, stop, sc))
+
+        def on_event(e: Event) -> None:
+            events.append(e)
+            n, _, image = e.source_name.partition(":")
+            item = world.items[int(n[4:]) - 1] if n.startswith("item") else None
+            record({"t": clock.monotonic(), "kind": "item", "item": item.n if item else None, "image": image,
+                    "placed": item.placed if item else None, "label": e.label, "compartment": e.compartment,
+                    "routed_to": e.routed_to if e.routed_ok else None, "why": e.note})
+
+        summary = sorter.run(stop, on_event=on_event)
+    record({"t": clock.monotonic(), "kind": "exit", "code": 0})
+    timeline.sort(key=lambda r: r["t"])  # stable: same-instant records keep their causal order
+    raised = Counter((r["kind"], r["name"].rstrip("0123456789")) for r in timeline
+                     if r["kind"] in ("hold", "fault") and r["state"] == "raised")
+    placed = [i for i in world.items if i.placed is not None]
+    result = {
+        "virtual_s": round(clock.monotonic(), 3), "wall_s": round(time.perf_counter() - wall0, 3),
+        "items": {"dropped_by_person": len(world.items), "placed": len(placed), "decided": summary.items,
+                  "routed": sum(summary.routed.values()), "not_routed": summary.unrouted, "held": summary.held,
+                  "rerouted": summary.rerouted},
+        "compartments": {"routed": {str(c): n for c, n in sorted(summary.routed.items())},
+                         "landed": {str(c): n for c, n in sorted(Counter(c for _, _, c in world.drops).items())}},
+        "holds": {name: n for (kind, name), n in sorted(raised.items()) if kind == "hold"},
+        "faults": {name: n for (kind, name), n in sorted(raised.items()) if kind == "fault"},
+        "exit": 0,
+    }
+    return SimResult(timeline, result, events)
+
+
+def _check_pins(sc: Scenario, cfg) -> None:
+    """Events that need a pin the config does not have are scenario errors, named by line."""
+    hw = cfg.hardware
+    need = {"lid": ("interlock_pin", hw.interlock_pin), "press": ("wrong_button_pin", hw.wrong_button_pin),
+            "power": ("power_fail_pin", hw.power_fail_pin)}
+    for ev in sc.events:
+        if ev.kind in need and need[ev.kind][1] < 0:
+            raise ScenarioError(f"scenario {sc.path}:{ev.line}: {ev.kind} needs hardware.{need[ev.kind][0]} "
+                                "in the config (or in the scenario's [config.hardware])")
+        if ev.kind == "empty" and not 0 <= ev.value <= max(hw.compartments.values()):
+            raise ScenarioError(f"scenario {sc.path}:{ev.line}: empty = {ev.value}: no such compartment")
+        if ev.kind in ("jam", "unjam"):
+            servos = {"chute": ["chute", "trapdoor"], "flaps": [f"flap{i}" for i in range(len(hw.flap_pins))]}
+            names = servos.get(hw.profile, [])
+            if ev.value not in names:
+                raise ScenarioError(f"scenario {sc.path}:{ev.line}: {ev.kind} = {ev.value!r}: this bin "
+                                    f"(profile {hw.profile!r}) has servos: {', '.join(names) or 'none'}")
+
+
+def _apply(ev: SimEvent, world: World, camera: SimCamera, pins: ClockedMockFactory, cfg, stop: threading.Event,
+           sc: Scenario) -> None:
+    clock = world.clock
+    if ev.kind == "drop":
+        world.place(ev.value)
+    elif ev.kind == "lid":
+        world.set_lid(ev.value)
+    elif ev.kind == "empty":
+        world.empty(ev.value)
+    elif ev.kind == "camera":
+        camera.set_state(ev.value)
+    elif ev.kind in ("jam", "unjam"):
+        world.jam(ev.value, ev.kind == "jam")
+    elif ev.kind == "power":
+        world.set_power(ev.value)
+    elif ev.kind == "press":
+        button = pins.pin(cfg.hardware.wrong_button_pin)
+        hold = ev.hold_s if ev.hold_s is not None else (0.3 if ev.value == "wrong" else cfg.hardware.clear_hold_s + 0.5)
+        world.record({"t": clock.monotonic(), "kind": "input", "name": "button", "value": ev.value, "hold_s": hold})
+        button.drive_low()
+        clock.call_at(clock.monotonic() + hold, button.drive_high)
+    elif ev.kind == "signal":
+        world.record({"t": clock.monotonic(), "kind": "input", "name": "signal", "value": ev.value})
+        stop.set()  # as the CLI's handler does: finish the current step, then stop safely
+
+
+def write_timeline(result: SimResult, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in result.timeline:
+            f.write(json.dumps({**r, "t": round(r["t"], 6)}, separators=(",", ":")) + "\n")

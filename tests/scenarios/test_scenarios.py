@@ -1,0 +1,218 @@
+"""The bin as one machine in time: the real sorter against the simulated bin (`ecosorter simulate`).
+
+Every assertion reads the timeline (what the pins were sent, what the inputs did, where items
+physically fell), never the sorter's own opinion of what it did.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ecosorter.edge.cli import main
+from ecosorter.edge.simulate import ScenarioError, load_scenario, run_scenario
+from tests.scenarios.physics import (
+    assert_counts_match_drops,
+    assert_no_motion_while_lid_open,
+    assert_physics,
+    windows,
+)
+
+HERE = Path(__file__).parent
+
+
+def run(name: str, **config):
+    sc = load_scenario(HERE / f"{name}.toml")
+    for section, values in config.items():
+        sc.config.setdefault(section, {}).update(values)
+    return run_scenario(sc)
+
+
+def first(result, kind: str, **match) -> dict:
+    found = result.of(kind, **match)
+    assert found, f"no {kind} {match} in the timeline"
+    return found[0]
+
+
+def items(result) -> list[dict]:
+    return result.of("item")
+
+
+def test_a_day_with_emptying():
+    r = run("day")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    placed = r.of("place")
+    assert len(placed) == 150 and all(i["routed_to"] is not None for i in items(r))
+    fulls = [h for h in r.of("hold") if h["name"].startswith("full")]
+    assert any(h["state"] == "raised" for h in fulls) and all(
+        any(c["name"] == h["name"] and c["state"] == "cleared" and c["t"] >= h["t"] for c in fulls)
+        for h in fulls if h["state"] == "raised"), "every full compartment was emptied and its hold cleared"
+    # what each compartment physically received equals the count the bin reports for it
+    assert r.summary["compartments"]["landed"] == {k: v for k, v in r.summary["compartments"]["routed"].items() if v}
+
+
+def test_jam_is_seen_by_the_switches_and_cleared_by_a_person():
+    r = run("jam")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    raised = first(r, "fault", name="jam", state="raised")
+    cleared = first(r, "fault", name="jam", state="cleared")
+    assert cleared["who"] == "button" and cleared["t"] >= 125.0 + 3.0  # held 3 s, not sooner
+    door_opens = [s for s in r.of("servo", name="trapdoor") if s["angle"] == 0.0]
+    assert not [s for s in door_opens if raised["t"] <= s["t"] < cleared["t"]], "the door opened during the jam"
+    waited = first(r, "item", item=2)
+    assert waited["routed_to"] is not None and waited["t"] > cleared["t"]  # it waited on the tray, then went in
+    assert first(r, "item", item=3)["routed_to"] is not None  # and the bin sorts on
+
+
+def test_a_jam_without_switches_goes_unseen():
+    """Open-loop servos cannot report a jam: the README says so, and this is what it means."""
+    r = run("jam", hardware={"chute_home_switch_pin": -1, "trapdoor_closed_switch_pin": -1})
+    assert not r.of("fault")
+    wrong = [i for i in items(r) for d in r.of("drop", item=i["item"]) if d["compartment"] != i["routed_to"]]
+    assert wrong, "with the chute stuck at home the item fell into the home compartment, unnoticed"
+    with pytest.raises(AssertionError):
+        assert_counts_match_drops(r.timeline)
+
+
+def test_lid_opened_mid_move_stops_everything_then_resumes():
+    r = run("lid_mid_move")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    opened, closed = windows(r.timeline, "lid", "open", "closed")[0]
+    during = [s for s in r.of("servo") if opened <= s["t"] < closed]
+    assert during and all(s["angle"] is None for s in during)  # detached at once, nothing after
+    resume = first(r, "hold", name="resume", state="cleared")["t"]
+    assert resume == pytest.approx(closed + 2.0)
+    after = [s for s in r.of("servo") if s["t"] >= closed and s["angle"] is not None]
+    assert after[0]["t"] >= resume  # nothing moves before the resume delay
+    assert after[0]["name"] == "trapdoor"  # homing starts with the door: the chute's position is unknown
+    assert first(r, "item", item=1)["routed_to"] is not None and first(r, "item", item=2)["routed_to"] is not None
+
+
+@pytest.mark.parametrize("when_full", ["fallback", "pause"])
+def test_full_compartment(when_full):
+    r = run("full", hardware={"when_full": when_full})
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    full = first(r, "hold", state="raised")
+    c = int(full["name"][4:])
+    fallback = 3
+    assert c != fallback, "the repeated photo must be confidently not-khusus for this scenario"
+    bound_for_c = [i for i in items(r) if i["compartment"] == c]
+    after_full = [i for i in bound_for_c if i["t"] > full["t"]]
+    assert after_full
+    if when_full == "fallback":
+        before_empty = [i for i in after_full if i["t"] < 120.0]
+        assert before_empty and all(i["routed_to"] == fallback for i in before_empty)
+    else:
+        assert all(i["routed_to"] == c and i["t"] >= 120.0 for i in after_full)  # waited for the emptying
+    assert all(i["routed_to"] is not None for i in items(r))
+
+
+def test_camera_unplugged_and_replugged():
+    r = run("camera")
+    assert_physics(r.timeline)
+    down = first(r, "hold", name="camera", state="raised")
+    up = first(r, "hold", name="camera", state="cleared")
+    assert down["t"] == pytest.approx(20.0, abs=0.6) and up["t"] == pytest.approx(620.0, abs=0.6)
+    second = first(r, "item", item=2)  # put down while the camera was out: sorted once it is back
+    assert second["routed_to"] is not None and second["t"] >= up["t"]
+    assert len(items(r)) == 3
+
+
+def test_power_fail_parks_and_holds_until_power_returns():
+    r = run("power")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    fail = first(r, "hold", name="power", state="raised")["t"]
+    back = first(r, "hold", name="power", state="cleared")["t"]
+    parked = [s for s in r.of("servo") if fail <= s["t"] < back]
+    assert [(s["name"], s["angle"]) for s in parked if s["angle"] is not None] == [("trapdoor", -90.0), ("chute", 0.0)]
+    assert parked[-1]["angle"] is None  # and then detached
+    waited = first(r, "item", item=2)
+    assert waited["routed_to"] is not None and waited["t"] > back
+
+
+def test_sigterm_with_an_item_waiting_records_it_and_moves_nothing():
+    r = run("sigterm")
+    assert_physics(r.timeline)
+    signal_t = first(r, "input", name="signal")["t"]
+    held = first(r, "item", item=2)
+    assert held["routed_to"] is None and "still on the tray at stop" in held["why"]
+    assert Counter(i["item"] for i in items(r)) == {1: 1, 2: 1}
+    assert all(s["angle"] is None for s in r.of("servo") if s["t"] >= signal_t)  # lid open: detach only
+    assert r.timeline[-1]["kind"] == "exit" and r.timeline[-1]["code"] == 0
+
+
+def test_sigterm_with_the_lid_closed_parks_door_first():
+    r = run("power")  # any chute scenario; stop it in the middle of a quiet moment
+    sc = load_scenario(HERE / "power.toml")
+    sc.events = [e for e in sc.events if e.kind == "drop"][:1]
+    sc.bin.until = 30.0
+    r = run_scenario(sc)
+    assert_no_motion_while_lid_open(r.timeline)
+    end = first(r, "item", item=1)["t"]
+    tail = [s for s in r.of("servo") if s["t"] > end]
+    assert [(s["name"], s["angle"]) for s in tail if s["angle"] is not None] == [("trapdoor", -90.0), ("chute", 0.0)]
+
+
+def test_resume_only_after_the_button_when_configured():
+    r = run("resume_button")
+    assert_physics(r.timeline)
+    closed = windows(r.timeline, "lid", "open", "closed")[0][1]
+    press = first(r, "input", name="button")["t"]
+    moves = [s for s in r.of("servo") if s["t"] >= closed and s["angle"] is not None]
+    assert moves and moves[0]["t"] >= press  # closing the lid alone did not restart motion
+    assert first(r, "hold", name="resume_button", state="cleared")["who"] == "button"
+    assert first(r, "item", item=1)["routed_to"] is not None
+
+
+def test_bad_scenarios_are_clear_errors_naming_the_line(tmp_path, capsys):
+    photo = HERE.parent.parent / "edge" / "demo" / "samples" / "02-kardus-trashnet-cardboard105.jpg"
+    cases = {
+        "unknown key": ('[[events]]\nat = 1.0\nlidd = "open"\n', r":1: unknown event key 'lidd'; did you mean 'lid'"),
+        "missing photo": ('[[events]]\nat = 1.0\ndrop = "nope.jpg"\n', r":1: drop = 'nope.jpg': no such photo"),
+        "backwards": (f'[[events]]\nat = 5.0\ndrop = "{photo}"\n\n[[events]]\nat = 2.0\nlid = "open"\n',
+                      r":5: at = 2 comes before the previous event's 5"),
+        "no pin": ('[[events]]\nat = 1.0\nlid = "open"\n', r":1: lid needs hardware.interlock_pin"),
+        "bad value": ('[[events]]\nat = 1.0\ncamera = "melt"\n', r":1: camera = 'melt': allowed"),
+        "two kinds": ('[[events]]\nat = 1.0\nlid = "open"\nempty = 2\n', r":1: an event has exactly one of"),
+        "bin key": ('[bin]\nspeed = 3\n', r":2: \[bin\] unknown key 'speed'"),
+    }
+    for name, (text, pattern) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.toml"
+        path.write_text(text)
+        with pytest.raises(ScenarioError, match=pattern):
+            run_scenario(path)
+        assert main(["simulate", str(path)]) == 2, name
+        assert str(path) in capsys.readouterr().err
+
+
+def test_cli_timeline_is_json_lines_in_time_order(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "t.jsonl"
+    assert main(["simulate", str(HERE / "lid_mid_move.toml"), "--timeline", str(out), "--json"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows)
+    assert {r["kind"] for r in rows} >= {"servo", "input", "item", "hold", "drop", "exit"}
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["items"]["placed"] == 2 and summary["items"]["routed"] == 2
+
+
+def test_same_scenario_same_timeline():
+    a, b = run("lid_mid_move"), run("lid_mid_move")
+    strip = [{k: v for k, v in r.items()} for r in a.timeline]
+    assert strip == b.timeline
+
+
+def test_scenario_config_is_a_copy(tmp_path):
+    sc = load_scenario(HERE / "jam.toml")
+    before = copy.deepcopy(sc.config)
+    run_scenario(sc)
+    assert sc.config == before
