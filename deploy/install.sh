@@ -160,6 +160,8 @@ if [ "$PCA9685" -eq 1 ]; then
   step "I2C on for the PCA9685 (hardware.servo_driver = \"pca9685\")"
   if command -v raspi-config >/dev/null 2>&1; then
     run raspi-config nonint do_i2c 0
+  elif [ ! -e "$BOOTCFG" ]; then
+    echo "no $BOOTCFG (not Raspberry Pi OS?): turn I2C on the way this system does it"
   elif ! grep -Eqs '^dtparam=i2c_arm=on' "$BOOTCFG"; then
     if [ "$DRY" -eq 0 ]; then echo "dtparam=i2c_arm=on" >> "$BOOTCFG"; fi
     echo "+ echo dtparam=i2c_arm=on >> $BOOTCFG"
@@ -171,7 +173,9 @@ if [ "$PWM_OVERLAY" -eq 1 ]; then
   # pins of hardware.servo_driver = "sysfs-pwm"; the kernel times the pulses, so no jitter.
   step "hardware PWM overlay for servo_driver = \"sysfs-pwm\""
   OVERLAY="dtoverlay=pwm-2chan,pin=12,func=4,pin2=13,func2=4"
-  if grep -Eqs '^dtoverlay=pwm-2chan' "$BOOTCFG"; then
+  if [ ! -e "$BOOTCFG" ] && [ "$DRY" -eq 0 ]; then
+    echo "no $BOOTCFG (not Raspberry Pi OS?): add '$OVERLAY' to the boot configuration yourself"
+  elif grep -Eqs '^dtoverlay=pwm-2chan' "$BOOTCFG"; then
     echo "keeping the pwm-2chan overlay already in $BOOTCFG: $(grep -E '^dtoverlay=pwm-2chan' "$BOOTCFG")"
   else
     echo "+ echo $OVERLAY >> $BOOTCFG"
