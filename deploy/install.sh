@@ -114,6 +114,7 @@ if [ "$KIOSK" -eq 1 ]; then run apt-get install -y --no-install-recommends chrom
 # python3 may have come with the packages just installed (a minimal system)
 PY="$(command -v python3 || echo python3)"
 PYVER="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null || echo unknown)"
+echo "Python $PYVER ($PY)"
 
 step "service user $SVC_USER in gpio, video, i2c"
 if ! id "$SVC_USER" >/dev/null 2>&1; then
