@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", type=Path, help="write the verification report as JSON")
     ap.add_argument("--force", action="store_true", help="write the model even if verification fails")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model-version", type=int, default=0, metavar="N",
+                    help="monotonic version in the manifest: bins refuse a lower one than they run (default 0)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                          validation_size=args.validation_size, labels=labels, preprocess=args.preprocess,
                          io_dtype=args.io_dtype, min_agreement=args.min_agreement, force=args.force,
                          runtime=args.runtime, keep_float=keep_float, report_path=args.report,
-                         seed=args.seed, progress=not args.quiet)
+                         seed=args.seed, progress=not args.quiet, model_version=args.model_version)
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

@@ -56,7 +56,9 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             labels: list[Label] | None = None, preprocess: PreprocessSpec | str = "caffe",
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
-            seed: int = 0, progress: bool = True, log=print) -> ConversionResult:
+            seed: int = 0, progress: bool = True, log=print, model_version: int = 0) -> ConversionResult:
+    if not 0 <= model_version < 2**53:
+        raise ConversionError(f"--model-version {model_version}: must be a whole number >= 0")
     if quantize not in MODES:
         raise ConversionError(f"--quantize {quantize!r}; allowed: {', '.join(MODES)}")
     if io_dtype not in IO_DTYPES:
@@ -144,7 +146,7 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
     verification["min_agreement"] = threshold
     final = Manifest(labels=draft.labels, input=draft.input, preprocess=prep, output=draft.output,
-                     source=source, verification=verification)
+                     source=source, verification=verification, version=model_version)
     if report_path:
         _atomic_write(Path(report_path), json.dumps(report, indent=1).encode())
     if not passed and not force:

@@ -144,10 +144,13 @@ fi
 
 step "config, state and model folders"
 run install -d -m 0755 "$ETC"
+# 0640 root:ecosorter: the service reads it, other local users do not (it may hold mqtt.password)
 if [ -e "$ETC/config.toml" ]; then
   echo "keeping the existing $ETC/config.toml"
+  run chown "root:$SVC_USER" "$ETC/config.toml"
+  run chmod 0640 "$ETC/config.toml"
 else
-  run install -m 0644 "$SRC/deploy/config.example.toml" "$ETC/config.toml"
+  run install -m 0640 -o root -g "$SVC_USER" "$SRC/deploy/config.example.toml" "$ETC/config.toml"
 fi
 run install -d -m 0750 -o "$SVC_USER" -g "$SVC_USER" "$STATE" "$STATE/models" "$STATE/captures"
 if [ -n "$MODEL" ]; then

@@ -84,15 +84,16 @@ def _config(args, simulate: bool):
 
 
 def run_until_signalled(sorter, **kw):
-    """Run the loop; SIGTERM/SIGINT finish the current item and return (the caller's `with`
-    then leaves the hardware safe). Handlers are restored afterwards."""
+    """Run the loop; SIGTERM, SIGINT and SIGHUP finish the current item and return (the caller's
+    `with` then leaves the hardware safe). SIGHUP does not reload: a config change is a restart,
+    which systemd does with the same safe path. Handlers are restored afterwards."""
     stop = threading.Event()
 
     def on_signal(signum, _frame):
         log.info("signal %d: finishing the current item, then stopping safely", signum)
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         return sorter.run(stop, **kw)
     finally:
@@ -105,13 +106,17 @@ def cmd_run(args) -> int:
 
     simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
     cfg = _config(args, simulate)
+    check_state_dir(Path(args.state_dir or cfg.record.state_dir))
     with build_sorter(cfg, state_dir=args.state_dir) as sorter:
         names = {lb.id: lb.name for lb in sorter.model.labels}
         server = None
         if cfg.status.enabled and not args.no_status:
+            from ecosorter.edge.secrets import read_secret
             from ecosorter.edge.status.server import start_status_server
 
-            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag)
+            server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag,
+                                         on_label=sorter.label, on_clear_fault=sorter.clear_fault,
+                                         token=read_secret("page_token", cfg.status.token_file) or None)
             if server is not None:
                 print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
         if simulate:
@@ -133,6 +138,10 @@ def cmd_run(args) -> int:
         print(f"\n{s.items} items in {time.monotonic() - t0:.1f} s, {s.uncertain} uncertain, "
               f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
         print(format_counts(s, names, cfg.hardware.compartments))
+    if sorter.events is not None and sorter.events.unsaved:
+        print(f"ecosorter: error: {sorter.events.unsaved} events could not be saved: {sorter.events.error}",
+              file=sys.stderr)
+        return 3
     return 0
 
 
@@ -167,6 +176,22 @@ def cmd_simulate(args) -> int:
         print(f"  routed per compartment: {s['compartments']['routed']}; landed (physics): {s['compartments']['landed']}")
         print(f"  holds raised: {s['holds'] or 'none'}; faults raised: {s['faults'] or 'none'}")
     return 0
+
+
+def check_state_dir(state: Path) -> None:
+    """Refuse to start sorting when nothing could be recorded: a clear error, not a silent loss."""
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=state, prefix=".write-test-")
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise EcoSorterError(f"state folder {state} is not writable ({e.strerror or e}): events could not be "
+                             "saved; fix its owner/permissions (deploy/install.sh) or set record.state_dir") from None
 
 
 def cmd_bench(args) -> int:
@@ -208,7 +233,7 @@ def cmd_model(args) -> int:
         if args.file is None:
             raise EcoSorterError("model install needs a FILE")
         sig = args.signature.read_bytes() if args.signature else None
-        r = store.install(args.file, args.sha256, sig, cfg.model.backend)
+        r = store.install(args.file, args.sha256, sig, cfg.model.backend, allow_downgrade=args.allow_downgrade)
         print(f"installed {r.sha256[:12]} as {store.current} (self-test: {r.self_test}); "
               "a running sorter picks it up on restart: systemctl restart ecosorter")
     elif args.action == "rollback":
@@ -217,6 +242,39 @@ def cmd_model(args) -> int:
         for name in ("current", "previous"):
             link = store.dir / f"{name}.tflite"
             print(f"{name:<9}{os.readlink(link) if link.is_symlink() else '-'}")
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from ecosorter.edge.security import new_keypair
+
+    private, public = new_keypair()
+    fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private + "\n")
+    print(f"private key written to {args.private} (mode 0600): keep it off the bins")
+    print(f'in each bin\'s config, [model]: public_key = "{public}"')
+    return 0
+
+
+def cmd_sign_command(args) -> int:
+    from ecosorter.edge.commands import parse_command
+    from ecosorter.edge.secrets import read_secret
+    from ecosorter.edge.security import sign_command
+
+    kv = {}
+    for a in args.args:
+        k, sep, v = a.partition("=")
+        if not sep:
+            raise EcoSorterError(f"argument {a!r}: give KEY=VALUE")
+        kv[k] = v
+    try:
+        cmd = sign_command(read_secret("signing_key", args.key), args.command, kv, args.bin_id)
+    except ValueError as e:
+        raise EcoSorterError(f"sign-command: {e}") from None
+    text = json.dumps(cmd, separators=(",", ":"))
+    parse_command(text.encode())  # what the bin will check: fail here, not there
+    print(text)
     return 0
 
 
@@ -349,8 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", type=Path)
     p.add_argument("--sha256", help="refuse the file unless its sha256 is this")
     p.add_argument("--signature", type=Path, help="raw ed25519 signature file (needed when model.public_key is set)")
+    p.add_argument("--allow-downgrade", action="store_true", help="install a model whose version is below the running one")
     p.add_argument("--state-dir", type=Path)
     p.set_defaults(fn=cmd_model)
+
+    p = sub.add_parser("keys", help="make an ed25519 key pair for signed remote commands")
+    p.add_argument("action", choices=["new"])
+    p.add_argument("private", type=Path, help="file for the private key (written mode 0600; keep it off the bin)")
+    p.set_defaults(fn=cmd_keys)
+
+    p = sub.add_parser("sign-command", help="print a signed command for <prefix>/<bin_id>/cmd (e.g. for mosquitto_pub)")
+    p.add_argument("command", help="install_model, rollback_model, flag, label or clear_fault")
+    p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="the command's arguments, e.g. sha256=... url=...")
+    p.add_argument("--key", type=Path, required=True, help="the private key file from `ecosorter keys new`")
+    p.add_argument("--bin-id", required=True)
+    p.set_defaults(fn=cmd_sign_command)
 
     p = sub.add_parser("export", help="captured photos as class folders + CSV, for retraining and calibration")
     p.add_argument("out", type=Path)

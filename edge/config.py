@@ -7,6 +7,8 @@ schema, so the defaults, the validation and the documentation cannot drift apart
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import sys
 import types
 import typing
@@ -41,6 +43,14 @@ class ModelConfig:
     labels_file: str = opt("", doc="foreign .tflite only: one label per line")
     preprocess: str = opt("", allowed=("", "caffe", "tf", "unit", "raw"), doc="foreign .tflite only")
     public_key: str = opt("", doc="base64 ed25519 key: model updates must be signed with it; empty = no signature check")
+    public_keys: list[str] = opt(factory=list, doc="more base64 ed25519 keys accepted beside public_key (key rotation); "
+                                                   "any key here or in public_key turns signed remote commands on")
+    download_hosts: list[str] = opt(factory=list, doc="hosts (host or host:port) remote installs may download "
+                                                      "from; empty = URL installs off")
+    allow_http: bool = opt(False, doc="also allow plain http:// downloads (the sha256 is still checked)")
+    max_download_mb: float = opt(200.0, min=0.1, max=4096, doc="a download larger than this is refused")
+    download_timeout_s: float = opt(300.0, min=1, max=3600, doc="a download taking longer than this, in all, is refused")
+    incoming_quota_mb: float = opt(600.0, min=1, max=16384, doc="models/incoming/ may hold at most this")
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,8 @@ class RecordConfig:
     capture: str = opt("uncertain", allowed=("none", "uncertain", "all"))
     capture_confident_fraction: float = opt(0.05, min=0.0, max=1.0)
     capture_quota_mb: float = opt(2048.0, min=0.1)
+    disk_reserve_mb: float = opt(8.0, min=0.0, max=1024, doc="pre-allocated file released when the disk fills, "
+                                                             "so pending events can still be written; 0 = none")
 
 
 @dataclass(frozen=True)
@@ -153,7 +165,8 @@ class MqttConfig:
     host: str = opt("localhost")
     port: int = opt(1883, min=1, max=65535)
     username: str = opt("")
-    password: str = opt("")
+    password: str = opt("", doc="better: password_file or systemd LoadCredential=mqtt_password (this file is readable)")
+    password_file: str = opt("", doc="a file (mode 0600 or 0400) holding the MQTT password")
     tls: bool = opt(False)
     ca_file: str = opt("")
     topic_prefix: str = opt("ecosorter")
@@ -162,9 +175,21 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class CommandsConfig:
+    trust_broker_for: list[str] = opt(factory=list, doc="actions accepted unsigned, trusting the broker's ACLs "
+                                                        "(only clear_fault, flag, label), e.g. for Home Assistant")
+    clock_window_s: float = opt(300.0, min=5, max=86400, doc="a signed command older or newer than this is stale")
+    rate_per_minute: float = opt(30.0, min=1, max=6000, doc="commands accepted per minute; more are dropped")
+    queue_size: int = opt(16, min=1, max=1000, doc="commands waiting for the worker; more are dropped")
+
+
+@dataclass(frozen=True)
 class StatusConfig:
     enabled: bool = opt(True)
     bind: str = opt("127.0.0.1", doc="0.0.0.0 to show the page to other machines")
+    token_file: str = opt("", doc="a file (mode 0600) holding the page token that remote browsers type once to "
+                                  "flag, label or clear faults (or systemd LoadCredential=page_token); empty = a "
+                                  "new random token each start, known only to the kiosk's own screen")
     port: int = opt(8080, min=0, max=65535)
 
 
@@ -178,6 +203,7 @@ class Config:
     hardware: HardwareConfig = opt(factory=HardwareConfig)
     record: RecordConfig = opt(factory=RecordConfig)
     mqtt: MqttConfig = opt(factory=MqttConfig)
+    commands: CommandsConfig = opt(factory=CommandsConfig)
     status: StatusConfig = opt(factory=StatusConfig)
 
 
@@ -323,6 +349,39 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError("hardware.pca9685_channels", f"{cfg.hardware.pca9685_channels} must be distinct channels 0-15")
     if cfg.camera.source in ("folder", "video") and not cfg.camera.device:
         raise ConfigError("camera.device", f"camera.source = {cfg.camera.source!r} needs a path")
+    _security_checks(cfg)
+
+
+BIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+UNSIGNED_OK = ("clear_fault", "flag", "label")  # install/rollback are always signed
+
+
+def _security_checks(cfg: Config) -> None:
+    """Values an attacker or a typo could make dangerous: keys, ids, infinite quotas (#12)."""
+    from ecosorter.edge.security import decode_public_key
+
+    if not BIN_ID.fullmatch(cfg.bin_id):
+        raise ConfigError("bin_id", f"{cfg.bin_id!r} must be 1-64 of A-Z a-z 0-9 _ - (it is an MQTT topic level)")
+    keys = [("model.public_key", cfg.model.public_key)] if cfg.model.public_key else []
+    keys += [(f"model.public_keys[{i}]", k) for i, k in enumerate(cfg.model.public_keys)]
+    for key, text in keys:
+        try:
+            decode_public_key(text, key)
+        except ValueError as e:
+            raise ConfigError(key, f"{str(e).split(': ', 1)[1]} (make one: ecosorter keys new)") from None
+    for top in fields(Config):
+        section = getattr(cfg, top.name)
+        for f in fields(section) if is_dataclass(section) else ():
+            v = getattr(section, f.name)
+            if isinstance(v, float) and not math.isfinite(v):  # inf passes min= checks: a quota of inf
+                raise ConfigError(f"{top.name}.{f.name}", f"must be a finite number, got {v}")
+    for action in cfg.commands.trust_broker_for:
+        if action not in UNSIGNED_OK:
+            raise ConfigError("commands.trust_broker_for", f"{action!r}: only {', '.join(UNSIGNED_OK)} may "
+                                                           "skip signatures; install/rollback are always signed")
+    for i, host in enumerate(cfg.model.download_hosts):
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?", host):
+            raise ConfigError(f"model.download_hosts[{i}]", f"{host!r} must be a host name or host:port")
 
 
 def example_toml() -> str:

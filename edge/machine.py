@@ -32,28 +32,34 @@ class Condition:
     action_en: str
 
 
-_CLEAR_ID = "Periksa mekanismenya, lalu tahan tombol 3 detik (atau 'Hapus gangguan' di layar)"
-_CLEAR_EN = "Check the mechanism, then hold the button for 3 s (or 'Clear fault' on the screen)"
+def _clear(what_id: str, what_en: str) -> tuple[str, str]:
+    return (f"{what_id}, lalu tahan tombol 3 detik (atau 'Sudah aman' di layar)",
+            f"{what_en}, then hold the button for 3 s (or 'Fixed: resume' on the screen)")
 
-# The registry: every allowed name, its kind and its words come from here and nowhere else.
+
+# The registry: every allowed name, its kind and its words come from here and nowhere else
+# (the page, MQTT, the log and the simulator's timeline all show these).
 CONDITIONS: dict[str, Condition] = {
-    "lid": Condition("hold", "all", "Tutup terbuka", "Lid open",
-                     "Tutup kembali tutupnya", "Close the lid"),
-    "resume": Condition("hold", "all", "Tutup baru ditutup: menunggu", "Lid just closed: waiting",
-                        "Mulai lagi sebentar lagi", "Sorting resumes shortly"),
-    "resume_button": Condition("hold", "all", "Tutup ditutup: menunggu tombol", "Lid closed: waiting for the button",
-                               "Tekan tombol untuk mulai lagi", "Press the button to resume"),
+    "lid": Condition("hold", "all", "Penutup terbuka", "The lid is open",
+                     "Tutup penutupnya", "Close the lid"),
+    "resume": Condition("hold", "all", "Penutup baru ditutup: lanjut sebentar lagi",
+                        "Lid just closed: sorting resumes in a moment",
+                        "Jauhkan tangan dari baki", "Keep hands off the tray"),
+    "resume_button": Condition("hold", "all", "Penutup sudah ditutup", "The lid is closed",
+                               "Tekan tombol untuk melanjutkan", "Press the button to resume"),
     "full": Condition("hold", "compartment", "Kompartemen {compartment} penuh", "Compartment {compartment} is full",
-                      "Kosongkan kompartemen {compartment}", "Empty compartment {compartment}"),
-    "camera": Condition("hold", "intake", "Kamera tidak terlihat", "Camera not working",
-                        "Periksa kabel kamera", "Check the camera cable"),
-    "power": Condition("hold", "all", "Daya listrik bermasalah", "Power failing",
-                       "Periksa catu daya / UPS", "Check the power supply / UPS"),
-    "jam": Condition("fault", "all", "Macet: {detail}", "Jammed: {detail}", _CLEAR_ID, _CLEAR_EN),
-    "budget": Condition("fault", "all", "Gerakan terlalu lama: {detail}", "Move too slow: {detail}",
-                        _CLEAR_ID, _CLEAR_EN),
-    "servo": Condition("fault", "all", "Kesalahan servo/pin: {detail}", "Servo or pin error: {detail}",
-                       _CLEAR_ID, _CLEAR_EN),
+                      "Kosongkan kompartemen {compartment}; barang lain tetap disortir",
+                      "Empty compartment {compartment}; other items keep sorting"),
+    "camera": Condition("hold", "intake", "Kamera tidak berfungsi", "The camera is not working",
+                        "Jangan letakkan barang; periksa kabel kamera", "Do not put items in; check the camera cable"),
+    "power": Condition("hold", "all", "Daya listrik hampir habis", "Power is failing",
+                       "Periksa catu daya / UPS; bin menunggu", "Check the power supply / UPS; the bin waits"),
+    "jam": Condition("fault", "all", "Mekanisme macet", "Jammed: {detail}",
+                     *_clear("Buka penutup, bebaskan mekanismenya, tutup", "Open the lid, free the mechanism, close it")),
+    "budget": Condition("fault", "all", "Gerakan terlalu lambat", "Move too slow: {detail}",
+                        *_clear("Periksa daya servo dan mekanismenya", "Check the servo supply and the mechanism")),
+    "servo": Condition("fault", "all", "Kesalahan servo atau pin", "Servo or pin error: {detail}",
+                       *_clear("Periksa kabel servo", "Check the servo wiring")),
 }
 HOLDS = tuple(n for n, c in CONDITIONS.items() if c.kind == "hold")
 FAULTS = tuple(n for n, c in CONDITIONS.items() if c.kind == "fault")

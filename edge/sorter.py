@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
+from ecosorter.edge.commands import CommandProcessor, callbacks_for
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
 from ecosorter.edge.decide.vote import Decision
@@ -30,7 +31,7 @@ from ecosorter.edge.hardware.inputs import Inputs
 from ecosorter.edge.machine import Entry, Machine
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import load_labels_file
-from ecosorter.edge.model.store import ModelInstallError, ModelStore
+from ecosorter.edge.model.store import DownloadPolicy, ModelStore
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
@@ -92,6 +93,7 @@ class Sorter:
         if inputs is not None:
             is_present = is_present or (inputs.item_present if inputs.item_sensor is not None else None)
         self._swap_to: Path | None = None
+        self.commands = None  # edge/commands.py's CommandProcessor, when MQTT is on
         self._last_state_t = -1e9
         self.notifier = notifier or Notifier()
         labels = model.manifest.label_ids
@@ -111,6 +113,8 @@ class Sorter:
         self.pending: Pending | None = None
         self._on_event: Callable[[Event], None] | None = None
         self._closed = False
+        for entry in self.machine.entries():  # raised while the hardware was built (a lid open at start)
+            self._on_machine(entry, "raised", "")
 
     # ------------------------------------------------------------------ one frame
     def process(self, frame: Frame) -> Event | None:
@@ -256,6 +260,17 @@ class Sorter:
             image = self.captures.flag(event_id)
             if image and self.events is not None:
                 self.events.set_image(event_id, image)
+        if ok and self.board is not None:
+            self.board.flagged(event_id)
+        return ok
+
+    def label(self, event_id: str, label: str, who: str) -> bool:
+        """A person says what the item really was (page, MQTT, CLI): kept for retraining."""
+        if label not in self.model.manifest.label_ids or self.events is None:
+            return False
+        ok = self.events.set_label(event_id, label, who)
+        if ok and self.board is not None:
+            self.board.labelled(event_id, label)
         return ok
 
     def clear_fault(self, who: str) -> bool:
@@ -315,37 +330,23 @@ class Sorter:
             self.actuator.show("fault" if entry.condition.kind == "fault" else "held")
 
     def housekeeping(self) -> None:
-        """Commands, state publishing and model swaps: only while no item is being decided."""
-        self.tick()
-        if self.mqtt is not None:
-            while not self.mqtt.commands.empty():
-                cmd = self.mqtt.commands.get_nowait()
-                self.mqtt.reply(self._command(cmd))
-            now = self.clock.monotonic()
-            if self.board is not None and now - self._last_state_t > 2.0:
-                self._last_state_t = now
-                self.mqtt.publish_state(self.board.snapshot())
-        if self._swap_to is not None and self._item_frame is None and self.pending is None:
-            self._swap_model(self._swap_to)
-
-    def _command(self, cmd: dict) -> dict:
-        action = cmd["action"]
+        """State publishing and model swaps: only while no item is being decided. Commands run on
+        their own worker (edge/commands.py); nothing here may stop the loop."""
         try:
-            if action == "flag":
-                return {"action": action, "ok": self.flag(cmd["id"]), "id": cmd["id"]}
-            if self.store is None:
-                raise ModelInstallError("this bin has no model store")
-            if action == "rollback_model":
-                self.store.rollback()
-            else:
-                src = self.store.fetch(cmd["url"]) if "url" in cmd else self.store.resolve_reference(cmd["file"])
-                result = self.store.install(src, cmd["sha256"], cmd.get("signature"), self.cfg.model.backend)
-            self._swap_to = self.store.current
-            return {"action": action, "ok": True,
-                    **({"sha256": result.sha256, "self_test": result.self_test} if action == "install_model" else {})}
-        except EcoSorterError as e:
-            log.error("command %s refused: %s", action, e)
-            return {"action": action, "ok": False, "error": str(e)}
+            self.tick()
+            if self.mqtt is not None:
+                now = self.clock.monotonic()
+                if self.board is not None and now - self._last_state_t > 2.0:
+                    self._last_state_t = now
+                    self.mqtt.publish_state(self.board.snapshot())
+            if self._swap_to is not None and self._item_frame is None and self.pending is None:
+                self._swap_model(self._swap_to)
+        except Exception:
+            log.exception("housekeeping failed; sorting goes on")
+
+    def request_swap(self, path: Path) -> None:
+        """Called by the command worker with an installed, verified model: loaded between items."""
+        self._swap_to = Path(path)
 
     def _swap_model(self, path: Path) -> None:
         self._swap_to = None
@@ -475,6 +476,8 @@ class Sorter:
         else:
             steps.append(self.source.close)
         steps += [s.close for s in self.sinks if hasattr(s, "close")]
+        if self.commands is not None:
+            steps.append(self.commands.close)
         if self.mqtt is not None:
             steps.append(self.mqtt.close)
         if self.events is not None:
@@ -504,7 +507,8 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
     if cfg.model.preprocess:
         preprocess = preset(cfg.model.preprocess)
     state = Path(state_dir or cfg.record.state_dir)
-    store = ModelStore(state, public_key=base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None)
+    store = ModelStore(state, public_key=base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None,
+                       downloads=DownloadPolicy.from_config(cfg.model))
     model, rolled_back = _load_with_rollback(cfg, store, labels, preprocess)
     store.expected_labels = model.manifest.label_ids
     opened: list = [model]
@@ -523,18 +527,24 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         if hw.profile != "none" and any(p >= 0 for p in (hw.item_sensor_pin, hw.wrong_button_pin, hw.power_fail_pin)):
             inputs = Inputs(hw, pin_factory, clock)
             opened.append(inputs)
-        events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled)
+        events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled,
+                          reserve_bytes=int(cfg.record.disk_reserve_mb * 1e6))
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
         board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments))
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
+        events.on_disk_full = captures.make_room  # photos make room for events on a full disk
         mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None
         if source is None:
             source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
                         mqtt=mqtt, store=store, inputs=inputs, clock=clock,
                         machine_log=MachineLog(events.path))
+        if mqtt is not None:
+            sorter.commands = CommandProcessor(cfg, store, state, callbacks_for(sorter), mqtt.reply).start()
+            mqtt.on_command = sorter.commands.submit
+            mqtt.on_link = lambda s, d: board.set_link("mqtt", s, d)
         if rolled_back:
             board.set_health("model", True, f"rolled back: {rolled_back}")
         save_last_good_hardware(cfg, state)

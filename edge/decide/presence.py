@@ -36,19 +36,34 @@ class _Rearm:
     """What both image-watching triggers share: one decision per item, re-armed after a drop."""
 
     state: TriggerState
+    thumb: np.ndarray | None = None
+    cfg: TriggerConfig
     _still = 0
+    _gone: np.ndarray | None = None  # the routed item as it looked when decided
 
     def decided(self) -> None:
         if self.state is TriggerState.SETTLED:
             self.state = TriggerState.DECIDED
+            self._gone = self.thumb
 
     def rearm(self) -> None:
-        """The routed item has left the tray (a trapdoor or flap dropped it): whatever is still and
-        present next is a new item, even if the camera never saw the tray empty in between (it was
-        put down during the move). An item that did not fall is classified and routed again: a
-        second try, logged as a second event, rather than a bin that waits forever."""
+        """The routed item has left the tray (a trapdoor or flap dropped it): the next still item is
+        a new one, even if the camera never saw the tray empty in between (it was put down during
+        the move). One that looks just like the routed item is that item, still there (it did not
+        fall): it is not decided twice, and waits to be taken off."""
         if self.state is TriggerState.DECIDED:
             self.state, self._still = TriggerState.MOVING, 0
+
+    def _settled(self, thumb: np.ndarray) -> TriggerState:
+        gone = self._gone
+        if gone is not None and float(np.abs(thumb - gone).mean()) < self.cfg.still_threshold:
+            return TriggerState.DECIDED
+        self._gone = None
+        return TriggerState.SETTLED
+
+    def _emptied(self) -> TriggerState:
+        self._gone = None
+        return TriggerState.EMPTY
 
 
 class VisionTrigger(_Rearm):
@@ -83,17 +98,18 @@ class VisionTrigger(_Rearm):
                 self._background += 0.05 * (thumb - self._background)
         elif self.state is TriggerState.MOVING:
             if not present:
-                self.state = TriggerState.EMPTY
+                self.state = self._emptied()
             else:
                 self._still = self._still + 1 if motion < self.cfg.still_threshold else 0
                 if self._still >= self.cfg.still_frames:
-                    self.state = TriggerState.SETTLED
+                    self.state = self._settled(thumb)
         elif self.state in (TriggerState.SETTLED, TriggerState.DECIDED):
             if not present:
-                self.state = TriggerState.EMPTY
+                self.state = self._emptied()
             elif self.state is TriggerState.SETTLED and motion >= self.cfg.still_threshold:
                 self.state, self._still = TriggerState.MOVING, 0  # moved before we decided
         return self.state
+
 
 class SensorTrigger(_Rearm):
     """A break-beam/PIR/ultrasonic input says an item is there; the image must still be still."""
@@ -111,10 +127,10 @@ class SensorTrigger(_Rearm):
         self.thumb = thumb
         motion = float(np.abs(thumb - prev).mean()) if prev is not None else 255.0
         if not self.is_present():
-            self.state = TriggerState.EMPTY
+            self.state = self._emptied()
         elif self.state in (TriggerState.EMPTY, TriggerState.MOVING):
             self._still = self._still + 1 if motion < self.cfg.still_threshold else 0
-            self.state = TriggerState.SETTLED if self._still >= self.cfg.still_frames else TriggerState.MOVING
+            self.state = self._settled(thumb) if self._still >= self.cfg.still_frames else TriggerState.MOVING
         return self.state
 
 

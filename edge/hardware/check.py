@@ -6,13 +6,9 @@ problem is reported at once. Warnings are things that work but a builder should 
 
 from __future__ import annotations
 
-import re
-
 from ecosorter.edge.config import Config, HardwareConfig
 from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.hardware.pins import GPIO_RANGE, HARDWARE_PWM_PINS, used_pins
-
-BIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # an MQTT topic level and a file name, with no wildcards
 
 
 def compartment_count(hw: HardwareConfig) -> int:
@@ -50,9 +46,6 @@ def longest_move_s(hw: HardwareConfig) -> float:
 
 def machine_errors(cfg: Config) -> list[ConfigError]:
     hw, errors = cfg.hardware, []
-    if not BIN_ID.fullmatch(cfg.bin_id):
-        errors.append(ConfigError("bin_id", f"{cfg.bin_id!r}: use 1-64 letters, digits, '_' or '-' "
-                                            "(it is an MQTT topic level: '/', '+', '#' and spaces break it)"))
     if hw.profile == "none":
         return errors
     errors += pin_errors(hw)
@@ -125,7 +118,7 @@ def machine_warnings(cfg: Config) -> list[str]:
     if hw.profile in ("chute", "flaps") and hw.servo_driver == "gpiozero":
         soft = [f"{k} (GPIO{p})" for k, p, pwm in used_pins(hw) if pwm and p not in HARDWARE_PWM_PINS]
         if soft:
-            out.append(f"hardware: {', '.join(soft)} have no hardware PWM: servos jitter on software PWM; use GPIO "
+            out.append(f"hardware: no hardware PWM on {', '.join(soft)}: servos jitter on software PWM; use GPIO "
                        f"{sorted(HARDWARE_PWM_PINS)} with servo_driver = \"sysfs-pwm\" (docs/pi.md) or \"pca9685\"")
     if hw.profile in ("chute", "pca9685") and hw.chute_home_switch_pin < 0 and hw.trapdoor_closed_switch_pin < 0:
         out.append("hardware: no position switches: a jammed chute or trapdoor cannot be seen (README, 'Operating the bin')")

@@ -92,7 +92,7 @@ def _reconcile(path: Path, manifest: Manifest | None, classifier: Classifier,
         manifest = Manifest(labels=tuple(labels) if labels else manifest.labels,
                             input=manifest.input, preprocess=preprocess or manifest.preprocess,
                             output=manifest.output, source=manifest.source,
-                            verification=manifest.verification)
+                            verification=manifest.verification, version=manifest.version)
     if len(manifest.labels) != classifier.output_size:
         raise ModelError(path, f"{len(manifest.labels)} labels but the model has "
                                f"{classifier.output_size} outputs")
@@ -102,4 +102,5 @@ def _reconcile(path: Path, manifest: Manifest | None, classifier: Classifier,
                                f"the model has {actual.height}x{actual.width} {actual.dtype}")
     # The tensor's own quantization is the truth the table must be built from.
     return Manifest(labels=manifest.labels, input=actual, preprocess=manifest.preprocess,
-                    output=manifest.output, source=manifest.source, verification=manifest.verification)
+                    output=manifest.output, source=manifest.source, verification=manifest.verification,
+                    version=manifest.version)

@@ -7,6 +7,7 @@ input tensor, the preprocessing) and where the model came from and how well it w
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,9 @@ DEFAULT_LABELS: tuple[Label, ...] = (
 
 
 def read_labels_file(text: str) -> list[Label]:
-    labels = [Label.parse(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    parsed = [Label.parse(line) for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    # the same rules as an embedded manifest: refused at convert time, not only at install
+    labels = [_label({"id": lb.id, "name": lb.name}) for lb in parsed]
     ids = [lb.id for lb in labels]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
@@ -73,6 +76,7 @@ class Manifest:
     output: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    version: int = 0  # monotonic (ecosorter-convert --model-version): a bin refuses a lower one
 
     @property
     def label_ids(self) -> list[str]:
@@ -87,6 +91,7 @@ class Manifest:
             "preprocess": self.preprocess.to_dict(),
             "source": self.source,
             "verification": self.verification,
+            "version": self.version,
         }
 
     def to_json(self) -> bytes:
@@ -94,23 +99,57 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
-        """Parse and check a manifest; ValueError says which field is wrong."""
+        """Parse and check a manifest; ValueError says which field is wrong (whatever the bytes are)."""
         try:
             d = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"manifest is not valid JSON: {e}") from None
+        except RecursionError:
+            raise ValueError("manifest is nested too deeply") from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ValueError(f"manifest format is {d.get('format') if isinstance(d, dict) else None!r}, expected {FORMAT!r}")
         for key in ("labels", "input", "preprocess"):
             if key not in d:
                 raise ValueError(f"manifest has no {key!r}")
+        for key in ("labels",):
+            if not isinstance(d[key], list) or len(d[key]) > MAX_LABELS:
+                raise ValueError(f"manifest {key!r} must be a list of at most {MAX_LABELS} entries")
+        for key in ("input", "preprocess", "output", "source", "verification"):
+            if key in d and not isinstance(d[key], dict | type(None)):
+                raise ValueError(f"manifest {key!r} must be an object, got {type(d[key]).__name__}")
+        version = d.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**53:
+            raise ValueError(f"manifest 'version' must be a whole number >= 0, got {version!r}")
         try:
-            labels = tuple(Label(str(x["id"]), str(x.get("name", x["id"]))) for x in d["labels"])
+            labels = tuple(_label(x) for x in d["labels"])
             inp = InputSpec.from_dict(d["input"])
             prep = PreprocessSpec.from_dict(d["preprocess"])
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"manifest field missing or mistyped: {e}") from None
+        except (KeyError, TypeError, AttributeError, OverflowError) as e:
+            raise ValueError(f"manifest field missing or mistyped: {type(e).__name__}: {e}") from None
         if not labels:
             raise ValueError("manifest has an empty label list")
+        ids = [lb.id for lb in labels]
+        if len(set(ids)) != len(ids):
+            raise ValueError("manifest has duplicate label ids")
         return cls(labels=labels, input=inp, preprocess=prep, output=dict(d.get("output") or {}),
-                   source=dict(d.get("source") or {}), verification=dict(d.get("verification") or {}))
+                   source=dict(d.get("source") or {}), verification=dict(d.get("verification") or {}),
+                   version=version)
+
+
+MAX_LABELS = 1000
+MAX_NAME = 64
+LABEL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _label(x: Any) -> Label:
+    """A manifest label: an id usable as a folder and metric name, a display name that is plain text."""
+    if not isinstance(x, dict):
+        raise ValueError(f"manifest label {x!r} must be an object with 'id' and 'name'")
+    i, name = x.get("id"), x.get("name", x.get("id"))
+    if not isinstance(i, str) or not LABEL_ID.fullmatch(i):
+        raise ValueError(f"manifest label id {i!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME or any(c in name for c in "<>&\"'`") \
+            or not name.isprintable():
+        raise ValueError(f"manifest label {i!r}: display name {name!r} must be plain printable text of at most "
+                         f"{MAX_NAME} characters, without < > & \" ' `")
+    return Label(i, name)

@@ -10,9 +10,15 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
+import ssl
 import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,7 @@ from ecosorter.edge.errors import EcoSorterError, ModelError
 
 log = logging.getLogger("ecosorter.models")
 MAX_MODEL_BYTES = 512 * 1024 * 1024
+READ_TIMEOUT_S = 2.0  # per socket operation; the total is DownloadPolicy.timeout_s
 SELF_TEST_IMAGE = Path(__file__).resolve().parent.parent / "demo" / "samples"
 
 
@@ -34,15 +41,100 @@ class InstallResult:
     path: Path
     labels: list[str]
     self_test: str  # "label confidence" on the self-test image
+    version: int = 0  # the manifest's monotonic version
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """From the config's model.* keys: where models may come from and how much they may cost."""
+
+    hosts: tuple[str, ...] = ()  # "host" (default port) or "host:port"; empty = no downloads
+    allow_http: bool = False
+    max_bytes: int = 200_000_000
+    timeout_s: float = 300.0
+    incoming_quota: int = 600_000_000
+
+    @classmethod
+    def from_config(cls, m) -> DownloadPolicy:
+        return cls(tuple(h.lower() for h in m.download_hosts), m.allow_http, int(m.max_download_mb * 1e6),
+                   m.download_timeout_s, int(m.incoming_quota_mb * 1e6))
+
+
+def _check_url(url: str, p: DownloadPolicy) -> tuple[str, int]:
+    """Scheme and host:port against the policy, before any connection is made."""
+    try:
+        u = urllib.parse.urlsplit(url)
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError as e:
+        raise ModelInstallError(f"url {url!r}: {e}") from None
+    schemes = ("https", "http") if p.allow_http else ("https",)
+    if u.scheme not in schemes:
+        raise ModelInstallError(f"url {url!r}: only {' or '.join(s + '://' for s in schemes)} URLs are fetched"
+                                + ("" if p.allow_http else " (model.allow_http = true allows http)"))
+    host = (u.hostname or "").lower()
+    if not p.hosts:
+        raise ModelInstallError(f"url {url!r}: model.download_hosts is empty: URL installs are off")
+    default = 443 if u.scheme == "https" else 80
+    if not ((port == default and host in p.hosts) or f"{host}:{port}" in p.hosts):
+        raise ModelInstallError(f"url {url!r}: {host}:{port} is not in model.download_hosts: refused")
+    if u.username or u.password:
+        raise ModelInstallError(f"url {url!r}: credentials in URLs are not accepted")
+    return host, port
+
+
+def _check_size(url: str, size: int, limit: int, room: int) -> None:
+    if size > limit:
+        raise ModelInstallError(f"url {url}: more than model.max_download_mb = {limit / 1e6:g} MB: refused")
+    if size > room:
+        raise ModelInstallError(f"url {url}: models/incoming/ would exceed model.incoming_quota_mb: refused")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        return str(e.reason)
+    return str(e) or type(e).__name__
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the same scheme, host and port (never https -> http, never ftp://)."""
+
+    def __init__(self, url: str):
+        self.origin = _origin(url)
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        target = urllib.parse.urljoin(req.full_url, newurl)
+        if _origin(target) != self.origin:
+            raise ModelInstallError(f"url {req.full_url}: redirect to {target!r} leaves "
+                                    f"{self.origin[0]}://{self.origin[1]}:{self.origin[2]}: refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    try:
+        u = urllib.parse.urlsplit(url)
+        return u.scheme, (u.hostname or "").lower(), u.port or {"https": 443, "http": 80}.get(u.scheme)
+    except ValueError:
+        return "", "", None
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class ModelStore:
     def __init__(self, state_dir: str | Path, expected_labels: list[str] | None = None,
-                 public_key: bytes | None = None):
+                 public_key: bytes | None = None, downloads: DownloadPolicy | None = None):
         self.dir = Path(state_dir) / "models"
         self.incoming = self.dir / "incoming"
         self.expected_labels = expected_labels  # a bin's compartments are wired for these
         self.public_key = public_key  # raw 32-byte ed25519 key; None = signatures not required
+        self.downloads = downloads or DownloadPolicy()
+        for stale in self.incoming.glob("*.download"):  # a download cut short by a kill or power cut
+            stale.unlink(missing_ok=True)
 
     @property
     def current(self) -> Path:
@@ -60,44 +152,108 @@ class ModelStore:
             raise ModelInstallError(f"file {ref!r} is outside {self.incoming}; put it there first")
         return target
 
-    def fetch(self, url: str, timeout: float = 60) -> Path:
-        if not url.startswith(("https://", "http://")):
-            raise ModelInstallError(f"url {url!r}: only http(s) URLs are fetched")
+    def fetch(self, url: str, sha256: str | None = None, cancel: threading.Event | None = None) -> Path:
+        """Download into incoming/ under the download policy; the partial file is deleted on any refusal.
+
+        Streamed to disk while hashing (never whole in memory); every read waits at most
+        READ_TIMEOUT_S and the whole download at most `timeout_s`, so a server sending a byte
+        every few seconds is cut off, and `cancel` (set on shutdown) ends it within one read.
+        """
+        p = self.downloads
+        host, port = _check_url(url, p)
         self.incoming.mkdir(parents=True, exist_ok=True)
+        room = p.incoming_quota - self._incoming_bytes()
+        deadline = time.monotonic() + p.timeout_s
+        opener = urllib.request.build_opener(_SameOriginRedirects(url), urllib.request.HTTPSHandler(
+            context=ssl.create_default_context()))
         fd, tmp = tempfile.mkstemp(dir=self.incoming, suffix=".download")
+        digest = hashlib.sha256()
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310
+            with os.fdopen(fd, "wb") as out, opener.open(url, timeout=READ_TIMEOUT_S) as r:
+                declared = r.headers.get("Content-Length")
+                if declared is not None and declared.isdigit():
+                    _check_size(url, int(declared), p.max_bytes, room)
                 total = 0
-                while chunk := r.read(1 << 20):
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise ModelInstallError(f"url {url}: download cancelled (shutting down)")
+                    if time.monotonic() > deadline:
+                        raise ModelInstallError(f"url {url}: took longer than model.download_timeout_s "
+                                                f"= {p.timeout_s:g} s: refused")
+                    chunk = r.read1(1 << 16)  # one socket read: a slow drip cannot hold it past a read
+                    if not chunk:
+                        break
                     total += len(chunk)
-                    if total > MAX_MODEL_BYTES:
-                        raise ModelInstallError(f"url {url}: larger than {MAX_MODEL_BYTES >> 20} MB")
+                    _check_size(url, total, p.max_bytes, room)
+                    digest.update(chunk)
                     out.write(chunk)
-        except (OSError, ValueError) as e:
+            if sha256 is not None and digest.hexdigest() != sha256.lower():
+                raise ModelInstallError(f"url {url}: content does not match the sha256 in the command: refused")
+        except ModelInstallError:
             Path(tmp).unlink(missing_ok=True)
-            raise ModelInstallError(f"url {url}: download failed: {e}") from None
+            raise
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            Path(tmp).unlink(missing_ok=True)
+            raise ModelInstallError(f"url {url}: download failed: {_reason(e)}") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        log.info("downloaded %s from %s:%d (%d bytes)", Path(tmp).name, host, port, total)
         return Path(tmp)
 
+    def _incoming_bytes(self) -> int:
+        total = 0
+        for f in self.incoming.glob("*"):
+            try:
+                total += f.stat().st_size
+            except OSError:
+                pass
+        return total
+
     def install(self, source: str | Path, sha256: str | None = None, signature: bytes | None = None,
-                backend: str = "auto") -> InstallResult:
-        """Verify hash and signature, validate the manifest, test-load and classify, then swap."""
+                backend: str = "auto", authenticated: bool = False, allow_downgrade: bool = False) -> InstallResult:
+        """Verify hash and signature, validate the manifest, test-load and classify, then swap.
+
+        `authenticated`: the sha256 came in a command signed with a configured key, so it stands
+        for a signature of the file. A manifest `version` below the running model's is refused
+        unless `allow_downgrade` (root's local install with --allow-downgrade).
+        """
         source = Path(source)
         try:
+            size = source.stat().st_size
+            if size > MAX_MODEL_BYTES:
+                raise ModelInstallError(f"model {source}: {size >> 20} MB is larger than {MAX_MODEL_BYTES >> 20} MB")
+            digest = _sha256_file(source)  # before reading it whole: a wrong file is refused cheaply
+            if sha256 is not None and sha256.lower() != digest:
+                raise ModelInstallError(f"model {source}: sha256 is {digest}, expected {sha256.lower()}: refused")
             content = source.read_bytes()
         except OSError as e:
             raise ModelInstallError(f"model {source}: cannot read: {e.strerror or e}") from None
-        digest = hashlib.sha256(content).hexdigest()
-        if sha256 is not None and sha256.lower() != digest:
-            raise ModelInstallError(f"model {source}: sha256 is {digest}, expected {sha256.lower()}: refused")
-        if self.public_key is not None:
+        if hashlib.sha256(content).hexdigest() != digest:
+            raise ModelInstallError(f"model {source}: changed while it was being read: refused")
+        if self.public_key is not None and not (authenticated and sha256 is not None):
             self._check_signature(source, content, signature)
         result = self._test(source, content, digest, backend)
+        running = self.running_version()
+        if result.version < running and not allow_downgrade:
+            raise ModelInstallError(f"model {source}: version {result.version} is older than the running "
+                                    f"version {running}: downgrade refused (a signed rollback_model naming it, "
+                                    "or a local install with --allow-downgrade)")
         self._swap(content, digest)
-        log.info("installed model %s (%s)", digest[:12], result.self_test)
+        log.info("installed model %s version %d (%s)", digest[:12], result.version, result.self_test)
         return result
+
+    def running_version(self) -> int:
+        """The manifest `version` of current.tflite; 0 without one (or without a current model)."""
+        from ecosorter.edge.model.loader import read_manifest
+
+        if not self.current.exists():
+            return 0
+        try:
+            manifest = read_manifest(self.current.read_bytes(), self.current)
+        except (OSError, ModelError):
+            return 0
+        return manifest.version if manifest is not None else 0
 
     def _check_signature(self, source: Path, content: bytes, signature: bytes | None) -> None:
         if signature is None:
@@ -132,13 +288,14 @@ class ModelStore:
                 p = classify_image(model, image)
                 if not (0.98 <= sum(p.probabilities.values()) <= 1.02):
                     raise ModelInstallError(f"model {source}: self-test output is not a probability vector")
-        return InstallResult(digest, self.dir / f"sha-{digest}.tflite", labels, f"{p.label} {p.confidence:.2f}")
+        return InstallResult(digest, self.dir / f"sha-{digest}.tflite", labels, f"{p.label} {p.confidence:.2f}",
+                             model.manifest.version)
 
     def _swap(self, content: bytes, digest: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / f"sha-{digest}.tflite"
         if not target.exists():
-            _write_durably(target, content)
+            write_durably(target, content)
         old = os.readlink(self.current) if self.current.is_symlink() else None
         if old == target.name:
             return
@@ -147,10 +304,14 @@ class ModelStore:
         _symlink_atomically(self.current, target.name)
         self._prune()
 
-    def rollback(self) -> str:
+    def rollback(self, sha256: str | None = None) -> str:
+        """Back to the previous model; with `sha256` (a signed remote rollback) only if it is that one."""
         if not self.previous.is_symlink():
             raise ModelInstallError(f"no previous model in {self.dir} to roll back to")
         prev, cur = os.readlink(self.previous), os.readlink(self.current) if self.current.is_symlink() else None
+        if sha256 is not None and prev != f"sha-{sha256.lower()}.tflite":
+            raise ModelInstallError(f"the previous model is {prev}, not sha-{sha256.lower()[:12]}...: "
+                                    "rollback refused")
         _symlink_atomically(self.current, prev)
         if cur:
             _symlink_atomically(self.previous, cur)
@@ -164,14 +325,15 @@ class ModelStore:
                 f.unlink(missing_ok=True)
 
 
-def _write_durably(path: Path, content: bytes) -> None:
+def write_durably(path: Path, content: bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file, fsync, rename over `path`, fsync the folder: all or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -71,9 +71,12 @@ class CaptureStore:
             rel = str(existing[0].relative_to(self.root))
         elif recent is not None:
             rel = self._write(event_id, recent[0], encode_jpeg(recent[1], recent[2]))
-        if rel:
-            with open(self._flagged_file, "a") as f:
-                f.write(rel + "\n")
+        if rel and rel not in self.flagged():
+            try:
+                with open(self._flagged_file, "a") as f:
+                    f.write(rel + "\n")
+            except OSError as e:  # full disk: the photo is kept, its "keep longest" mark is not
+                log.warning("flag mark for %s not saved: %s", rel, e.strerror or e)
         return rel
 
     def _write(self, event_id: str, label: str, jpeg: bytes) -> str:
@@ -108,6 +111,28 @@ class CaptureStore:
                 st = p.stat()
                 self._index[str(p.relative_to(self.root))] = (st.st_mtime, st.st_size)
         return self._index
+
+    def make_room(self, nbytes: int) -> int:
+        """The disk is full and an event must be written: evict photos (oldest unflagged first)
+        until `nbytes` are freed. Returns the bytes freed (0: nothing left to evict)."""
+        with self._lock:
+            try:
+                files = self._files()
+            except OSError:
+                return 0
+            flagged = self.flagged()
+            freed = 0
+            for rel in sorted(files, key=lambda r: (r in flagged, files[r][0])):
+                if freed >= nbytes:
+                    break
+                try:
+                    (self.root / rel).unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue
+                freed += files.pop(rel)[1]
+            return freed
 
     def _evict(self, incoming: int) -> None:
         files = self._files()

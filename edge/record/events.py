@@ -1,19 +1,25 @@
 """The event log: SQLite in WAL mode with synchronous=FULL.
 
 A committed event survives kill -9 and power cuts (WAL + FULL fsyncs the log on commit); the
-file is never left corrupt. If the disk is full or the folder read-only, events wait in memory
-(bounded) and are written when the disk allows; if the database file is deleted underneath the
-running sorter, a new one is started at once rather than writing into the unlinked inode.
+file is never left corrupt. When the disk fills, room is made before anything waits: first
+photos are evicted (`on_disk_full`, the capture store's oldest unflagged first), then a small
+pre-allocated reserve file is released, so the event is committed, not held in memory. Only if
+that is not enough (or the folder is read-only) do events wait in memory (bounded) until the
+disk allows; whatever is still unwritten at close() is counted in `unsaved` and logged, and the
+CLI exits non-zero naming the cause. If the database file is deleted underneath the running
+sorter, a new one is started at once rather than writing into the unlinked inode.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ecosorter.edge.record.event import Event
@@ -71,15 +77,38 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=10000")
     db.execute("PRAGMA cache_size=-1024")  # 1 MB page cache: the Pi has better uses for RAM
+    # a short WAL: it is written in whole pages per commit and would otherwise grow to 4 MB before
+    # a checkpoint, which on a full disk cannot then run (it needs room in the database file)
+    db.execute("PRAGMA wal_autocheckpoint=64")
+    db.execute("PRAGMA journal_size_limit=262144")
     return db
 
 
+def disk_full(folder: Path, e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "full" in str(e).lower():  # SQLITE_FULL: "database or disk is full"
+        return True
+    try:
+        st = os.statvfs(folder)
+        return not st.f_flag & os.ST_RDONLY and st.f_bavail * st.f_frsize < 64 * 1024
+    except OSError:
+        return False
+
+
 class EventLog:
-    def __init__(self, path: str | Path, outbox: bool = False):
+    def __init__(self, path: str | Path, outbox: bool = False, reserve_bytes: int = 0,
+                 on_disk_full: Callable[[int], int] | None = None):
         self.path = Path(path)
         self.outbox = outbox  # queue every event for MQTT
         self.error = ""
         self.pending: list[Event] = []
+        self.unsaved = 0  # events that could not be written by close(): the CLI exits non-zero
+        # (bytes wanted) -> bytes freed; the capture store evicts photos (set by build_sorter)
+        self.on_disk_full = on_disk_full
+        self.reserve = self.path.parent / ".disk-reserve"
+        self.reserve_bytes = int(reserve_bytes)
+        self._reserve_t = -1e9
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._inode = -1
@@ -88,6 +117,84 @@ class EventLog:
         except (sqlite3.Error, OSError) as e:  # read-only or full disk at start: sort anyway
             self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
             log.error("%s; events will wait in memory until it can be written", self.error)
+        else:
+            self._keep_reserve()
+
+    def _keep_reserve(self) -> None:
+        """(Re)create the reserve file when there is room again; at most once a minute."""
+        if not self.reserve_bytes or time.monotonic() - self._reserve_t < 60.0:
+            return
+        self._reserve_t = time.monotonic()
+        try:
+            if self.reserve.exists() and self.reserve.stat().st_size >= self.reserve_bytes:
+                return
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < 4 * self.reserve_bytes:
+                return  # not while space is short: that would only fill the disk sooner
+            with open(self.reserve, "wb") as f:
+                for start in range(0, self.reserve_bytes, 1 << 16):  # real blocks, not a sparse file
+                    f.write(b"\0" * min(1 << 16, self.reserve_bytes - start))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            self.reserve.unlink(missing_ok=True)
+            log.warning("disk reserve %s not created: %s", self.reserve, e.strerror or e)
+
+    def _make_room(self, e: BaseException) -> bool:
+        """Disk full: evict photos, then release the reserve. True if anything was freed."""
+        if not disk_full(self.path.parent, e):
+            return False
+        freed = 0
+        if self.on_disk_full is not None:
+            try:
+                freed = self.on_disk_full(1 << 20)
+            except Exception:
+                log.exception("making room for events failed")
+        if freed:
+            log.warning("disk full: evicted %d kB of photos to record events", freed // 1024)
+            return True
+        if self._db is not None and self._wal_bytes() > 0:
+            try:  # fold the write-ahead log into the database and truncate it: it may hold megabytes
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._wal_bytes() == 0:
+                    return True
+            except sqlite3.Error:
+                pass
+        if self.reserve.exists():
+            self.reserve.unlink(missing_ok=True)
+            self._reserve_t = time.monotonic()
+            log.error("disk full and no photos left to evict: released the %d kB reserve %s so events are "
+                      "still recorded; free space on the disk", self.reserve_bytes // 1024, self.reserve)
+            return True
+        return False
+
+    def _short_wal(self) -> None:
+        """Space is short (the reserve is gone): fold the WAL into the database after each commit, so
+        what is left grows by the size of the events, not by whole WAL pages per commit."""
+        try:
+            assert self._db is not None
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _write_pending(self) -> None:
+        """Open if needed and commit everything pending, making room on a full disk; raises if it cannot."""
+        for _attempt in range(4):  # as is, after evicting photos, a WAL checkpoint, releasing the reserve
+            try:
+                self._ensure_open()
+                self._flush()
+                return
+            except (sqlite3.Error, OSError) as e:
+                if not self._make_room(e):
+                    raise
+        self._ensure_open()
+        self._flush()
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,9 +229,11 @@ class EventLog:
         with self._lock:
             self.pending.append(event)
             try:
-                self._ensure_open()
-                self._flush()
+                self._write_pending()
                 self.error = ""
+                self._keep_reserve()
+                if self.reserve_bytes and not self.reserve.exists():
+                    self._short_wal()
                 return True
             except (sqlite3.Error, OSError) as e:
                 self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
@@ -147,7 +256,11 @@ class EventLog:
                     db.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # a failed COMMIT on a full disk has already rolled back
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
         self.pending.clear()
 
@@ -173,22 +286,32 @@ class EventLog:
         with self._lock:
             if self._db is None:
                 return False
-            return self._db.execute("UPDATE events SET flagged = 1 WHERE id = ?", (event_id,)).rowcount > 0
+            try:
+                return self._db.execute("UPDATE events SET flagged = 1 WHERE id = ?", (event_id,)).rowcount > 0
+            except sqlite3.Error as e:  # a full disk: the flag is lost, the sorter is not
+                log.error("flag %s not saved: %s", event_id, explain(self.path.parent, e))
+                return False
 
     def set_image(self, event_id: str, image: str) -> None:
         with self._lock:
             if self._db is None:
                 return
-            self._db.execute("UPDATE events SET image = ? WHERE id = ?", (image, event_id))
+            try:
+                self._db.execute("UPDATE events SET image = ? WHERE id = ?", (image, event_id))
+            except sqlite3.Error as e:
+                log.error("image of %s not saved: %s", event_id, explain(self.path.parent, e))
 
     def close(self) -> None:
+        """Write what waits (opening the database if it never opened); never drops events silently."""
         with self._lock:
-            if self._db is not None:
+            if self.pending:
                 try:
-                    if self.pending:
-                        self._flush()
+                    self._write_pending()
                 except (sqlite3.Error, OSError) as e:
-                    log.error("closing with %d events unwritten: %s", len(self.pending), e)
+                    self.unsaved = len(self.pending)
+                    self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+                    log.critical("closing with %d events unwritten: %s", self.unsaved, self.error)
+            if self._db is not None:
                 self._db.close()
                 self._db = None
 

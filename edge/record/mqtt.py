@@ -4,8 +4,8 @@ Topics under <prefix>/<bin_id>/:
     event          QoS 1, one JSON event per item, at-least-once, in order, stable `id` for de-dup
     state          retained: today's counts, health, last item
     availability   retained "online" / "offline" (the broker publishes "offline" as our last will)
-    cmd            subscribed: {"action": "install_model", "url" | "file", "sha256", ["signature"]},
-                   {"action": "rollback_model"}, {"action": "flag", "id"}
+    cmd            subscribed: commands, handed to edge/commands.py (schema, signatures, worker);
+                   retained messages there are ignored and cleared
     cmd/result     the answer to each command
 The outbox is a table in the event database, so an event is queued in the same transaction
 that records it: nothing is lost across broker outages, restarts or power cuts.
@@ -13,78 +13,56 @@ that records it: nothing is lost across broker outages, restarts or power cuts.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import queue
 import sqlite3
 import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from ecosorter.edge.commands import CommandError, parse_command
 from ecosorter.edge.config import MqttConfig
 from ecosorter.edge.record.events import connect
 
 log = logging.getLogger("ecosorter.mqtt")
-ACTIONS = {"install_model", "rollback_model", "flag"}
-
-
-class CommandError(ValueError):
-    pass
-
-
-def parse_command(payload: bytes) -> dict:
-    """Validate a remote command; CommandError says what is wrong with it."""
-    try:
-        cmd = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CommandError(f"not JSON: {e}") from None
-    if not isinstance(cmd, dict):
-        raise CommandError("must be a JSON object")
-    action = cmd.get("action")
-    if action not in ACTIONS:
-        raise CommandError(f"action {action!r} unknown; allowed: {', '.join(sorted(ACTIONS))}")
-    if action == "install_model":
-        if ("url" in cmd) == ("file" in cmd):
-            raise CommandError("install_model needs exactly one of 'url' or 'file'")
-        sha = cmd.get("sha256")
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha):
-            raise CommandError("install_model needs 'sha256': 64 hex digits")
-        if "signature" in cmd:
-            try:
-                cmd["signature"] = base64.b64decode(cmd["signature"], validate=True)
-            except (ValueError, TypeError):
-                raise CommandError("'signature' must be base64") from None
-    if action == "flag" and not (isinstance(cmd.get("id"), str) and cmd["id"].isalnum()):
-        raise CommandError("flag needs 'id': an event id")
-    return cmd
+# kept importable from here for callers of the old location
+__all__ = ["CommandError", "MqttLink", "parse_command"]
 
 
 class MqttLink:
     def __init__(self, cfg: MqttConfig, bin_id: str, db_path: Path, labels: dict[str, str],
-                 on_command: Callable[[dict], dict] | None = None, client_id: str | None = None):
+                 on_command: Callable[[bytes, bool], None] | None = None, client_id: str | None = None,
+                 on_link: Callable[[str, str], None] | None = None):
         import paho.mqtt.client as mqtt
+
+        from ecosorter.edge.secrets import read_secret
 
         self.cfg, self.bin_id, self.db_path, self.labels = cfg, bin_id, Path(db_path), labels
         self.base = f"{cfg.topic_prefix}/{bin_id}"
-        self.on_command = on_command
+        self.on_command = on_command  # (payload, retained): edge/commands.py's CommandProcessor.submit
+        self.on_link = on_link  # (state, detail) on every change: the board's link health
+        self.link_state: tuple[str, str] = ("disconnected", "not connected yet")
         self.connected = threading.Event()
         self.sent = 0
-        self.commands: queue.Queue[dict] = queue.Queue()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_state = b""
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"ecosorter-{bin_id}",
                         clean_session=True)
         if cfg.username:
-            c.username_pw_set(cfg.username, cfg.password or None)
+            password = read_secret("mqtt_password", cfg.password_file) or cfg.password
+            if cfg.password:
+                log.warning("mqtt.password is in the config file; move it to mqtt.password_file (mode 0600) "
+                            "or a systemd credential (LoadCredential=mqtt_password:...)")
+            c.username_pw_set(cfg.username, password or None)
         if cfg.tls:
             c.tls_set(ca_certs=cfg.ca_file or None, cert_reqs=ssl.CERT_REQUIRED)
         c.will_set(f"{self.base}/availability", "offline", qos=1, retain=True)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_message = self._on_message
         self.client = c
         self._thread = threading.Thread(target=self._drain, name="mqtt outbox", daemon=True)
@@ -96,9 +74,24 @@ class MqttLink:
         self._thread.start()
         return self
 
+    def _set_link(self, state: str, detail: str, level: int = logging.WARNING) -> None:
+        """Log once per change of state or reason, not once per reconnect attempt."""
+        if (state, detail) == self.link_state:
+            return
+        self.link_state = (state, detail)
+        log.log(level, "MQTT broker %s:%d: %s (%s)", self.cfg.host, self.cfg.port, state, detail)
+        if self.on_link is not None:
+            try:
+                self.on_link(state, detail)
+            except Exception:
+                log.exception("link state callback failed")
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._set_link("disconnected", "cannot connect (broker down, unreachable or refusing TCP)")
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s:%d refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
+            self._set_link("disconnected", f"broker refused the connection: {reason_code}", logging.ERROR)
             return
         client.publish(f"{self.base}/availability", "online", qos=1, retain=True)
         client.subscribe(f"{self.base}/cmd", qos=1)
@@ -107,11 +100,11 @@ class MqttLink:
         self.connected.set()
         self._last_state = b""
         self._wake.set()
-        log.info("connected to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
+        self._set_link("connected", f"{self.cfg.host}:{self.cfg.port}", logging.INFO)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():
-            log.warning("MQTT broker connection lost (%s); events wait in the outbox", reason_code)
+            self._set_link("disconnected", f"connection lost ({reason_code}); events wait in the outbox")
         self.connected.clear()
 
     # --------------------------------------------------------------- outbox
@@ -204,13 +197,17 @@ class MqttLink:
                             qos=1, retain=True)
 
     def _on_message(self, client, userdata, msg) -> None:
-        try:
-            cmd = parse_command(msg.payload)
-        except CommandError as e:
-            log.warning("MQTT command refused: %s", e)
-            self.reply({"ok": False, "error": f"malformed command: {e}"})
-            return
-        self.commands.put(cmd)  # handled off the network thread
+        if not msg.payload:
+            return  # our own clearing of a retained command, echoed back
+        try:  # an exception here would end paho's network thread
+            if msg.retain:
+                # A retained command would run again at every restart (a crash loop, if it crashed
+                # us): never act on one, and remove it from the broker.
+                client.publish(msg.topic, b"", qos=1, retain=True)
+            if self.on_command is not None:
+                self.on_command(msg.payload, bool(msg.retain))
+        except Exception:
+            log.exception("MQTT message on %s not handled", msg.topic)
 
     def reply(self, result: dict) -> None:
         self.client.publish(f"{self.base}/cmd/result", json.dumps(result, default=str), qos=1)

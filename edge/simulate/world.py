@@ -256,6 +256,8 @@ class SimCamera:
         self._cache: OrderedDict[Path, np.ndarray] = OrderedDict()
         self._shape = (384, 512, 3)
         self._empty: np.ndarray | None = None
+        self._placed: Item | None = None
+        self._shifted: np.ndarray | None = None
 
     def open(self) -> None:
         pass
@@ -308,7 +310,10 @@ class SimCamera:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(item.image)
         self._shape = pixels.shape
-        return pixels
+        if self._placed is not item:  # nobody puts an item down twice in the same spot
+            dy, dx = (item.n * 7) % 13 - 6, (item.n * 11) % 17 - 8
+            self._placed, self._shifted = item, np.roll(pixels, (dy, dx), axis=(0, 1))
+        return self._shifted
 
     def close(self) -> None:
         self._cache.clear()

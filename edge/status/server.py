@@ -1,94 +1,415 @@
-"""The kiosk page, its JSON, the last photo and Prometheus /metrics, from the StatusBoard.
+"""The kiosk page, its JSON, item photos, page actions and Prometheus /metrics, from the StatusBoard.
 
-A stdlib ThreadingHTTPServer in a daemon thread: no framework to install on the Pi, and
-the sorting loop never waits for a browser.
+A stdlib HTTP server in a daemon thread: no framework to install on the Pi, and the sorting
+loop never waits for a browser. The bin stands on shared networks, so:
+- at most `max_threads` requests are handled at once; further connections get a quick 503;
+- every connection has a per-read timeout and a total time limit (a reaper thread shuts down
+  sockets past their deadline), so half-open or trickling clients cannot hold threads;
+- state-changing requests (flag, label, clear fault) need the page token AND a same-origin
+  request; the token is written into the page only for the kiosk's own browser on loopback;
+- the page loads its script and style from files under a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
 
+import heapq
+import hmac
+import html
+import ipaddress
 import json
 import logging
+import re
+import secrets
+import socket
 import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.status.board import StatusBoard
 
 log = logging.getLogger("ecosorter.status")
-PAGE = Path(__file__).with_name("page.html")
+HERE = Path(__file__).parent
+STATIC = {"/page.js": ("page.js", "text/javascript; charset=utf-8"),
+          "/page.css": ("page.css", "text/css; charset=utf-8")}
+EVENT_ID = re.compile(r"[0-9a-f]{32}")  # record.event.new_event_id(): 12 hex of ms time + 20 random
+TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,128}")
+TOKEN_HEADER = "X-EcoSorter-Token"
+MAX_BODY = 1024  # bytes; {"label": "organik"} is 20
+FLAGS_KEPT = 65536  # flagged ids remembered for de-duplication
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+       "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+                    "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+                    "Cross-Origin-Resource-Policy": "same-origin", "Cache-Control": "no-store"}
 
 
-def metrics_text(snap: dict, latency_ms: list[float]) -> str:
-    lines = ["# HELP ecosorter_items_today Items sorted today, by label.", "# TYPE ecosorter_items_today gauge"]
-    for label, n in snap["today"]["counts"].items():
-        lines.append(f'ecosorter_items_today{{bin="{snap["bin_id"]}",label="{label}"}} {n}')
-    lines += ["# TYPE ecosorter_items_total counter", f'ecosorter_items_total{{bin="{snap["bin_id"]}"}} {snap["total"]}',
-              "# TYPE ecosorter_uncertain_today gauge",
-              f'ecosorter_uncertain_today{{bin="{snap["bin_id"]}"}} {snap["today"]["uncertain"]}',
-              "# HELP ecosorter_health 1 when the part is healthy.", "# TYPE ecosorter_health gauge"]
-    for part, h in snap["health"].items():
-        lines.append(f'ecosorter_health{{bin="{snap["bin_id"]}",part="{part}"}} {int(h["ok"])}')
-    if latency_ms:
-        import numpy as np
+class _Reaper:
+    """One thread that shuts down connections past their deadline (whatever they are doing)."""
 
-        lines.append("# TYPE ecosorter_decision_latency_ms summary")
-        for q in (0.5, 0.9, 0.99):
-            lines.append(f'ecosorter_decision_latency_ms{{quantile="{q}"}} {np.quantile(latency_ms, q):.3f}')
-    lines.append(f"ecosorter_uptime_seconds {snap['uptime_s']}")
-    return "\n".join(lines) + "\n"
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, socket.socket]] = []
+        self._live: set[int] = set()
+        self._stopped = False
+        threading.Thread(target=self._run, name="status reaper", daemon=True).start()
 
+    def watch(self, sock: socket.socket, limit_s: float) -> None:
+        with self._cond:
+            self._live.add(id(sock))
+            heapq.heappush(self._heap, (time.monotonic() + limit_s, id(sock), sock))
+            self._cond.notify()
 
-def make_handler(board: StatusBoard, on_flag=None):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "ecosorter"
+    def forget(self, sock: socket.socket) -> None:
+        with self._cond:
+            self._live.discard(id(sock))
 
-        def log_message(self, fmt: str, *args) -> None:  # keep the journal for what matters
-            log.debug("%s " + fmt, self.address_string(), *args)
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
 
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            path = self.path.split("?", 1)[0]
-            if path == "/":
-                self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
-            elif path == "/api/status":
-                self._send(200, json.dumps(board.snapshot()).encode(), "application/json")
-            elif path == "/api/last.jpg":
-                jpeg = board.last_jpeg
-                self._send(200 if jpeg else 404, jpeg or b"no item yet", "image/jpeg" if jpeg else "text/plain")
-            elif path == "/metrics":
-                self._send(200, metrics_text(board.snapshot(), list(board.latency_ms)).encode(),
-                           "text/plain; version=0.0.4")
-            elif path == "/healthz":
-                snap = board.snapshot()
-                self._send(200 if snap["healthy"] else 503, json.dumps(snap["health"]).encode(), "application/json")
-            else:
-                self._send(404, b"not found", "text/plain")
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path.startswith("/api/flag/") and on_flag is not None:
-                event_id = self.path.rsplit("/", 1)[1]
-                ok = event_id.isalnum() and on_flag(event_id)
-                self._send(200 if ok else 404, json.dumps({"flagged": bool(ok)}).encode(), "application/json")
-            else:
-                self._send(404, b"not found", "text/plain")
-
-    return Handler
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][1] not in self._live):
+                    _, key, sock = heapq.heappop(self._heap)
+                    if key in self._live:
+                        self._live.discard(key)
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)  # the handler's read/write returns at once
+                        except OSError:
+                            pass
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
 
 
-def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int = 8080, on_flag=None):
-    """Serve in a daemon thread; None (and a warning) if the port is taken: sorting goes on."""
+class StatusServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+    max_threads = 16  # concurrent requests; more connections are answered 503 and closed
+    io_timeout_s = 5.0  # per read/write
+    conn_limit_s = 10.0  # a whole connection, however it trickles
+
+    def __init__(self, address: tuple[str, int], board: StatusBoard, on_flag=None, on_label=None,
+                 on_clear_fault=None, token: str | None = None):
+        super().__init__(address, Handler)
+        self.board = board
+        self.on_flag: Callable[[str], bool] | None = on_flag
+        self.on_label: Callable[[str, str, str], bool] | None = on_label
+        self.on_clear_fault: Callable[[str], bool] | None = on_clear_fault
+        self.token = token
+        self.actions = " ".join(name for name, cb in (("flag", on_flag), ("label", on_label),
+                                                      ("clear_fault", on_clear_fault)) if cb is not None)
+        self._registry = None  # made on the first /metrics: the page works without prometheus-client
+        self.flagged: OrderedDict[str, bool] = OrderedDict()
+        self.action_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+        self._reaper = _Reaper()
+
+    @property
+    def registry(self):
+        if self._registry is None:
+            self._registry = metrics_registry(self.board)
+        return self._registry
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            _refuse(request)
+            self.shutdown_request(request)
+            return
+        try:
+            self._reaper.watch(request, self.conn_limit_s)
+            threading.Thread(target=self._handle, args=(request, client_address), daemon=True).start()
+        except BaseException:
+            self._reaper.forget(request)
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def _handle(self, request, client_address) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._reaper.forget(request)
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:  # a client that went away: not news
+        log.debug("status page: request from %s failed", client_address, exc_info=True)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self._reaper.stop()
+        self.server_close()
+
+
+def _refuse(sock: socket.socket) -> None:
     try:
-        server = ThreadingHTTPServer((bind, port), make_handler(board, on_flag))
+        sock.setblocking(False)
+        sock.send(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 2\r\n\r\n")
+    except OSError:
+        pass
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: StatusServer
+    server_version = "ecosorter"
+    sys_version = ""
+
+    def setup(self) -> None:
+        self.timeout = self.server.io_timeout_s
+        super().setup()
+
+    def log_message(self, fmt: str, *args) -> None:  # keep the journal for what matters
+        log.debug("%s " + fmt, self.address_string(), *args)
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, code: int, obj: dict) -> None:
+        self._send(code, json.dumps(obj).encode(), "application/json")
+
+    # ------------------------------------------------------------------ reading
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        board = self.server.board
+        path = self.path.split("?", 1)[0]
+        if path == "/":
+            self._send(200, self._page(), "text/html; charset=utf-8")
+        elif path in STATIC:
+            name, ctype = STATIC[path]
+            self._send(200, (HERE / name).read_bytes(), ctype)
+        elif path == "/api/status":
+            board.encode_pending()  # the photos the page is about to ask for, made here, not on the loop
+            self._json(200, board.snapshot())
+        elif path == "/api/last.jpg":
+            self._jpeg(board.last_jpeg)
+        elif path.startswith("/api/photo/") and path.endswith(".jpg"):
+            event_id = path[len("/api/photo/"):-len(".jpg")]
+            self._jpeg(board.photo(event_id) if EVENT_ID.fullmatch(event_id) else None)
+        elif path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            snap = board.snapshot()
+            self._json(200 if snap["healthy"] else 503, snap["health"])
+        else:
+            self._send(404, b"not found", "text/plain")
+
+    def _jpeg(self, jpeg: bytes | None) -> None:
+        if jpeg:
+            self._send(200, jpeg, "image/jpeg")
+        else:
+            self._send(404, b"no such photo", "text/plain")
+
+    def _page(self) -> bytes:
+        token = self.server.token if self._kiosk() else ""
+        return ((HERE / "page.html").read_text()
+                .replace("{{token}}", html.escape(token or "", quote=True))
+                .replace("{{actions}}", html.escape(self.server.actions, quote=True))).encode()
+
+    def _kiosk(self) -> bool:
+        """The bin's own screen: a loopback client that asked for a loopback name (not a rebound DNS name)."""
+        host = urlsplit("//" + self.headers.get("Host", "")).hostname or ""
+        return _loopback(self.client_address[0]) and (host == "localhost" or _loopback(host))
+
+    # ------------------------------------------------------------------ actions
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        refused = self._refused()
+        if refused:
+            log.warning("page action %s from %s refused: %s", path[:80], self.client_address[0], refused)
+            self._json(403, {"error": refused})
+            return
+        body = self._body()
+        if body is None:
+            return
+        who = f"page@{self.client_address[0]}"
+        s = self.server
+        try:
+            if path.startswith("/api/flag/") and s.on_flag is not None:
+                self._flag(path[len("/api/flag/"):])
+            elif path.startswith("/api/label/") and s.on_label is not None:
+                self._label(path[len("/api/label/"):], body, who)
+            elif path == "/api/clear_fault" and s.on_clear_fault is not None:
+                with s.action_lock:
+                    self._json(200, {"cleared": bool(s.on_clear_fault(who))})
+            else:
+                self._json(404, {"error": "no such action"})
+        except Exception as e:  # a callback's failure is the page's answer, never the server's end
+            log.exception("page action %s failed: %s", path[:80], e)
+            self._json(500, {"error": "the action failed; see the bin's log"})
+
+    def _refused(self) -> str:
+        """Why this state-changing request is refused ("" if it is not): same origin AND the token."""
+        host = self.headers.get("Host", "")
+        site = self.headers.get("Sec-Fetch-Site")
+        if site is not None and site != "same-origin":
+            return f"Sec-Fetch-Site is {site!r}, not same-origin"
+        source = self.headers.get("Origin") or self.headers.get("Referer") or ""
+        parts = urlsplit(source)
+        if not host or parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+            return "not a same-origin request (Origin/Referer must match Host)"
+        given = self.headers.get(TOKEN_HEADER, "")
+        if not (self.server.token and hmac.compare_digest(given.encode(), self.server.token.encode())):
+            return "missing or wrong page token"
+        return ""
+
+    def _body(self) -> bytes | None:
+        if self.headers.get("Transfer-Encoding"):
+            self._json(411, {"error": "send a Content-Length, not chunks"})
+            return None
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= MAX_BODY:
+            self.close_connection = True
+            self._json(413, {"error": f"body must be 0..{MAX_BODY} bytes"})
+            return None
+        return self.rfile.read(n) if n else b""
+
+    def _flag(self, event_id: str) -> None:
+        s = self.server
+        if not EVENT_ID.fullmatch(event_id):
+            self._json(400, {"error": "not an event id"})
+            return
+        with s.action_lock:  # de-duplicated: one id is flagged (and its photo kept) once
+            ok = s.flagged.get(event_id) or bool(s.on_flag(event_id))
+            if ok and event_id not in s.flagged:
+                s.flagged[event_id] = True
+                while len(s.flagged) > FLAGS_KEPT:
+                    s.flagged.popitem(last=False)
+        if ok:
+            s.board.flagged(event_id)
+        self._json(200 if ok else 404, {"flagged": ok})
+
+    def _label(self, event_id: str, body: bytes, who: str) -> None:
+        s = self.server
+        try:
+            req = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            req = None
+        label = req.get("label") if isinstance(req, dict) and set(req) == {"label"} else None
+        if not EVENT_ID.fullmatch(event_id):
+            self._json(400, {"error": "not an event id"})
+        elif not isinstance(label, str) or label not in s.board.labels:
+            self._json(400, {"error": f"body must be {{\"label\": one of {', '.join(s.board.labels)}}}"})
+        else:
+            with s.action_lock:
+                ok = bool(s.on_label(event_id, label, who))
+            if ok:
+                s.board.labelled(event_id, label)
+            self._json(200 if ok else 404, {"labelled": ok, "label": label})
+
+
+def _loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+# ---------------------------------------------------------------------- /metrics
+class BoardCollector:
+    """Every series from one board snapshot, each with the bin's id as `bin`."""
+
+    def __init__(self, board: StatusBoard):
+        self.board = board
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        board = self.board
+        s = board.snapshot()
+        b = s["bin_id"]
+
+        def family(kind, name: str, doc: str, labels: tuple[str, ...], rows):
+            f = kind(name, doc, labels=["bin", *labels])
+            for *values, n in rows:
+                f.add_metric([b, *map(str, values)], n)
+            return f
+
+        today, totals = s["today"], s["totals"]
+        comps = s["compartments"]
+        yield family(GaugeMetricFamily, "ecosorter_items_today", "Items decided today, by predicted label.",
+                     ("label",), today["counts"].items())
+        yield family(CounterMetricFamily, "ecosorter_items", "Items decided since start, by predicted label.",
+                     ("label",), totals["counts"].items())
+        yield family(GaugeMetricFamily, "ecosorter_compartment_items_today",
+                     "Items that physically went into each compartment today.",
+                     ("compartment",), [(c["index"], c["count"]) for c in comps])
+        yield family(CounterMetricFamily, "ecosorter_compartment_items",
+                     "Items that physically went into each compartment since start.",
+                     ("compartment",), [(c["index"], c["total"]) for c in comps])
+        yield family(GaugeMetricFamily, "ecosorter_compartment_rerouted_in_today",
+                     "Items meant for another compartment that went into this one today.",
+                     ("compartment",), [(c["index"], c["rerouted_in"]) for c in comps])
+        yield family(GaugeMetricFamily, "ecosorter_compartment_full", "1 while the compartment's fill sensor trips.",
+                     ("compartment",), [(c["index"], int(c["full"])) for c in comps])
+        yield family(GaugeMetricFamily, "ecosorter_unrouted_today", "Items decided but not routed today.",
+                     (), [(today["unrouted"],)])
+        yield family(CounterMetricFamily, "ecosorter_unrouted", "Items decided but not routed since start.",
+                     (), [(totals["unrouted"],)])
+        yield family(GaugeMetricFamily, "ecosorter_uncertain_today", "Uncertain items today.",
+                     (), [(today["uncertain"],)])
+        yield family(CounterMetricFamily, "ecosorter_uncertain", "Uncertain items since start.",
+                     (), [(totals["uncertain"],)])
+        yield family(GaugeMetricFamily, "ecosorter_health", "1 when the part is healthy.",
+                     ("part",), [(k, int(h["ok"])) for k, h in s["health"].items()])
+        machine = s["machine"]
+        yield family(GaugeMetricFamily, "ecosorter_machine_state", "1 for the machine's current state.",
+                     ("state",), [(st, int(machine.get("state") == st)) for st in ("ready", "held", "fault")])
+        seen = board.seen_names()
+        for kind in ("holds", "faults"):
+            active = [e.get("name", "") for e in machine.get(kind, [])]
+            yield family(GaugeMetricFamily, f"ecosorter_{kind}", f"Active {kind} by name (0: seen since start).",
+                         ("name",), [(n, active.count(n)) for n in sorted(seen[kind] | set(active))])
+        yield family(GaugeMetricFamily, "ecosorter_link", "1 for each link's current state.",
+                     ("link", "state"), [(k, v["state"], 1) for k, v in s["links"].items()])
+        buckets, sum_s = board.latency()
+        h = HistogramMetricFamily("ecosorter_decision_latency_seconds",
+                                  "From the item's first still frame to its routing decision.", labels=["bin"])
+        h.add_metric([b], buckets=buckets, sum_value=sum_s)
+        yield h
+        yield family(GaugeMetricFamily, "ecosorter_uptime_seconds", "Seconds since the board started.",
+                     (), [(s["uptime_s"],)])
+
+
+def metrics_registry(board: StatusBoard):
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BoardCollector(board))
+    return registry
+
+
+def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int = 8080, on_flag=None,
+                        on_label=None, on_clear_fault=None, token: str | None = None):
+    """Serve in a daemon thread; None (and a warning) if the port is taken: sorting goes on.
+
+    `token` guards the page's actions. Without one a random token is made for this run: the
+    kiosk's own browser (loopback) still gets it in the page, remote browsers cannot act.
+    """
+    if token is not None and not TOKEN.fullmatch(token):
+        raise ConfigError("status.token", "16-128 characters from A-Z a-z 0-9 . _ ~ -")
+    try:
+        server = StatusServer((bind, port), board, on_flag, on_label, on_clear_fault,
+                              token or secrets.token_urlsafe(24))
     except OSError as e:
         log.warning("status page not started on %s:%d: %s (status.port)", bind, port, e)
         return None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="status http", daemon=True).start()
     return server

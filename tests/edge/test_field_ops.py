@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from ecosorter.edge.commands import CommandError, CommandProcessor, callbacks_for, parse_command
 from ecosorter.edge.config import load_config
 from ecosorter.edge.model.store import ModelInstallError, ModelStore
-from ecosorter.edge.record.mqtt import CommandError, parse_command
+from ecosorter.edge.security import new_keypair, sign_command
 from ecosorter.edge.sorter import build_sorter
 from tests.conftest import SAMPLES
 
@@ -201,11 +202,18 @@ def test_mqtt_install_swaps_between_items_and_a_broken_current_model_rolls_back(
     import hashlib
     import shutil
 
+    private, public = new_keypair()
     cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
-                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0})
+                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
+                                 "model.public_keys": [public], "bin_id": "bin7"})
     store = ModelStore(tmp_path)
     store.install(DEMO)
     with build_sorter(cfg, state_dir=tmp_path) as sorter:
+        commands = CommandProcessor(cfg, sorter.store, tmp_path, callbacks_for(sorter))
+
+        def command(**args) -> dict:
+            return commands.handle(json.dumps(sign_command(private, "install_model", args, "bin7")).encode())
+
         old = sorter.model
         store.incoming.mkdir(parents=True, exist_ok=True)
         # a byte-different but equivalent model: same weights, re-embedded manifest
@@ -217,12 +225,13 @@ def test_mqtt_install_swaps_between_items_and_a_broken_current_model_rolls_back(
         with open(new, "ab") as f:
             f.write(b"\0" * 16)  # trailing bytes change the hash, not the flatbuffer
         sha = hashlib.sha256(new.read_bytes()).hexdigest()
-        r = sorter._command({"action": "install_model", "file": "new.tflite", "sha256": sha})
+        r = command(file="new.tflite", sha256=sha)
         assert r["ok"], r
+        assert sorter.model is old  # installed and verified, but the loop swaps it, between items
         sorter.housekeeping()
         assert sorter.model is not old and sorter.model.sha256 == sha
-        bad = sorter._command({"action": "install_model", "file": "../x.tflite", "sha256": sha})
-        assert not bad["ok"] and "outside" in bad["error"]
+        bad = command(file="../x.tflite", sha256=sha)
+        assert not bad["ok"] and "install_model.file: '../x.tflite' is not a file name" in bad["error"]
         assert sorter.run().items == 13
     # the installed model is damaged on disk: the next start rolls back to the previous one
     target = store.dir / os.readlink(store.current)

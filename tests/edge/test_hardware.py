@@ -226,17 +226,17 @@ def test_status_led_shows_states():
 def test_config_checked_as_a_machine_all_errors_at_once():
     with pytest.raises(ConfigError) as e:
         load_config(overrides={
-            "bin_id": "Kantin/Lt 2 #1", "hardware.profile": "chute", "hardware.trapdoor_pin": 12,
+            "hardware.profile": "chute", "hardware.trapdoor_pin": 12,
             "hardware.chute_angles": [-90.0, -45.0, 0.0, 45.0, 90.0], "hardware.trapdoor_open_angle": 120.0,
             "hardware.settle_s": 2.0, "hardware.status_led_pins": [23, 24], "hardware.full_sensor_pins": {"9": 22},
             "hardware.interlock_resume": "button"})
     text = str(e.value)
-    for expected in ("bin_id: 'Kantin/Lt 2 #1'", "trapdoor_pin: GPIO12 is already used by hardware.chute_pin",
+    for expected in ("trapdoor_pin: GPIO12 is already used by hardware.chute_pin",
                      "chute_angles: 5 given for 7 compartments", "trapdoor_open_angle: 120 deg is outside",
                      "move_budget_s: 2 s is below the longest move", "status_led_pins: 2 pins",
                      "full_sensor_pins.9: no compartment", "interlock_resume: 'button' needs"):
         assert expected in text, expected
-    assert text.startswith("config: 8 problems")
+    assert text.startswith("config: 7 problems")
     with pytest.raises(ConfigError, match="GPIO2 is already used by I2C SDA"):
         load_config(overrides={"hardware.profile": "pca9685", "hardware.interlock_pin": 2})
     with pytest.raises(ConfigError, match="led_pins\\[1\\]: GPIO40 does not exist"):
@@ -247,7 +247,7 @@ def test_soft_pwm_pins_warned():
     from ecosorter.edge.hardware.check import machine_warnings
 
     cfg = load_config(overrides={"hardware.profile": "chute", "hardware.chute_pin": 5})
-    assert any("GPIO5) have no hardware PWM" in w for w in machine_warnings(cfg))
+    assert any("no hardware PWM on hardware.chute_pin (GPIO5)" in w for w in machine_warnings(cfg))
 
 
 def test_ultrasonic_present_means_near_with_real_echo_timing():

@@ -104,7 +104,7 @@ def test_model_update_by_url_from_a_local_server(tmp_path):
     import threading
     from functools import partial
 
-    from ecosorter.edge.model.store import ModelStore
+    from ecosorter.edge.model.store import DownloadPolicy, ModelStore
 
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "m.tflite").write_bytes(DEMO.read_bytes())
@@ -112,7 +112,8 @@ def test_model_update_by_url_from_a_local_server(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        store = ModelStore(tmp_path / "state")
+        allowed = DownloadPolicy(hosts=(f"127.0.0.1:{server.server_port}",), allow_http=True)
+        store = ModelStore(tmp_path / "state", downloads=allowed)
         got = store.fetch(f"http://127.0.0.1:{server.server_port}/m.tflite")
         r = store.install(got, hashlib.sha256(DEMO.read_bytes()).hexdigest())
         assert store.current.resolve().read_bytes() == DEMO.read_bytes() and r.labels[0] == "kaca"

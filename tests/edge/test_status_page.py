@@ -1,15 +1,12 @@
-"""The kiosk page in real headless Chromium during a simulated run, plus its JSON and /metrics."""
+"""The kiosk page in real headless Chromium during a simulated run, plus its JSON, photos and /metrics."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import shutil
-import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,11 +15,10 @@ from ecosorter.edge.config import load_config
 from ecosorter.edge.sorter import build_sorter
 from ecosorter.edge.status.server import start_status_server
 from tests.conftest import SAMPLES
+from tests.edge.browser import Browser, dump_dom, request, screenshot
 
 ARTIFACTS = Path(os.environ.get("ECOSORTER_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts"))
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+TOKEN = "kiosk-token-0123456789"
 
 
 @pytest.fixture()
@@ -31,23 +27,26 @@ def running(tmp_path):
                                  "camera.realtime": True, "camera.fps": 8.0, "hardware.pin_factory": "mock",
                                  "hardware.led_on_s": 0.05})
     sorter = build_sorter(cfg, state_dir=tmp_path)
-    server = start_status_server(sorter.board, "127.0.0.1", 0, sorter.flag)
+    flags: list[str] = []
+    labels: list[tuple[str, str, str]] = []
+
+    def on_flag(event_id: str) -> bool:  # the real sorter's flag, counted
+        flags.append(event_id)
+        return sorter.flag(event_id)
+
+    def on_label(event_id: str, label: str, who: str) -> bool:  # storing it is the event log's (#11)
+        labels.append((event_id, label, who))
+        return bool(sorter.events.query("SELECT 1 FROM events WHERE id = ?", (event_id,)))
+
+    server = start_status_server(sorter.board, "127.0.0.1", 0, on_flag, on_label, token=TOKEN)
     stop = threading.Event()
     t = threading.Thread(target=sorter.run, args=(stop,), daemon=True)
     t.start()
-    yield sorter, f"http://127.0.0.1:{server.server_port}"
+    yield sorter, f"http://127.0.0.1:{server.server_port}", flags, labels
     stop.set()
     t.join(5)
     server.shutdown()
     sorter.close()
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def wait_for_items(sorter, n: int, timeout: float = 20) -> None:
@@ -57,51 +56,81 @@ def wait_for_items(sorter, n: int, timeout: float = 20) -> None:
     assert sorter.summary.items >= n
 
 
+def post(base: str, path: str, body: bytes = b"", token: str = TOKEN) -> tuple[int, dict]:
+    host = base.split("//", 1)[1]
+    code, reply = request(base + path, "POST", body, {"Origin": f"http://{host}", "X-EcoSorter-Token": token,
+                                                      "Content-Type": "application/json"})
+    return code, json.loads(reply)
+
+
 def test_json_metrics_photo_and_flag(running):
-    sorter, base = running
-    wait_for_items(sorter, 2)
-    code, body = get(base + "/api/status")
+    sorter, base, flags, _ = running
+    wait_for_items(sorter, 3)
+    code, body = request(base + "/api/status")
     snap = json.loads(body)
-    assert code == 200 and snap["last"]["label"] in snap["labels"] and sum(snap["today"]["counts"].values()) >= 2
+    assert code == 200 and snap["last"]["label"] in snap["labels"] and sum(snap["today"]["counts"].values()) >= 3
     assert snap["health"]["model"]["ok"] and snap["health"]["pins"]["ok"]
-    code, jpeg = get(base + "/api/last.jpg")
+    # Per compartment: what physically went where, unrouted apart; it adds up to the items decided.
+    assert sum(c["count"] for c in snap["compartments"]) + snap["unrouted"] == snap["total"]
+    assert snap["recent"][0]["id"] == snap["last"]["id"] and len(snap["recent"]) == min(snap["total"], 12)
+    code, jpeg = request(base + f"/api/photo/{snap['last']['id']}.jpg")
     assert code == 200 and jpeg[:3] == b"\xff\xd8\xff"
-    code, metrics = get(base + "/metrics")
-    assert code == 200 and re.search(rb'ecosorter_items_today\{bin="ecosorter-1",label="kaca"\} \d+', metrics)
-    assert b'ecosorter_health{bin="ecosorter-1",part="model"} 1' in metrics
-    req = urllib.request.Request(base + f"/api/flag/{snap['last']['id']}", method="POST")
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert json.loads(r.read()) == {"flagged": True}
-    rows = sorter.events.query("SELECT flagged FROM events WHERE id = ?", (snap["last"]["id"],))
+    code, jpeg = request(base + "/api/last.jpg")
+    assert code == 200 and jpeg[:3] == b"\xff\xd8\xff"
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, metrics = request(base + "/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(metrics.decode())}
+    today = {s.labels["label"]: s.value for s in families["ecosorter_items_today"].samples}
+    assert code == 200 and sum(today.values()) >= 3 and set(today) == set(snap["labels"])
+    assert {s.labels["part"]: s.value for s in families["ecosorter_health"].samples}["model"] == 1
+
+    event_id = snap["last"]["id"]
+    assert post(base, f"/api/flag/{event_id}") == (200, {"flagged": True})
+    assert post(base, f"/api/flag/{event_id}") == (200, {"flagged": True})  # de-duplicated
+    assert flags == [event_id]
+    rows = sorter.events.query("SELECT flagged FROM events WHERE id = ?", (event_id,))
     assert rows[0]["flagged"] == 1
+    assert post(base, f"/api/flag/{'0' * 32}") == (404, {"flagged": False})  # unknown to the event log
 
 
 @pytest.mark.browser
 def test_page_in_headless_chromium_shows_the_item_change(running, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium not installed (CI installs it)")
-    sorter, base = running
+    sorter, base, _, _ = running
     wait_for_items(sorter, 1)
-
-    def dom() -> str:
-        r = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                            "--virtual-time-budget=4000", "--dump-dom", base + "/"],
-                           capture_output=True, text=True, timeout=60)
-        return r.stdout
-
-    first = dom()
+    first = dump_dom(base + "/", tmp_path / "p1")
     seq1 = int(re.search(r'data-seq="(\d+)"', first).group(1))
     label1 = re.search(r'<h1 id="label">([^<]+)</h1>', first).group(1)
-    assert label1 in {"Kaca", "Kardus", "Kertas", "Khusus", "Logam", "Organik", "Plastik"}
-    assert 'class="count"' in first and "chip ok" in first
+    assert label1 in {"Kaca", "Kardus", "Kertas", "Khusus", "Logam", "Organik", "Plastik", "Tidak yakin"}
+    assert 'class="bin' in first and "chip ok" in first
     wait_for_items(sorter, sorter.summary.items + 2)
-    second = dom()
+    second = dump_dom(base + "/", tmp_path / "p2")
     seq2 = int(re.search(r'data-seq="(\d+)"', second).group(1))
     assert seq2 > seq1  # the page updated itself to a later item
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTIFACTS / "status-page.png"
-    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=800,480",
-                    "--virtual-time-budget=4000", f"--screenshot={shot}", base + "/"],
-                   capture_output=True, timeout=60)
-    assert shot.exists() and shot.stat().st_size > 5000
+    screenshot(base + "/", tmp_path / "p3", ARTIFACTS / "status-page-live.png")
+
+
+@pytest.mark.browser
+def test_a_person_flags_and_labels_at_the_kiosk(running, tmp_path):
+    """Touch "Wrong?", then "What was it?" in real Chromium: the page sends its token, same-origin."""
+    sorter, base, flags, labels = running
+    wait_for_items(sorter, 2)
+    browser = Browser(tmp_path / "kiosk")
+    try:
+        browser.open(base + "/")
+        event_id = browser.wait("document.body.dataset.seq && !document.getElementById('wrong').hidden"
+                                " && document.querySelector('#recent .row').dataset.id")
+        browser.js("document.getElementById('wrong').click()")
+        assert browser.wait("!document.getElementById('panel').hidden")
+        row = f"#recent .row[data-id='{event_id}']"
+        assert browser.wait(f"document.querySelector(\"{row} .tag\")?.textContent") == "perlu label / needs label"
+        browser.js(f"document.querySelector(\"{row} button[data-label='kertas']\").click()")
+        assert browser.wait(f"document.querySelector(\"{row} .tag.done\")?.textContent") == "✓ Kertas"
+    finally:
+        browser.close()
+    assert flags == [event_id]
+    assert sorter.events.query("SELECT flagged FROM events WHERE id = ?", (event_id,))[0]["flagged"] == 1
+    assert labels == [(event_id, "kertas", "page@127.0.0.1")]
+    recent = {r["id"]: r for r in sorter.board.snapshot()["recent"]}
+    assert recent[event_id]["flagged"] and recent[event_id]["true_label"] == "kertas"

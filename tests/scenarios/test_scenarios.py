@@ -216,3 +216,57 @@ def test_scenario_config_is_a_copy(tmp_path):
     before = copy.deepcopy(sc.config)
     run_scenario(sc)
     assert sc.config == before
+
+
+def test_24_hours_2000_items():
+    """benchmarks/day24h.toml: the day the note reports (wall time there, never asserted here)."""
+    r = run_scenario(HERE.parent.parent / "benchmarks" / "day24h.toml")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    it = r.summary["items"]
+    assert it["placed"] == it["decided"] == it["routed"] == 2000
+    assert r.summary["faults"] == {"jam": 1} and r.summary["holds"]["camera"] == 1
+    assert r.summary["virtual_s"] >= 24 * 3600
+
+
+def test_machine_log_and_safe_with_a_broken_config(tmp_path, capsys):
+    """Every raise and clear is in the event database; `ecosorter safe` survives a bad edit."""
+    import sqlite3
+
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.simulate.pins import ClockedMockFactory
+    from ecosorter.edge.sorter import build_sorter
+
+    pins = ClockedMockFactory()
+    cfg = load_config(overrides={"hardware.profile": "chute", "hardware.interlock_pin": 17, "hardware.settle_s": 0.0,
+                                 "hardware.servo_speed_deg_s": 3000.0, "camera.source": "folder",
+                                 "camera.device": str(HERE)})
+    with build_sorter(cfg, pin_factory=pins, state_dir=tmp_path) as sorter:
+        pins.pin(17).drive_high()  # lid open
+        sorter.tick()
+        pins.pin(17).drive_low()
+        sorter.tick()
+        sorter.machine.raise_("jam", "test")
+        sorter.clear_fault("page")
+    rows = sqlite3.connect(tmp_path / "events.db").execute(
+        "SELECT name, state, who FROM machine_log ORDER BY seq").fetchall()
+    assert rows[:3] == [("lid", "raised", ""), ("lid", "cleared", ""), ("resume", "raised", "")]
+    assert ("jam", "cleared", "page") in rows
+    broken = tmp_path / "config.toml"
+    broken.write_text('[hardware]\nprofile = "chute"\nsettle = 0.3\n')  # a typo after the bin last started
+    assert main(["safe", "--config", str(broken), "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "hardware safe (chute) from" in out.out and "last-good-hardware.json" in out.out
+    assert "hardware.settle: unknown key" in out.err
+    assert main(["safe", "--config", str(broken), "--state-dir", str(tmp_path / "nothing")]) == 2
+
+
+def test_a_servo_slower_than_configured_misroutes_unseen(tmp_path):
+    """The config's servo speed is a promise the bin cannot check without switches: physics can."""
+    sc = load_scenario(HERE / "lid_mid_move.toml")
+    sc.events = [e for e in sc.events if e.kind == "drop"]
+    sc.bin.servo_speed_deg_s = 40.0  # the config says 300
+    r = run_scenario(sc)
+    assert not r.of("fault")
+    with pytest.raises(AssertionError, match="went elsewhere|physics says"):
+        assert_counts_match_drops(r.timeline)
