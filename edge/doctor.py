@@ -299,6 +299,9 @@ def run_doctor(args, root: Path = Path("/")) -> int:
 
     path = args.config or (DEFAULT_PATH if DEFAULT_PATH.exists() else None)
     cfg = check("config", lambda: load_config(path) and f"{path or 'defaults (no config file)'} is valid")
+    if cfg is None:  # the other parts are still worth checking: with the defaults, and saying so
+        part, state, detail = results[-1]
+        results[-1] = (part, state, f"{detail} (the lines below check the defaults)")
     cfg = load_config(path) if cfg else load_config(None)
     doc = Doctor(cfg, root)
     check("board", doc.board)
