@@ -49,9 +49,10 @@ def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
 
 class Doctor:
     def __init__(self, cfg, root: Path = Path("/"), run_cmd: Callable[[list[str]], str | None] = _run,
-                 now: Callable[[], float] = time.time, broker_timeout_s: float = 5.0):
+                 now: Callable[[], float] = time.time, broker_timeout_s: float = 5.0, open_i2c=None):
         self.cfg, self.root, self.run_cmd, self.now = cfg, Path(root), run_cmd, now
         self.broker_timeout_s = broker_timeout_s
+        self.open_i2c = open_i2c  # bus number -> smbus2-like bus; None = the real /dev/i2c-N
 
     # --------------------------------------------------------------------- the board
     def board(self) -> Result:
@@ -143,7 +144,7 @@ class Doctor:
             return OK, f"{dev} present"
         from ecosorter.edge.hardware.pca9685 import MODE1, open_bus
 
-        bus = open_bus(hw.i2c_bus)
+        bus = (self.open_i2c or open_bus)(hw.i2c_bus)
         try:
             mode1 = bus.read_byte_data(hw.pca9685_address, MODE1)
         except OSError as e:

@@ -16,6 +16,7 @@ import pytest
 from ecosorter.edge.config import load_config
 from ecosorter.edge.doctor import FAIL, OK, RELEASED, SKIP, WARN, Doctor, Problem
 from ecosorter.edge.errors import EcoSorterError
+from tests.edge.test_servo_drivers import FakePCA9685Bus
 
 AFTER_RELEASE = dt.datetime.fromisoformat(RELEASED).replace(tzinfo=dt.timezone.utc).timestamp() + 86400
 
@@ -90,6 +91,14 @@ def test_i2c_device_node(tmp_path):
     assert s == FAIL and "hardware.i2c_bus = 1:" in msg and "dev/i2c-1 is missing" in msg
     (d.root / "dev/i2c-1").touch()
     assert state(lambda: d.i2c(probe=False)) == (OK, f"{d.root / 'dev/i2c-1'} present")
+    # the probe reads MODE1 at the configured address, on a bus with a PCA9685 at 0x40
+    d.open_i2c = lambda n: FakePCA9685Bus(0x40)
+    assert state(d.i2c) == (OK, f"PCA9685 at 0x40 on {d.root / 'dev/i2c-1'} (MODE1 0x11)")
+    other = doctor(tmp_path, **{"hardware.profile": "chute", "hardware.servo_driver": "pca9685",
+                                "hardware.pca9685_address": 0x41})
+    other.open_i2c = lambda n: FakePCA9685Bus(0x40)
+    s, msg = state(other.i2c)
+    assert s == FAIL and "hardware.pca9685_address = 0x41: nothing answers" in msg and "i2cdetect" in msg
     assert state(doctor(tmp_path / "l").i2c)[0] == SKIP
 
 
