@@ -49,8 +49,10 @@ def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
 
 class Doctor:
     def __init__(self, cfg, root: Path = Path("/"), run_cmd: Callable[[list[str]], str | None] = _run,
-                 now: Callable[[], float] = time.time, broker_timeout_s: float = 5.0, open_i2c=None):
+                 now: Callable[[], float] = time.time, broker_timeout_s: float = 5.0, open_i2c=None,
+                 pin_factory=None):
         self.cfg, self.root, self.run_cmd, self.now = cfg, Path(root), run_cmd, now
+        self.pins = pin_factory  # None: make_pin_factory(hardware.pin_factory)
         self.broker_timeout_s = broker_timeout_s
         self.open_i2c = open_i2c  # bus number -> smbus2-like bus; None = the real /dev/i2c-N
 
@@ -91,6 +93,41 @@ class Doctor:
             driver = "pca9685" if hw.profile == "pca9685" else hw.servo_driver
             servos = f", servos on {driver}" if hw.profile in ("chute", "flaps", "pca9685") else ""
             return OK, f"profile {act.profile}{servos}; built and left safe"
+
+    def sensors(self) -> Result:
+        """The lid switch and fill sensors as they read now: a person can fix these before a run."""
+        import gpiozero
+
+        from ecosorter.edge.hardware.pins import make_pin_factory
+
+        hw = self.cfg.hardware
+        if hw.profile == "none" or (hw.interlock_pin < 0 and not hw.full_sensor_pins):
+            return SKIP, "no lid switch or fill sensors configured (hardware.interlock_pin, full_sensor_pins)"
+        pf = self.pins if self.pins is not None else make_pin_factory(hw.pin_factory)
+        opened, seen, problems = [], [], []
+        try:
+            if hw.interlock_pin >= 0:  # pull-up; closed lid = switch closed to GND = pressed
+                lid = gpiozero.Button(hw.interlock_pin, pull_up=True, pin_factory=pf)
+                opened.append(lid)
+                if lid.is_active:
+                    seen.append(f"lid closed (GPIO{hw.interlock_pin})")
+                else:
+                    problems.append(f"lid open now (hardware.interlock_pin = {hw.interlock_pin}): nothing moves until "
+                                    "it is closed; if it is closed, check the switch and its wire to GND")
+            for c, pin in sorted(hw.full_sensor_pins.items()):
+                b = gpiozero.Button(pin, pull_up=True, pin_factory=pf)
+                opened.append(b)
+                if b.is_active:
+                    problems.append(f"compartment {c} reads full now (hardware.full_sensor_pins.{c} = {pin}): empty it, "
+                                    "or check the sensor")
+                else:
+                    seen.append(f"compartment {c} not full")
+        finally:
+            for d in opened:
+                d.close()
+        if problems:
+            raise Problem("; ".join(problems), WARN)
+        return OK, ", ".join(seen)
 
     def budget(self) -> Result:
         """The longest single move (config validation already refuses one over the budget)."""
@@ -326,6 +363,7 @@ def run_doctor(args, root: Path = Path("/")) -> int:
     check("i2c", doc.i2c)
     if results[-3][1] != FAIL and results[-2][1] != FAIL and results[-1][1] != FAIL:
         check("pins", doc.actuator)
+        check("sensors", doc.sensors)
     check("budget", doc.budget)
     check("broker", doc.broker)
     check("disk", doc.disk)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gpiozero.pins.mock import MockFactory, MockPin
 
 from ecosorter.edge.config import load_config
 from ecosorter.edge.doctor import FAIL, OK, RELEASED, SKIP, WARN, Doctor, Problem
@@ -110,6 +111,35 @@ def test_camera_presence(tmp_path):
     assert "video devices here: video2" in state(d.camera_present)[1]
     (d.root / "dev/video0").touch()
     assert state(d.camera_present)[0] == OK
+
+
+class SwitchPin(MockPin):
+    """A gpiozero mock input wired to a switch to GND: closed, it holds the line low against the
+    pull-up that gpiozero turns on when the Button opens (a plain MockPin would go high)."""
+
+    def __init__(self, factory, info, closed: bool = False):
+        super().__init__(factory, info)
+        self.closed = closed
+
+    def _set_pull(self, value):
+        super()._set_pull(value)
+        if self.closed:
+            self.drive_low()
+
+
+def test_lid_and_fill_sensors_as_they_read_now(tmp_path):
+    pins = MockFactory()
+    d = doctor(tmp_path, **{"hardware.profile": "chute", "hardware.interlock_pin": 17,
+                            "hardware.full_sensor_pins": {"2": 22, "5": 23}})
+    d.pins = pins
+    lid, full2, full5 = (pins.pin(n, pin_class=SwitchPin) for n in (17, 22, 23))
+    lid.closed = True
+    assert state(d.sensors) == (OK, "lid closed (GPIO17), compartment 2 not full, compartment 5 not full")
+    lid.closed, full5.closed = False, True  # lid opened; compartment 5's sensor closed: full
+    s, msg = state(d.sensors)
+    assert s == WARN and "lid open now (hardware.interlock_pin = 17)" in msg
+    assert "compartment 5 reads full now (hardware.full_sensor_pins.5 = 23)" in msg and "compartment 2" not in msg
+    assert state(doctor(tmp_path / "n").sensors)[0] == SKIP
 
 
 def test_clock_without_rtc_and_ntp_state(tmp_path):
