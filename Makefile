@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean pi-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(VENV)/.dev
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
+
+# The project on the Pi's platform without a Pi: Debian arm64 under qemu-user-static, installed by
+# deploy/install.sh, run, and classify compared with this machine (needs root; tools/pi-check says more).
+pi-check: $(VENV)/.edge
+	tools/pi-check
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m benchmarks

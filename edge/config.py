@@ -110,8 +110,15 @@ class HardwareConfig:
     flap_pins: list[int] = opt(factory=lambda: [5, 6, 12, 13, 19, 26, 16])
     flap_closed_angle: float = opt(-90.0, min=-180, max=180)
     flap_open_angle: float = opt(0.0, min=-180, max=180)
-    pca9685_channels: list[int] = opt(factory=lambda: [0, 1], doc="pca9685: chute, trapdoor channels")
+    pca9685_channels: list[int] = opt(factory=lambda: [0, 1], doc="pca9685: channels in servo order (chute, trapdoor; or flap 0, 1, ...)")
     pca9685_address: int = opt(0x40, min=0, max=127)
+    servo_driver: str = opt("gpiozero", allowed=("gpiozero", "sysfs-pwm", "pca9685"),
+                            doc="how servo pulses are made: gpiozero (pin factory; software PWM on a Pi 5), "
+                                "sysfs-pwm (kernel hardware PWM, dtoverlay=pwm-2chan), pca9685 (I2C board)")
+    pwm_chip: int = opt(-1, min=-1, max=63, doc="sysfs-pwm: /sys/class/pwm/pwmchipN; -1 = the first with 2+ channels")
+    pwm_channels: dict[str, int] = opt(factory=dict, doc="sysfs-pwm: BCM pin -> PWM channel; {} = the board's "
+                                       "(Pi 4: 12, 18 -> 0, 13, 19 -> 1; Pi 5: 12 -> 0, 13 -> 1, 18 -> 2, 19 -> 3)")
+    i2c_bus: int = opt(1, min=0, max=31, doc="pca9685: /dev/i2c-N")
     min_pulse_width_ms: float = opt(0.5, min=0.1, max=3.0)
     max_pulse_width_ms: float = opt(2.5, min=0.5, max=5.0)
     servo_min_angle: float = opt(-90.0, min=-180, max=180, doc="the servos' angle at min_pulse_width_ms")
@@ -334,6 +341,12 @@ def _cross_check(cfg: Config) -> None:
         raise ConfigError("hardware.min_pulse_width_ms", "must be below hardware.max_pulse_width_ms")
     if cfg.trigger.mode == "sensor" and cfg.hardware.item_sensor_pin < 0:
         raise ConfigError("trigger.mode", "'sensor' needs hardware.item_sensor_pin")
+    for pin, ch in cfg.hardware.pwm_channels.items():
+        if not pin.isdigit() or int(pin) > 27 or not 0 <= ch <= 15:
+            raise ConfigError(f"hardware.pwm_channels.{pin}", f"must map a BCM pin 0-27 to a PWM channel 0-15, got {pin} = {ch}")
+    if len(set(cfg.hardware.pca9685_channels)) != len(cfg.hardware.pca9685_channels) \
+            or not all(0 <= ch <= 15 for ch in cfg.hardware.pca9685_channels):
+        raise ConfigError("hardware.pca9685_channels", f"{cfg.hardware.pca9685_channels} must be distinct channels 0-15")
     if cfg.camera.source in ("folder", "video") and not cfg.camera.device:
         raise ConfigError("camera.device", f"camera.source = {cfg.camera.source!r} needs a path")
     _security_checks(cfg)

@@ -115,11 +115,11 @@ def label_errors(cfg: Config, labels: list[str]) -> list[ConfigError]:
 
 def machine_warnings(cfg: Config) -> list[str]:
     hw, out = cfg.hardware, []
-    if hw.profile in ("chute", "flaps"):
+    if hw.profile in ("chute", "flaps") and hw.servo_driver == "gpiozero":
         soft = [f"{k} (GPIO{p})" for k, p, pwm in used_pins(hw) if pwm and p not in HARDWARE_PWM_PINS]
         if soft:
             out.append(f"hardware: no hardware PWM on {', '.join(soft)}: servos jitter on software PWM; use GPIO "
-                       f"{sorted(HARDWARE_PWM_PINS)} with a PWM driver (docs/pi.md) or the pca9685 profile")
+                       f"{sorted(HARDWARE_PWM_PINS)} with servo_driver = \"sysfs-pwm\" (docs/pi.md) or \"pca9685\"")
     if hw.profile in ("chute", "pca9685") and hw.chute_home_switch_pin < 0 and hw.trapdoor_closed_switch_pin < 0:
         out.append("hardware: no position switches: a jammed chute or trapdoor cannot be seen (README, 'Operating the bin')")
     return out

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.config import HardwareConfig
+from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.hardware.actuator import Actuator, Axis, NullActuator
-from ecosorter.edge.hardware.pins import make_pin_factory, validate_pins
+from ecosorter.edge.hardware.pins import make_pin_factory, used_pins, validate_pins
 from ecosorter.edge.machine import Machine
 
 
 def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, machine: Machine | None = None,
-                  clock: Clock = SYSTEM_CLOCK) -> Actuator:
+                  clock: Clock = SYSTEM_CLOCK, servos=None) -> Actuator:
+    """`servos`: a pin -> servo callable in place of servo_maker(cfg) (tests: fake sysfs or I2C bus)."""
     validate_pins(cfg)
     if cfg.profile == "none":
         return NullActuator(compartments, machine=machine, clock=clock)
@@ -36,8 +40,12 @@ def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, mach
         lo, hi = cfg.min_pulse_width_ms / 1000, cfg.max_pulse_width_ms / 1000
 
         span = (cfg.servo_min_angle, cfg.servo_max_angle)
+        other_servo = servos or servo_maker(cfg)  # None for gpiozero; sysfs-pwm / pca9685 build their own
 
         def servo(pin):
+            if other_servo is not None:
+                made.append(s := other_servo(pin))
+                return s
             # initial_angle=None: no pulse until the first move, so power-up does not twitch it.
             return dev(gpiozero.AngularServo, pin, initial_angle=None, min_angle=span[0], max_angle=span[1],
                        min_pulse_width=lo, max_pulse_width=hi)
@@ -60,14 +68,7 @@ def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, mach
             flaps = [axis(f"flap{i}", servo(p)) for i, p in enumerate(cfg.flap_pins[:compartments])]
             return FlapsActuator(flaps, cfg.flap_closed_angle, cfg.flap_open_angle, cfg.drop_s, **common)
         _need(cfg.chute_angles, compartments, "hardware.chute_angles")
-        if cfg.profile == "pca9685":
-            from ecosorter.edge.hardware.pca9685 import KitServo, open_kit
-
-            kit = open_kit(cfg.pca9685_address)
-            lo_us, hi_us = int(cfg.min_pulse_width_ms * 1000), int(cfg.max_pulse_width_ms * 1000)
-            chute, door = (KitServo(kit.servo[ch], lo_us, hi_us) for ch in cfg.pca9685_channels[:2])
-        else:
-            chute, door = servo(cfg.chute_pin), servo(cfg.trapdoor_pin)
+        chute, door = servo(cfg.chute_pin), servo(cfg.trapdoor_pin)  # profile "pca9685": channels 0, 1
         return ChuteActuator(axis("chute", chute, cfg.chute_home_switch_pin, cfg.chute_home_angle),
                              axis("trapdoor", door, cfg.trapdoor_closed_switch_pin, cfg.trapdoor_closed_angle),
                              cfg.chute_angles[:compartments], cfg.chute_home_angle, cfg.trapdoor_closed_angle,
@@ -78,8 +79,53 @@ def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, mach
         raise
 
 
+def servo_driver(cfg: HardwareConfig) -> str:
+    """profile = "pca9685" is the chute on a PCA9685, from before hardware.servo_driver existed."""
+    return "pca9685" if cfg.profile == "pca9685" else cfg.servo_driver
+
+
+def servo_maker(cfg: HardwareConfig, sysfs_root: Path | None = None, bus=None, board_root: Path = Path("/")):
+    """pin -> servo for servo_driver sysfs-pwm or pca9685 (None: gpiozero's AngularServo).
+
+    sysfs-pwm maps each servo pin to its PWM channel; pca9685 gives servos the channels of
+    hardware.pca9685_channels in the order they are built (chute, trapdoor; or flap 0, 1, ...).
+    `sysfs_root`, `bus` and `board_root` are the seams tests use for a fake sysfs tree and I2C bus.
+    """
+    driver = servo_driver(cfg)
+    keys = {pin: key for key, pin, _ in used_pins(cfg, servo_pins_only=True)}
+    if driver == "gpiozero" or not keys:
+        return None
+    calib = {"min_angle": cfg.servo_min_angle, "max_angle": cfg.servo_max_angle,
+             "min_pulse_width": cfg.min_pulse_width_ms / 1000, "max_pulse_width": cfg.max_pulse_width_ms / 1000}
+    if driver == "sysfs-pwm":
+        from ecosorter.edge.hardware import sysfs_pwm
+
+        root = sysfs_root or sysfs_pwm.SYSFS_PWM
+        channels = ({int(p): c for p, c in cfg.pwm_channels.items()} if cfg.pwm_channels
+                    else sysfs_pwm.default_channels(sysfs_pwm.board_model(board_root)))
+        taken: dict[int, str] = {}
+        for pin, key in keys.items():
+            if pin not in channels:
+                raise ConfigError(key, f"GPIO{pin} has no hardware PWM channel for servo_driver = 'sysfs-pwm' "
+                                       f"(PWM pins here: {sorted(channels)}; set hardware.pwm_channels to map it)")
+            if channels[pin] in taken:
+                raise ConfigError(key, f"GPIO{pin} is on PWM channel {channels[pin]}, already driving {taken[channels[pin]]}")
+            taken[channels[pin]] = key
+        chip = sysfs_pwm.find_chip(cfg.pwm_chip, root)
+        return lambda pin: sysfs_pwm.SysfsPwmServo(chip, channels[pin], key=keys[pin], **calib)
+    from ecosorter.edge.hardware.pca9685 import PCA9685, PCA9685Servo, open_bus
+
+    _need(cfg.pca9685_channels, len(keys), "hardware.pca9685_channels")
+    bus = bus if bus is not None else open_bus(cfg.i2c_bus)
+    try:
+        board = PCA9685(bus, cfg.pca9685_address)
+    except BaseException:
+        bus.close()
+        raise
+    order = iter(cfg.pca9685_channels)
+    return lambda pin: PCA9685Servo(board, next(order), key=f"hardware.pca9685_channels ({keys.get(pin, 'servo')})", **calib)
+
+
 def _need(items: list, n: int, key: str) -> None:
     if len(items) < n:
-        from ecosorter.edge.errors import ConfigError
-
         raise ConfigError(key, f"{len(items)} given but the compartment map uses {n} compartments")

@@ -10,6 +10,10 @@ from ecosorter.edge.errors import ConfigError, HardwareError
 # BCM pins with a hardware PWM channel on Pi 4/5 (PWM0: 12, 18; PWM1: 13, 19).
 HARDWARE_PWM_PINS = frozenset({12, 13, 18, 19})
 GPIO_RANGE = range(0, 28)
+# What to do when gpiozero finds no pin library (its "BadPinFactory: Unable to load any default pin factory!").
+NO_PIN_LIBRARY = ("gpiozero found no pin library. On a Raspberry Pi: sudo apt install python3-lgpio and use a venv "
+                  "made with --system-site-packages (sudo deploy/install.sh does both). Not on a Pi: set "
+                  'hardware.pin_factory = "mock", or use `ecosorter run --simulate`')
 
 
 def make_pin_factory(name: str = ""):
@@ -17,7 +21,7 @@ def make_pin_factory(name: str = ""):
     if not name:
         name = os.environ.get("GPIOZERO_PIN_FACTORY", "")
         if not name:
-            return None  # gpiozero picks
+            return default_pin_factory()
     try:
         if name == "mock":
             from gpiozero.pins.mock import MockFactory, MockPWMPin
@@ -44,19 +48,42 @@ def make_pin_factory(name: str = ""):
     raise ConfigError("hardware.pin_factory", f"{name!r} is not a known pin factory")
 
 
-def used_pins(cfg: HardwareConfig) -> list[tuple[str, int, bool]]:
-    """(config key, BCM pin, needs hardware PWM) for every pin this profile will claim."""
+def default_pin_factory():
+    """gpiozero's own choice for the board (lgpio on a Pi 5), made now so that a machine without a
+    pin library gets what to do instead of BadPinFactory's traceback at the first device."""
+    import warnings
+
+    from gpiozero import Device
+    from gpiozero.exc import BadPinFactory, PinFactoryFallback
+
+    if Device.pin_factory is None:
+        try:
+            with warnings.catch_warnings():  # one "falling back from ..." per library: the advice below says it
+                warnings.simplefilter("ignore", PinFactoryFallback)
+                Device.pin_factory = Device._default_pin_factory()
+        except BadPinFactory:
+            raise HardwareError(f"hardware.pin_factory = '': {NO_PIN_LIBRARY}") from None
+    return Device.pin_factory
+
+
+def used_pins(cfg: HardwareConfig, servo_pins_only: bool = False) -> list[tuple[str, int, bool]]:
+    """(config key, BCM pin, needs hardware PWM) for every pin this profile will claim.
+
+    servo_pins_only: just the servos' pins (or, for a PCA9685, the pins naming each servo)."""
     pins: list[tuple[str, int, bool]] = []
-    if cfg.profile == "leds":
+    if cfg.profile == "leds" and not servo_pins_only:
         pins += [(f"hardware.led_pins[{i}]", p, False) for i, p in enumerate(cfg.led_pins)]
         if cfg.buzzer_pin >= 0:
             pins.append(("hardware.buzzer_pin", cfg.buzzer_pin, False))
-    elif cfg.profile == "chute":
+    elif cfg.profile in ("chute", "pca9685"):
         pins += [("hardware.chute_pin", cfg.chute_pin, True), ("hardware.trapdoor_pin", cfg.trapdoor_pin, True)]
     elif cfg.profile == "flaps":
         pins += [(f"hardware.flap_pins[{i}]", p, True) for i, p in enumerate(cfg.flap_pins)]
-    elif cfg.profile == "pca9685":  # the servos are on the board; its I2C bus uses GPIO 2 and 3
-        pins += [("I2C SDA (pca9685)", 2, False), ("I2C SCL (pca9685)", 3, False)]
+    if servo_pins_only:
+        return pins
+    if cfg.profile == "pca9685" or (cfg.servo_driver == "pca9685" and cfg.profile in ("chute", "flaps")):
+        # the servos hang off the PCA9685: their *_pin keys claim nothing; its I2C bus uses GPIO 2 and 3
+        pins = [("I2C SDA (pca9685)", 2, False), ("I2C SCL (pca9685)", 3, False)]
     pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
     for key in INPUT_PIN_KEYS:
         if getattr(cfg, key) >= 0:

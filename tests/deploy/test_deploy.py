@@ -39,11 +39,12 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
             assert line in text
 
 
-def test_installer_is_shellcheck_clean():
+@pytest.mark.parametrize("script", [DEPLOY / "install.sh", DEPLOY.parent / "tools" / "pi-check"], ids=lambda p: p.name)
+def test_installer_is_shellcheck_clean(script):
     exe = shutil.which("shellcheck")
     if exe is None:
         pytest.skip("shellcheck not installed (CI installs it)")
-    r = subprocess.run([exe, str(DEPLOY / "install.sh")], capture_output=True, text=True)
+    r = subprocess.run([exe, str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
 
 
@@ -66,3 +67,33 @@ def test_installer_dry_run_prints_every_step_and_changes_nothing(tmp_path):
 def test_installer_rejects_unknown_options():
     r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+
+
+def installer(*args, machine: str | None = None, cwd=None):
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
+    if machine:
+        env["ECOSORTER_UNAME_M"] = machine  # what `uname -m` would say on that board
+    return subprocess.run(["bash", str(DEPLOY / "install.sh"), *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("machine", ["armv7l", "armv6l"])
+def test_installer_refuses_32_bit_arm_before_changing_anything(machine):
+    r = installer("--dry-run", machine=machine)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"32-bit ARM system ({machine})" in r.stderr and "64-bit Raspberry Pi OS" in r.stderr
+    assert "apt-get" not in r.stdout  # refused before the first step
+
+
+def test_installer_on_aarch64_pwm_overlay_pca9685_and_no_systemd(tmp_path):
+    r = installer("--dry-run", "--pwm-overlay", "--pca9685", "--no-systemd", machine="aarch64", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "EcoSorter Edge install: aarch64" in out
+    assert "[edge,pca9685]" in out  # the PCA9685 library comes with the extra
+    assert "dtoverlay=pwm-2chan,pin=12,func=4,pin2=13,func2=4 >> /boot" in out or "keeping the pwm-2chan overlay" in out
+    assert "REBOOT NEEDED" in out or "keeping the pwm-2chan overlay" in out
+    for unit_step in ("systemctl daemon-reload", "systemctl enable --now ecosorter.service"):
+        assert f"+ {unit_step} (skipped: --no-systemd)" in out
+    plain = installer("--dry-run", machine="aarch64", cwd=tmp_path).stdout
+    assert "[edge]" in plain and "pca9685" not in plain and "REBOOT" not in plain
+    assert "+ systemctl enable --now ecosorter.service\n" in plain

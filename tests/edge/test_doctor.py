@@ -1,0 +1,218 @@
+"""`ecosorter doctor` on fake board roots (device-tree model, /dev, /sys/class/pwm, firmware
+files), canned command output for timedatectl/vcgencmd, and a real Mosquitto for the broker."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from ecosorter.edge.config import load_config
+from ecosorter.edge.doctor import FAIL, OK, RELEASED, SKIP, WARN, Doctor, Problem
+from ecosorter.edge.errors import EcoSorterError
+from tests.edge.test_servo_drivers import FakePCA9685Bus
+
+AFTER_RELEASE = dt.datetime.fromisoformat(RELEASED).replace(tzinfo=dt.timezone.utc).timestamp() + 86400
+
+
+def doctor(tmp_path: Path, model: str | None = "Raspberry Pi 4 Model B Rev 1.5", cmds: dict | None = None,
+           now: float = AFTER_RELEASE, **overrides) -> Doctor:
+    root = tmp_path / "root"
+    (root / "dev").mkdir(parents=True, exist_ok=True)
+    if model:
+        (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
+        (root / "proc/device-tree/model").write_bytes(model.encode() + b"\0")
+    cfg = load_config(overrides={"hardware.pin_factory": "mock", "record.state_dir": str(tmp_path / "state"),
+                                 **overrides})
+    return Doctor(cfg, root, run_cmd=lambda cmd: (cmds or {}).get(cmd[0]), now=lambda: now, broker_timeout_s=5)
+
+
+def state(fn) -> tuple[str, str]:
+    try:
+        return fn()
+    except Problem as e:
+        return e.state, str(e)
+    except EcoSorterError as e:  # run_doctor reports any of these as FAIL
+        return FAIL, str(e)
+
+
+def test_board_model_or_what_it_means(tmp_path):
+    assert state(doctor(tmp_path, "Raspberry Pi 5 Model B Rev 1.0").board)[1].startswith("Raspberry Pi 5 Model B Rev 1.0")
+    s, msg = state(doctor(tmp_path / "x", None).board)
+    assert s == WARN and "not a Raspberry Pi" in msg
+
+
+def test_budget_against_the_longest_move(tmp_path):
+    chute = {"hardware.profile": "chute"}
+    s, msg = state(doctor(tmp_path, **chute).budget)  # defaults: 180 deg at 300 deg/s + 0.35 s settle
+    assert s == OK and msg == "longest move 0.95 s (180 deg at 300 deg/s + settle 0.35 s) within move_budget_s = 2"
+    s, msg = state(doctor(tmp_path, **chute, **{"hardware.move_budget_s": 1.0}).budget)
+    assert s == WARN and "within 10% of hardware.move_budget_s = 1" in msg
+    # config validation refuses a budget below the longest move; doctor says so for a built config too
+    d = doctor(tmp_path, **chute)
+    d.cfg = dataclasses.replace(d.cfg, hardware=dataclasses.replace(d.cfg.hardware, move_budget_s=0.5))
+    s, msg = state(d.budget)
+    assert s == FAIL and "takes 0.95 s" in msg and "hardware.move_budget_s = 0.5" in msg
+    assert state(doctor(tmp_path).budget)[0] == SKIP  # leds
+
+
+def make_pwm(root: Path, chips: dict[int, int]) -> None:
+    for n, npwm in chips.items():
+        d = root / f"sys/class/pwm/pwmchip{n}"
+        d.mkdir(parents=True)
+        (d / "npwm").write_text(f"{npwm}\n")
+
+
+def test_pwm_channels_for_sysfs_pwm(tmp_path):
+    sysfs = {"hardware.profile": "chute", "hardware.servo_driver": "sysfs-pwm"}
+    d = doctor(tmp_path, "Raspberry Pi 4 Model B Rev 1.5", **sysfs)
+    s, msg = state(d.pwm)
+    assert s == FAIL and "no PWM chip" in msg and "dtoverlay=pwm-2chan" in msg and "--pwm-overlay" in msg
+    make_pwm(d.root, {0: 2})
+    assert state(d.pwm) == (OK, "GPIO12 -> pwmchip0/pwm0, GPIO13 -> pwmchip0/pwm1 (2 channels)")
+    # a Pi 5 with GPIO18/19: RP1 channels 2 and 3, which a 2-channel chip does not have
+    p5 = doctor(tmp_path / "p5", "Raspberry Pi 5 Model B Rev 1.0", **sysfs,
+                **{"hardware.chute_pin": 18, "hardware.trapdoor_pin": 19})
+    make_pwm(p5.root, {0: 2})
+    s, msg = state(p5.pwm)
+    assert s == FAIL and "hardware.chute_pin = 18 needs channel 2 but pwmchip0 has 2" in msg
+    assert state(doctor(tmp_path / "g", **{"hardware.profile": "chute"}).pwm)[0] == SKIP
+
+
+def test_i2c_device_node(tmp_path):
+    d = doctor(tmp_path, **{"hardware.profile": "chute", "hardware.servo_driver": "pca9685"})
+    s, msg = state(lambda: d.i2c(probe=False))
+    assert s == FAIL and "hardware.i2c_bus = 1:" in msg and "dev/i2c-1 is missing" in msg
+    (d.root / "dev/i2c-1").touch()
+    assert state(lambda: d.i2c(probe=False)) == (OK, f"{d.root / 'dev/i2c-1'} present")
+    # the probe reads MODE1 at the configured address, on a bus with a PCA9685 at 0x40
+    d.open_i2c = lambda n: FakePCA9685Bus(0x40)
+    assert state(d.i2c) == (OK, f"PCA9685 at 0x40 on {d.root / 'dev/i2c-1'} (MODE1 0x11)")
+    other = doctor(tmp_path, **{"hardware.profile": "chute", "hardware.servo_driver": "pca9685",
+                                "hardware.pca9685_address": 0x41})
+    other.open_i2c = lambda n: FakePCA9685Bus(0x40)
+    s, msg = state(other.i2c)
+    assert s == FAIL and "hardware.pca9685_address = 0x41: nothing answers" in msg and "i2cdetect" in msg
+    assert state(doctor(tmp_path / "l").i2c)[0] == SKIP
+
+
+def test_camera_presence(tmp_path):
+    d = doctor(tmp_path, **{"camera.source": "opencv", "camera.device": "0"})
+    s, msg = state(d.camera_present)
+    assert s == FAIL and "video devices here: none" in msg
+    (d.root / "dev/video2").touch()
+    assert "video devices here: video2" in state(d.camera_present)[1]
+    (d.root / "dev/video0").touch()
+    assert state(d.camera_present)[0] == OK
+
+
+class SwitchPin(MockPin):
+    """A gpiozero mock input wired to a switch to GND: closed, it holds the line low against the
+    pull-up that gpiozero turns on when the Button opens (a plain MockPin would go high)."""
+
+    def __init__(self, factory, info, closed: bool = False):
+        super().__init__(factory, info)
+        self.closed = closed
+
+    def _set_pull(self, value):
+        super()._set_pull(value)
+        if self.closed:
+            self.drive_low()
+
+
+def test_lid_and_fill_sensors_as_they_read_now(tmp_path):
+    pins = MockFactory()
+    d = doctor(tmp_path, **{"hardware.profile": "chute", "hardware.interlock_pin": 17,
+                            "hardware.full_sensor_pins": {"2": 22, "5": 23}})
+    d.pins = pins
+    lid, full2, full5 = (pins.pin(n, pin_class=SwitchPin) for n in (17, 22, 23))
+    lid.closed = True
+    assert state(d.sensors) == (OK, "lid closed (GPIO17), compartment 2 not full, compartment 5 not full")
+    lid.closed, full5.closed = False, True  # lid opened; compartment 5's sensor closed: full
+    s, msg = state(d.sensors)
+    assert s == WARN and "lid open now (hardware.interlock_pin = 17)" in msg
+    assert "compartment 5 reads full now (hardware.full_sensor_pins.5 = 23)" in msg and "compartment 2" not in msg
+    assert state(doctor(tmp_path / "n").sensors)[0] == SKIP
+
+
+def test_clock_without_rtc_and_ntp_state(tmp_path):
+    s, msg = state(doctor(tmp_path, now=0.0).clock)
+    assert s == FAIL and "1970-01-01" in msg and "no RTC" in msg
+    assert state(doctor(tmp_path, cmds={"timedatectl": "no\n"}).clock)[0] == WARN
+    assert state(doctor(tmp_path, cmds={"timedatectl": "yes\n"}).clock)[1].endswith("NTP synchronised")
+    assert "NTP state unknown" in state(doctor(tmp_path).clock)[1]
+
+
+def test_power_from_vcgencmd_or_firmware_file(tmp_path):
+    s, msg = state(doctor(tmp_path, cmds={"vcgencmd": "throttled=0x50005\n"}).power)
+    assert s == FAIL and "under-voltage now" in msg and "throttled now" in msg
+    s, msg = state(doctor(tmp_path, cmds={"vcgencmd": "throttled=0x50000\n"}).power)
+    assert s == WARN and "since boot: under-voltage, throttling" in msg
+    assert state(doctor(tmp_path, cmds={"vcgencmd": "throttled=0x0\n"}).power)[0] == OK
+    d = doctor(tmp_path)
+    assert state(d.power)[0] == SKIP
+    fw = d.root / "sys/devices/platform/soc/soc:firmware"
+    fw.mkdir(parents=True)
+    (fw / "get_throttled").write_text("50000\n")
+    assert state(d.power)[0] == WARN
+
+
+def test_disk_quota_larger_than_the_disk(tmp_path):
+    assert state(doctor(tmp_path).disk)[0] == OK
+    s, msg = state(doctor(tmp_path, **{"record.capture_quota_mb": 1e12}).disk)
+    assert s == WARN and "record.capture_quota_mb = 1e+12" in msg
+
+
+@pytest.mark.broker
+def test_broker_with_credentials(tmp_path, mosquitto):
+    mqtt = {"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}
+    assert state(doctor(tmp_path, **mqtt).broker) == (OK, f"mqtt 127.0.0.1:{mosquitto.port} accepts anonymous login")
+    # the same broker with a password file: right and wrong credentials
+    mosquitto.stop()
+    pw = tmp_path / "passwd"
+    subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", "-c", str(pw), "bin1", "s3cret"],
+                   check=True, capture_output=True)
+    # started as root, mosquitto switches to its own user, which cannot enter pytest's 0700 folders
+    stay = "user root\n" if os.geteuid() == 0 else ""
+    mosquitto.conf.write_text(mosquitto.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+                              + f"password_file {pw}\n{stay}")
+    mosquitto.start()
+    good = {**mqtt, "mqtt.username": "bin1", "mqtt.password": "s3cret"}
+    assert state(doctor(tmp_path, **good).broker)[0] == OK
+    s, msg = state(doctor(tmp_path, **{**good, "mqtt.password": "wrong"}).broker)
+    assert s == FAIL and "refused" in msg and "mqtt.username / mqtt.password" in msg
+    mosquitto.stop()
+    s, msg = state(doctor(tmp_path, **good).broker)
+    assert s == FAIL and "cannot connect" in msg and "mqtt.host" in msg
+
+
+def run_cli(tmp_path, *args, env_extra=None):
+    env = {k: v for k, v in os.environ.items() if k != "GPIOZERO_PIN_FACTORY"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+
+
+def test_no_pin_library_gets_advice_not_a_traceback(tmp_path):
+    """Off a Pi there is no lgpio/RPi.GPIO/pigpio: the real gpiozero raises BadPinFactory."""
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[hardware]\nprofile = "chute"\n[camera]\nsource = "folder"\ndevice = "{tmp_path}"\n'
+                   f'[record]\nstate_dir = "{tmp_path / "state"}"\n[status]\nenabled = false\n')
+    if Path("/proc/device-tree/model").exists():
+        pytest.skip("this machine is a Pi: a pin library may load")
+    r = run_cli(tmp_path, "run", "--config", str(cfg), "--max-items", "1")
+    assert r.returncode == 2, r.stderr
+    assert "python3-lgpio" in r.stderr and 'pin_factory = "mock"' in r.stderr and "Traceback" not in r.stderr
+    d = run_cli(tmp_path, "doctor", "--config", str(cfg))
+    assert d.returncode == 1
+    line = next(x for x in d.stdout.splitlines() if x.startswith("pin factory"))
+    assert "FAIL" in line and "python3-lgpio" in line
+    budget = next(x for x in d.stdout.splitlines() if x.startswith("budget"))
+    assert "OK" in budget
