@@ -70,7 +70,11 @@ def _config(args, simulate: bool):
     if simulate:
         overrides.update({"camera.source": "folder", "camera.device": str(args.source or SAMPLES),
                           "hardware.pin_factory": "mock", "camera.realtime": not args.fast,
-                          "camera.loop": args.loop})
+                          "camera.loop": args.loop,
+                          # mock pins idle high: a lid switch would read open and position switches
+                          # away, forever. Lids, switches and time are `ecosorter simulate`'s job.
+                          "hardware.interlock_pin": -1, "hardware.chute_home_switch_pin": -1,
+                          "hardware.trapdoor_closed_switch_pin": -1})
         if args.state_dir is None:
             args.state_dir = Path(tempfile.mkdtemp(prefix="ecosorter-sim-"))
     elif args.source:
@@ -175,6 +179,8 @@ def cmd_simulate(args) -> int:
               f"{s['virtual_s']:.0f} virtual s in {s['wall_s']:.1f} s")
         print(f"  routed per compartment: {s['compartments']['routed']}; landed (physics): {s['compartments']['landed']}")
         print(f"  holds raised: {s['holds'] or 'none'}; faults raised: {s['faults'] or 'none'}")
+        if it["never_recorded"]:
+            print(f"  WARNING: {it['never_recorded']} items were put on the tray and never recorded")
     return 0
 
 
@@ -307,23 +313,28 @@ def cmd_safe(args) -> int:
     from ecosorter.edge.hardware.check import compartment_count
     from ecosorter.edge.sorter import LAST_GOOD_HARDWARE
 
+    kept = (args.state_dir or Path("/var/lib/ecosorter")) / LAST_GOOD_HARDWARE
     try:
-        cfg = load_config(args.config if args.config.exists() else None)
-        source = str(args.config)
-    except EcoSorterError as e:
-        kept = (args.state_dir or Path("/var/lib/ecosorter")) / LAST_GOOD_HARDWARE
+        if not args.config.exists():
+            raise EcoSorterError(f"{args.config}: file not found")
+        cfg, source = load_config(args.config), str(args.config)
+    except Exception as e:  # whatever is wrong with the file, the hardware must still be made safe
         print(f"ecosorter safe: {args.config} does not load ({e}); using {kept}", file=sys.stderr)
         try:
-            cfg = config_from_dict({"hardware": json.loads(kept.read_text())})
+            cfg, source = config_from_dict({"hardware": json.loads(kept.read_text())}), str(kept)
         except (OSError, ValueError, EcoSorterError) as e2:
-            raise EcoSorterError(f"no usable hardware config: {args.config} is broken and {kept} "
-                                 f"cannot be used ({e2}); fix the config and run `ecosorter safe` again") from None
-        source = str(kept)
+            raise EcoSorterError(f"no usable hardware config: {args.config} does not load and {kept} cannot be "
+                                 f"used ({e2}); fix the config and run `ecosorter safe` again") from None
     with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as act:
         lid_open = act.lid_open()
-    # building parks it; closing parks again (no travel left) and detaches
+        parked = act.park()  # building parked it already: this confirms (no travel left) and detaches
+        faults = [e.to_dict() for e in act.machine.entries() if e.condition.kind == "fault"]
+    if faults:
+        print(f"ecosorter safe: NOT safe ({cfg.hardware.profile}): {'; '.join(f['reason_en'] for f in faults)}; "
+              "servos detached where they stand", file=sys.stderr)
+        return 1
     print(f"hardware safe ({cfg.hardware.profile}) from {source}"
-          + (": lid open, servos detached where they stand" if lid_open else ""))
+          + (": lid open, servos detached where they stand" if lid_open else "" if parked else ": not parked"))
     return 0
 
 

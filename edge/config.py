@@ -142,6 +142,8 @@ class HardwareConfig:
     item_sensor_trigger_pin: int = opt(-1, min=-1, max=27, doc="ultrasonic: the trigger pin")
     item_sensor_distance_m: float = opt(0.15, min=0.02, max=4.0, doc="ultrasonic: an item is closer than this")
     full_sensor_pins: dict[str, int] = opt(factory=dict, doc="compartment -> fill-level input pin")
+    full_confirm_s: float = opt(2.0, min=0.0, max=600, doc="a fill sensor must read full (or empty) this long "
+                                                              "before it counts: items falling past a beam flicker it")
     when_full: str = opt("fallback", allowed=("fallback", "pause"),
                          doc="fallback: items for a full compartment go to the fallback's (if it has room); "
                              "pause: they wait on the tray. Either way other items keep sorting")

@@ -33,8 +33,9 @@ class Condition:
 
 
 def _clear(what_id: str, what_en: str) -> tuple[str, str]:
-    return (f"{what_id}, lalu tahan tombol 3 detik (atau 'Sudah aman' di layar)",
-            f"{what_en}, then hold the button for 3 s (or 'Fixed: resume' on the screen)")
+    # every way a person can clear it, since a bin may have no button (or no screen)
+    return (f"{what_id}, lalu tahan tombol 3 detik, atau 'Sudah aman' di layar, atau mulai ulang bin",
+            f"{what_en}, then hold the button for 3 s, or 'Fixed: resume' on the screen, or restart the bin")
 
 
 # The registry: every allowed name, its kind and its words come from here and nowhere else
@@ -56,8 +57,11 @@ CONDITIONS: dict[str, Condition] = {
                        "Periksa catu daya / UPS; bin menunggu", "Check the power supply / UPS; the bin waits"),
     "jam": Condition("fault", "all", "Mekanisme macet", "Jammed: {detail}",
                      *_clear("Buka penutup, bebaskan mekanismenya, tutup", "Open the lid, free the mechanism, close it")),
-    "budget": Condition("fault", "all", "Gerakan terlalu lambat", "Move too slow: {detail}",
-                        *_clear("Periksa daya servo dan mekanismenya", "Check the servo supply and the mechanism")),
+    # A step took longer in real time than its budget: the Pi stalled (overload, undervoltage) or,
+    # with position switches, a servo was late. Latched: a bin that stalls mid-drop must be looked at.
+    "budget": Condition("fault", "all", "Gerakan melewati batas waktu", "A move overran its time: {detail}",
+                        *_clear("Periksa beban dan catu daya Pi (ecosorter doctor)",
+                                "Check the Pi's load and power supply (ecosorter doctor)")),
     "servo": Condition("fault", "all", "Kesalahan servo atau pin", "Servo or pin error: {detail}",
                        *_clear("Periksa kabel servo", "Check the servo wiring")),
 }
@@ -93,11 +97,13 @@ Listener = Callable[[Entry, str, str], None]  # (entry, "raised" | "cleared", wh
 class Machine:
     """Holds and faults; `may_move` is the only question the rest of the bin asks."""
 
-    def __init__(self, clock: Clock = SYSTEM_CLOCK, resume_delay_s: float = 2.0, resume: str = "auto"):
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, resume_delay_s: float = 2.0, resume: str = "auto",
+                 fill_confirm_s: float = 0.0):
         if resume not in ("auto", "button"):
             raise ValueError(f"resume must be 'auto' or 'button', not {resume!r}")
         self.clock = clock
-        self.resume_delay_s, self.resume = resume_delay_s, resume
+        self.resume_delay_s, self.resume, self.fill_confirm_s = resume_delay_s, resume, fill_confirm_s
+        self._fill_seen: dict[int, tuple[bool, float]] = {}  # compartment -> (reading, since)
         self._active: dict[str, Entry] = {}
         self._resume_at: float | None = None
         self._lock = threading.RLock()  # button and MQTT callbacks come from other threads
@@ -175,12 +181,20 @@ class Machine:
         """With interlock_resume = "button": the press that lets motion start again."""
         return self.clear("resume_button", who=who)
 
-    def fill(self, full: set[int]) -> None:
+    def fill(self, full: set[int], sensors: set[int] | None = None) -> None:
+        """Fill sensors as read now. A reading must hold for fill_confirm_s before it counts: an item
+        falling through a beam near the top, or a bag settling, does not raise and clear holds."""
+        now = self.clock.monotonic()
+        for c in (sensors if sensors is not None else full | set(self._fill_seen)):
+            reading = c in full
+            if self._fill_seen.get(c, (False, now))[0] != reading or c not in self._fill_seen:
+                self._fill_seen[c] = (reading, now)
         with self._lock:
             was = {e.compartment for e in self._active.values() if e.name == "full"}
-        for c in sorted(full - was):
+        steady = {c for c, (reading, since) in self._fill_seen.items() if now - since >= self.fill_confirm_s}
+        for c in sorted(c for c in steady - was if self._fill_seen[c][0]):
             self.raise_("full", compartment=c)
-        for c in sorted(was - full):
+        for c in sorted(c for c in was & steady if not self._fill_seen[c][0]):
             self.clear("full", c)
 
     # ------------------------------------------------------------------ questions
@@ -210,8 +224,14 @@ class Machine:
         return self.blocking(compartment) is None
 
     def wake_at(self) -> float | None:
-        """The next instant the machine changes by itself (the end of the resume pause)."""
-        return self._resume_at
+        """The next instant the machine changes by itself (the resume pause, a fill reading confirmed)."""
+        with self._lock:
+            was = {e.compartment for e in self._active.values() if e.name == "full"}
+        due = [since + self.fill_confirm_s for c, (reading, since) in self._fill_seen.items()
+               if reading != (c in was)]
+        if self._resume_at is not None:
+            due.append(self._resume_at)
+        return min(due) if due else None
 
     @property
     def state(self) -> str:

@@ -128,9 +128,12 @@ class Sorter:
                     log.warning("camera: %s", self.quality.alert)
                 self._health("image", not self.quality.alert, self.quality.alert or "ok")
         if self.pending is not None:  # a decided item waits on the tray
-            if state in (TriggerState.EMPTY, TriggerState.MOVING):
+            if state is TriggerState.EMPTY:
                 return self._resolve(None, "taken off the tray while it waited: not routed")
-            return self._try_route()
+            if state is not TriggerState.SETTLED:  # still it, or being touched
+                return self._try_route()
+            # settled as a different item: the waiting one was swapped for it
+            self._on_event_now(self._resolve(None, "replaced on the tray by another item while it waited"))
         decision = None
         if state is TriggerState.SETTLED:
             if self._item_frame is None:  # first frame of an item: it is what gets recorded
@@ -159,6 +162,10 @@ class Sorter:
         frame, self._item_frame = self._item_frame or frame, None
         self.pending = Pending(decision, frame, self._item_t0, (time.perf_counter() - self._item_t0) * 1000)
         return self._try_route()
+
+    def _on_event_now(self, event: Event) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
 
     def _destination(self, compartment: int) -> tuple[int, str]:
         """Where an item bound for `compartment` goes now: a full one reroutes to the fallback's
@@ -229,7 +236,6 @@ class Sorter:
             s.routed[routed_to] = s.routed.get(routed_to, 0) + 1
             s.rerouted += routed_to != d.compartment
         s.latency_ms.append(event.latency_ms["total"])
-        self.trigger.decided()
         if routed_to is not None and self.actuator.clears_tray:
             self.trigger.rearm()
         return event
@@ -282,7 +288,7 @@ class Sorter:
         m, act = self.machine, self.actuator
         blocked_before = not m.may_move()
         m.lid(act.lid_open())
-        m.fill(act.full())
+        m.fill(act.full(), set(act.full_sensors))
         if self.inputs is not None:
             failing = self.inputs.power_failing()
             if failing and not m.active("power"):
@@ -303,8 +309,8 @@ class Sorter:
             act.park()  # a hold or fault ended with a servo somewhere unknown: home first
         if self.pending is not None and self.pending.held_by and m.may_move():
             event = self._try_route()
-            if event is not None and self._on_event is not None:
-                self._on_event(event)
+            if event is not None:
+                self._on_event_now(event)
 
     def wake_at(self) -> float | None:
         """The next instant tick() changes something by itself (the simulator skips idle time to it)."""
@@ -416,8 +422,12 @@ class Sorter:
     def run(self, stop: threading.Event | None = None, max_items: int | None = None,
             on_event: Callable[[Event], None] | None = None) -> Summary:
         stop = stop or threading.Event()
-        events: list[Event] = []
-        self._on_event = events.append  # items routed from tick() when a hold ends
+
+        def deliver(ev: Event) -> None:  # every recorded item, whichever path routed it
+            if on_event:
+                on_event(ev)
+
+        self._on_event = deliver  # items routed from tick() when a hold ends, camera up or down
         self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}")
         self._health("camera", True, self.source.name)
         if self.events is not None:
@@ -444,20 +454,13 @@ class Sorter:
                     log.exception("frame %d failed; going on with the next", frame.seq)
                     continue
                 if event is not None:
-                    events.append(event)
-                for ev in events:
-                    if on_event:
-                        on_event(ev)
-                done = bool(events) and max_items is not None and self.summary.items >= max_items
-                events.clear()
-                if done:
+                    deliver(event)
+                if max_items is not None and self.summary.items >= max_items:
                     break
+            if self.pending is not None:  # stopping with an item on the tray: recorded, not lost
+                deliver(self._resolve(None, f"still on the tray at stop (held by {self.pending.held_by or 'nothing'})"))
         finally:
             self._on_event = None
-        if self.pending is not None:  # stopping with an item on the tray: recorded, not lost
-            ev = self._resolve(None, f"still on the tray at stop (held by {self.pending.held_by or 'nothing'})")
-            if on_event:
-                on_event(ev)
         self.notifier.stopping()
         return self.summary
 
@@ -466,7 +469,7 @@ class Sorter:
         if self._closed:
             return
         self._closed = True
-        steps = [self.actuator.close]
+        steps = [self.actuator.close, self._record_pending]
         if self.machine_log is not None:
             steps.append(self.machine_log.close)
         if self.inputs is not None:
@@ -488,6 +491,11 @@ class Sorter:
                 step()
             except Exception:
                 log.exception("while closing")
+
+    def _record_pending(self) -> None:
+        """An item still on the tray when the process ends by an error: recorded, not lost."""
+        if self.pending is not None:
+            self._resolve(None, f"still on the tray at stop (held by {self.pending.held_by or 'nothing'})")
 
     def __enter__(self) -> Sorter:
         return self
@@ -520,7 +528,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         if pin_factory is None and cfg.hardware.profile != "none":
             pin_factory = make_pin_factory(cfg.hardware.pin_factory)
         hw = cfg.hardware
-        machine = Machine(clock, hw.resume_delay_s, hw.interlock_resume)
+        machine = Machine(clock, hw.resume_delay_s, hw.interlock_resume, hw.full_confirm_s)
         actuator = make_actuator(hw, route.count, pin_factory, machine, clock)
         opened.append(actuator)
         inputs = None

@@ -106,8 +106,11 @@ class VisionTrigger(_Rearm):
         elif self.state in (TriggerState.SETTLED, TriggerState.DECIDED):
             if not present:
                 self.state = self._emptied()
-            elif self.state is TriggerState.SETTLED and motion >= self.cfg.still_threshold:
-                self.state, self._still = TriggerState.MOVING, 0  # moved before we decided
+            elif motion >= self.cfg.still_threshold:
+                # moved before we decided; or after: touched, or swapped for another item without the
+                # tray ever looking empty (a hand, a frozen camera coming back). Still again, it is
+                # the same item (no new decision) or a new one.
+                self.state, self._still = TriggerState.MOVING, 0
         return self.state
 
 
@@ -128,6 +131,8 @@ class SensorTrigger(_Rearm):
         motion = float(np.abs(thumb - prev).mean()) if prev is not None else 255.0
         if not self.is_present():
             self.state = self._emptied()
+        elif self.state is TriggerState.DECIDED and motion >= self.cfg.still_threshold:
+            self.state, self._still = TriggerState.MOVING, 0  # touched or swapped: see VisionTrigger
         elif self.state in (TriggerState.EMPTY, TriggerState.MOVING):
             self._still = self._still + 1 if motion < self.cfg.still_threshold else 0
             self.state = self._settled(thumb) if self._still >= self.cfg.still_frames else TriggerState.MOVING
@@ -157,6 +162,8 @@ def make_trigger(cfg: TriggerConfig, roi=None, is_present: Callable[[], bool] | 
         return VisionTrigger(cfg, roi)
     if cfg.mode == "sensor":
         if is_present is None:
-            raise ValueError("trigger.mode = 'sensor' needs an item sensor")
+            from ecosorter.edge.errors import ConfigError
+
+            raise ConfigError("trigger.mode", "'sensor' needs an item sensor (hardware.item_sensor_pin)")
         return SensorTrigger(cfg, is_present, roi)
     return AlwaysTrigger()

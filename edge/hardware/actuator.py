@@ -141,8 +141,12 @@ class Actuator:
         return None
 
     def needs_park(self) -> bool:
-        """A servo stopped somewhere unknown (lid opened mid-move, a jam): home before the next item."""
-        return any(a.angle is None for a in self.axes)
+        """A servo was left away from its safe position (lid opened mid-move or mid-drop, a jam):
+        park it before anything else is put on the tray."""
+        return not self.parked()
+
+    def parked(self) -> bool:
+        return True
 
     # --- routing
     def route(self, compartment: int, uncertain: bool = False) -> RouteResult:
@@ -187,17 +191,30 @@ class Actuator:
                 self.machine.raise_(e.name, e.detail)
                 return False
 
+    def move_to(self, axis: Axis, angle: float) -> None:
+        """One servo to an angle and wait for it (calibration): lid, switches and budget as ever."""
+        self._check_open()
+        with self._lock:
+            self._step(axis, angle, f"{axis.name} to {angle:g}")
+
     def _guard_lid(self) -> None:
         if self.lid_open():
             self._detach_all()
             self.machine.raise_("lid")
             raise LidOpened("lid open (interlock): not moving")
 
-    def _step(self, axis: Axis, target: float, step: str) -> None:
-        """Send one servo and wait until it has arrived; lid, budget and switch checked."""
+    def _step(self, axis: Axis, target: float, step: str, drops: bool = False) -> None:
+        """Send one servo and wait until it has arrived; lid, budget and switch checked. With
+        `drops`, the item counts as dropped once the door or flap is half way open: it has fallen
+        then, even if the lid stops everything a moment later."""
         self._guard_lid()
         t0 = self.clock.monotonic()
+        half = axis.travel_s(target) / 2
         seconds = axis.send(target)
+        if drops:
+            self._wait(half, step, moving=axis)
+            self._dropped = True
+            seconds -= half
         self._wait(seconds, step, moving=axis)
         took = self.clock.monotonic() - t0
         if took > self.move_budget_s:

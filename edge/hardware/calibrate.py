@@ -12,7 +12,8 @@ HELP = "enter = keep, a number = set the angle, + / - = nudge by 2 degrees, q = 
 
 
 def _adjust(name: str, angle: float, move: Callable[[float], None], ask: Callable[[str], str],
-            say: Callable[[str], None]) -> float | None:
+            say: Callable[[str], None], span: tuple[float, float] = (-90.0, 90.0)) -> float | None:
+    lo, hi = span
     while True:
         move(angle)
         answer = ask(f"{name}: {angle:.0f} deg > ").strip()
@@ -21,15 +22,15 @@ def _adjust(name: str, angle: float, move: Callable[[float], None], ask: Callabl
         if answer == "q":
             return None
         if answer in ("+", "-"):
-            angle = max(-90.0, min(90.0, angle + (2.0 if answer == "+" else -2.0)))
+            angle = max(lo, min(hi, angle + (2.0 if answer == "+" else -2.0)))
             continue
         try:
             value = float(answer)
         except ValueError:
             say(f"  {answer!r}? {HELP}")
             continue
-        if not -90.0 <= value <= 90.0:
-            say("  angles are -90..90")
+        if not lo <= value <= hi:
+            say(f"  angles are {lo:g}..{hi:g} (hardware.servo_min_angle / servo_max_angle)")
             continue
         angle = value
 
@@ -48,28 +49,29 @@ def calibrate(config_path: Path, actuator, ask: Callable[[str], str] = input,
     if actuator.profile in ("chute", "pca9685"):
         angles = []
         for i, a in enumerate(actuator.angles):
-            new = _adjust(f"compartment {i}", a, lambda v: setattr(actuator.chute.servo, "angle", v), ask, say)
+            new = _adjust(f"compartment {i}", a, lambda v: actuator.move_to(actuator.chute, v), ask, say,
+                          actuator.chute.span)
             if new is None:
                 return False
             angles.append(new)
         for key, label, start in (("trapdoor_closed_angle", "trapdoor closed", actuator.door_closed),
                                   ("trapdoor_open_angle", "trapdoor open", actuator.door_open)):
-            new = _adjust(label, start, lambda v: setattr(actuator.trapdoor.servo, "angle", v), ask, say)
+            new = _adjust(label, start, lambda v: actuator.move_to(actuator.trapdoor, v), ask, say,
+                          actuator.trapdoor.span)
             if new is None:
                 return False
             updates[key] = new
         updates["chute_angles"] = angles
-        actuator.chute.detach()
-        actuator.trapdoor.detach()
+        actuator.park()
     elif actuator.profile == "flaps":
         flap = actuator.flaps[0]
         for key, label, start in (("flap_closed_angle", "flaps closed", actuator.closed_angle),
                                   ("flap_open_angle", "flaps open", actuator.open_angle)):
-            new = _adjust(label, start, lambda v: setattr(flap.servo, "angle", v), ask, say)
+            new = _adjust(label, start, lambda v: actuator.move_to(flap, v), ask, say, flap.span)
             if new is None:
                 return False
             updates[key] = new
-        flap.detach()
+        actuator.park()
     else:
         say(f"profile {actuator.profile!r} has no servos to calibrate")
         return False

@@ -47,6 +47,9 @@ def longest_move_s(hw: HardwareConfig) -> float:
 def machine_errors(cfg: Config) -> list[ConfigError]:
     hw, errors = cfg.hardware, []
     if hw.profile == "none":
+        if cfg.trigger.mode == "sensor":
+            errors.append(ConfigError("trigger.mode", "'sensor' needs the item sensor's pin, and hardware.profile = "
+                                                      "'none' claims no pins: use 'vision', or a hardware profile"))
         return errors
     errors += pin_errors(hw)
     n = compartment_count(hw)
@@ -66,7 +69,7 @@ def machine_errors(cfg: Config) -> list[ConfigError]:
         errors.append(ConfigError("hardware.status_led_pins", f"{len(hw.status_led_pins)} pins: an RGB LED needs "
                                                               "3 (r, g, b), or [] for none"))
     for c, _pin in hw.full_sensor_pins.items():
-        if not c.isdigit() or int(c) >= n:
+        if not (c.isascii() and c.isdigit()) or int(c) >= n:
             errors.append(ConfigError(f"hardware.full_sensor_pins.{c}", f"no compartment {c!r}; compartments are "
                                                                         f"0..{n - 1}"))
     lo, hi = hw.servo_min_angle, hw.servo_max_angle
@@ -77,6 +80,18 @@ def machine_errors(cfg: Config) -> list[ConfigError]:
             if not lo <= angle <= hi:
                 errors.append(ConfigError(key, f"{angle:g} deg is outside the servo's range {lo:g}..{hi:g} "
                                                "(hardware.servo_min_angle / servo_max_angle)"))
+        pairs = {"chute": ("trapdoor_closed_angle", "trapdoor_open_angle"), "pca9685": ("trapdoor_closed_angle",
+                 "trapdoor_open_angle"), "flaps": ("flap_closed_angle", "flap_open_angle")}.get(hw.profile)
+        if pairs and abs(getattr(hw, pairs[0]) - getattr(hw, pairs[1])) < 10:
+            errors.append(ConfigError(f"hardware.{pairs[1]}", f"{getattr(hw, pairs[1]):g} deg is within 10 deg of "
+                                      f"hardware.{pairs[0]}: nothing would ever drop"))
+        if hw.profile in ("chute", "pca9685"):
+            seen_angles: dict[float, int] = {}
+            for i, a in enumerate(hw.chute_angles):
+                if a in seen_angles:
+                    errors.append(ConfigError(f"hardware.chute_angles[{i}]", f"{a:g} deg is also compartment "
+                                              f"{seen_angles[a]}'s: every compartment needs its own angle"))
+                seen_angles.setdefault(a, i)
         longest = longest_move_s(hw)
         if servo_angles(hw) and hw.move_budget_s < longest:
             errors.append(ConfigError("hardware.move_budget_s", f"{hw.move_budget_s:g} s is below the longest move, "
@@ -120,6 +135,9 @@ def machine_warnings(cfg: Config) -> list[str]:
         if soft:
             out.append(f"hardware: no hardware PWM on {', '.join(soft)}: servos jitter on software PWM; use GPIO "
                        f"{sorted(HARDWARE_PWM_PINS)} with servo_driver = \"sysfs-pwm\" (docs/pi.md) or \"pca9685\"")
+    if hw.profile in ("chute", "flaps", "pca9685") and hw.wrong_button_pin < 0:
+        out.append("hardware: no wrong/clear button (wrong_button_pin): a latched fault (a jam) can only be cleared "
+                   "from the page, MQTT clear_fault or a restart")
     if hw.profile in ("chute", "pca9685") and hw.chute_home_switch_pin < 0 and hw.trapdoor_closed_switch_pin < 0:
         out.append("hardware: no position switches: a jammed chute or trapdoor cannot be seen (README, 'Operating the bin')")
     return out

@@ -12,12 +12,15 @@ on its own thread and clock.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 
 from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.config import HardwareConfig
-from ecosorter.edge.errors import ConfigError
+from ecosorter.edge.errors import HardwareError
+
+log = logging.getLogger("ecosorter.hardware")
 
 
 class Inputs:
@@ -31,6 +34,7 @@ class Inputs:
         self._pressed_at: float | None = None
         self._long_sent = False
         self._presses: deque[str] = deque(maxlen=16)
+        self._no_echo_logged = False
 
         def button(pin: int):
             d = gpiozero.Button(pin, pull_up=True, bounce_time=0.05, pin_factory=pin_factory)
@@ -44,10 +48,10 @@ class Inputs:
                 if cfg.item_sensor_kind == "pir":
                     self.item_sensor = gpiozero.MotionSensor(cfg.item_sensor_pin, pin_factory=pin_factory)
                 elif cfg.item_sensor_kind == "ultrasonic":
-                    if cfg.item_sensor_trigger_pin < 0:
-                        raise ConfigError("hardware.item_sensor_trigger_pin", "an ultrasonic sensor needs its trigger pin")
+                    # partial: a sensor that never echoes must not block the loop waiting for a full queue
                     self.item_sensor = gpiozero.DistanceSensor(
-                        echo=cfg.item_sensor_pin, trigger=cfg.item_sensor_trigger_pin, max_distance=1.0,
+                        echo=cfg.item_sensor_pin, trigger=cfg.item_sensor_trigger_pin, partial=True,
+                        max_distance=max(1.0, 2 * cfg.item_sensor_distance_m),
                         threshold_distance=cfg.item_sensor_distance_m, pin_factory=pin_factory)
                 else:  # break-beam receiver: low (active) while the beam is broken
                     self.item_sensor = button(cfg.item_sensor_pin)
@@ -58,6 +62,12 @@ class Inputs:
             if self.wrong_button is not None:
                 self.wrong_button.when_pressed = self._down
                 self.wrong_button.when_released = self._up
+        except Exception as e:
+            self.close()
+            if isinstance(e, HardwareError):
+                raise
+            raise HardwareError(f"hardware inputs (item sensor {cfg.item_sensor_kind} on GPIO{cfg.item_sensor_pin}, "
+                                f"button, UPS pin): {type(e).__name__}: {e}") from e
         except BaseException:
             self.close()
             raise
@@ -66,7 +76,13 @@ class Inputs:
         if self.item_sensor is None:
             return False
         if self.kind == "ultrasonic":
-            # gpiozero's DistanceSensor.is_active means "out of range": an item is what is near
+            # gpiozero's DistanceSensor.is_active means "out of range": an item is what is near.
+            # No echo yet (unplugged, or just started) reads 0 m in gpiozero: that is "nothing".
+            if not self.item_sensor._queue.queue:
+                if not self._no_echo_logged:
+                    log.warning("ultrasonic item sensor (hardware.item_sensor_pin): no echo; check its wiring")
+                    self._no_echo_logged = True
+                return False
             return float(self.item_sensor.distance) < self.item_distance_m
         return bool(self.item_sensor.is_active)
 

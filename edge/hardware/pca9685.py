@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from ecosorter.edge.errors import HardwareError
+from ecosorter.edge.hardware.pulse import angle_to_pulse
 
 MODE1, MODE2, LED0_ON_L, PRESCALE = 0x00, 0x01, 0x06, 0xFE
 RESTART, AUTO_INCREMENT, SLEEP, ALLCALL = 0x80, 0x20, 0x10, 0x01
@@ -88,11 +89,8 @@ class PCA9685Servo:
             raise
 
     def pulse_s(self, angle: float) -> float:
-        lo, hi = sorted((self.min_angle, self.max_angle))
-        if not lo <= angle <= hi:
-            raise HardwareError(f"{self.key}: angle {angle:g} is outside {lo:g}..{hi:g}")
-        frac = (angle - self.min_angle) / (self.max_angle - self.min_angle)
-        return self.min_pulse_width + frac * (self.max_pulse_width - self.min_pulse_width)
+        return angle_to_pulse(angle, self.min_angle, self.max_angle, self.min_pulse_width, self.max_pulse_width,
+                              self.key)
 
     @property
     def angle(self) -> float | None:

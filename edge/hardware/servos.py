@@ -38,12 +38,14 @@ class ChuteActuator(Actuator):
         self._door_shut()
         self._step(self.chute, self.angles[compartment], "chute move")
         self.trapdoor.confirm(self.door_closed)  # both switches checked before the door opens
-        self._step(self.trapdoor, self.door_open, "trapdoor open")
-        self._dropped = True  # the door is open: the item is in the compartment
+        self._step(self.trapdoor, self.door_open, "trapdoor open", drops=True)
         self._wait(self.drop_s, "drop")
         self._step(self.trapdoor, self.door_closed, "trapdoor close")
         self._step(self.chute, self.home, "chute home")
         self._detach_all()
+
+    def parked(self) -> bool:
+        return self.trapdoor.angle == self.door_closed and self.chute.angle == self.home
 
     def _park(self) -> None:
         # Door first, then the chute: the chute never turns over an open trapdoor.
@@ -71,11 +73,13 @@ class FlapsActuator(Actuator):
                 self._step(flap, self.closed_angle, f"flap{i} close")
                 flap.detach()
         flap = self.flaps[compartment]
-        self._step(flap, self.open_angle, f"flap{compartment} open")
-        self._dropped = True
+        self._step(flap, self.open_angle, f"flap{compartment} open", drops=True)
         self._wait(self.drop_s, "drop")
         self._step(flap, self.closed_angle, f"flap{compartment} close")
         flap.detach()
+
+    def parked(self) -> bool:
+        return all(f.angle == self.closed_angle for f in self.flaps)
 
     def _park(self) -> None:
         # One flap at a time: seven stalled servos at once would brown out the supply.

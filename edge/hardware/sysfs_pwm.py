@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from ecosorter.edge.errors import HardwareError
+from ecosorter.edge.hardware.pulse import angle_to_pulse
 
 SYSFS_PWM = Path("/sys/class/pwm")
 FRAME_NS = 20_000_000  # 50 Hz, what hobby servos expect
@@ -128,11 +129,7 @@ class SysfsPwmServo:
 
     def pulse_ns(self, angle: float) -> int:
         """gpiozero AngularServo's mapping: min_angle -> min pulse, max_angle -> max pulse, linear between."""
-        lo, hi = sorted((self.min_angle, self.max_angle))
-        if not lo <= angle <= hi:
-            raise HardwareError(f"{self.key}: angle {angle:g} is outside {lo:g}..{hi:g}")
-        frac = (angle - self.min_angle) / (self.max_angle - self.min_angle)
-        return round(self.min_ns + frac * (self.max_ns - self.min_ns))
+        return round(angle_to_pulse(angle, self.min_angle, self.max_angle, self.min_ns, self.max_ns, self.key))
 
     @property
     def angle(self) -> float | None:

@@ -25,7 +25,7 @@ from ecosorter.edge.machine import Entry
 from ecosorter.edge.record.event import Event
 from ecosorter.edge.simulate.pins import ClockedMockFactory
 from ecosorter.edge.simulate.scenario import Scenario, ScenarioError, SimEvent, load_scenario
-from ecosorter.edge.simulate.world import SimCamera, World
+from ecosorter.edge.simulate.world import SimCamera, World, servo_pins
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -91,11 +91,12 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
     timeline: list[dict] = []
     record = timeline.append
     hw = cfg.hardware
-    world = World(cfg, clock, pins, record, speed=sc.bin.servo_speed_deg_s or hw.servo_speed_deg_s,
+    world = World(cfg, clock, pins, record, speed=hw.servo_speed_deg_s if sc.bin.servo_speed_deg_s is None else sc.bin.servo_speed_deg_s,
                   capacity=sc.bin.compartment_capacity, hand_off_s=sc.bin.hand_off_s,
                   next_item_gap_s=sc.bin.next_item_gap_s, root=sc.path.parent.resolve())
     t = cfg.trigger
-    camera = SimCamera(world, clock, sc.bin.fps or cfg.camera.fps, sc.end,
+    fps = cfg.camera.fps if sc.bin.fps is None else sc.bin.fps
+    camera = SimCamera(world, clock, fps, sc.end,
                        settle_frames=t.empty_learn_frames + t.still_frames + cfg.decision.frames + 3)
     _check_pins(sc, cfg)
     stop = threading.Event()
@@ -110,7 +111,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
         sorter.machine.listeners.insert(0, on_machine)
         # The bin parks its servos before it is up, and its camera learns the empty tray first:
         # what a scenario does before then happens as soon as the bin can see it.
-        up = clock.monotonic() + (t.empty_learn_frames + 1) / (sc.bin.fps or cfg.camera.fps)
+        up = clock.monotonic() + (t.empty_learn_frames + 1) / fps
         for ev in sc.events:
             clock.call_at(max(ev.at, up), lambda ev=ev: _apply(ev, world, camera, pins, cfg, stop, sc))
 
@@ -130,7 +131,10 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
     placed = [i for i in world.items if i.placed is not None]
     result = {
         "virtual_s": round(clock.monotonic(), 3), "wall_s": round(time.perf_counter() - wall0, 3),
-        "items": {"dropped_by_person": len(world.items), "placed": len(placed), "decided": summary.items,
+        "items": {"dropped_by_person": len(world.items), "placed": len(placed),
+                  # put on the tray but never recorded by the sorter: a bin that did not see an item
+                  "never_recorded": len({i.n for i in placed} - {r["item"] for r in timeline if r["kind"] == "item"}),
+                  "decided": summary.items,
                   "routed": sum(summary.routed.values()), "not_routed": summary.unrouted, "held": summary.held,
                   "rerouted": summary.rerouted},
         "compartments": {"routed": {str(c): n for c, n in sorted(summary.routed.items())},
@@ -154,8 +158,7 @@ def _check_pins(sc: Scenario, cfg) -> None:
         if ev.kind == "empty" and not 0 <= ev.value <= max(hw.compartments.values()):
             raise ScenarioError(f"scenario {sc.path}:{ev.line}: empty = {ev.value}: no such compartment")
         if ev.kind in ("jam", "unjam"):
-            servos = {"chute": ["chute", "trapdoor"], "flaps": [f"flap{i}" for i in range(len(hw.flap_pins))]}
-            names = servos.get(hw.profile, [])
+            names = list(servo_pins(hw))
             if ev.value not in names:
                 raise ScenarioError(f"scenario {sc.path}:{ev.line}: {ev.kind} = {ev.value!r}: this bin "
                                     f"(profile {hw.profile!r}) has servos: {', '.join(names) or 'none'}")

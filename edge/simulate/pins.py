@@ -11,6 +11,7 @@ from collections.abc import Callable
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
+from ecosorter.edge.hardware.pulse import pulse_to_angle
 
 
 class TimelinePin(MockPWMPin):
@@ -57,5 +58,4 @@ def servo_angle(value: float, min_pulse_ms: float, max_pulse_ms: float, min_angl
     """The angle a servo is sent by a PWM duty (0 = no pulses: detached, None)."""
     if value <= 0:
         return None
-    pulse = value * period_ms
-    return min_angle + (pulse - min_pulse_ms) / (max_pulse_ms - min_pulse_ms) * (max_angle - min_angle)
+    return pulse_to_angle(value * period_ms, min_angle, max_angle, min_pulse_ms, max_pulse_ms)

@@ -6,6 +6,7 @@ See docs/simulate.md for the format.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ EVENT_KINDS: dict[str, tuple | None] = {
     "signal": ("TERM", "INT", "HUP"),
 }
 EVENT_EXTRA = {"at", "hold_s"}
-BIN_KEYS = {"servo_speed_deg_s": float, "compartment_capacity": int, "fps": float, "hand_off_s": float,
-            "next_item_gap_s": float, "tail_s": float, "until": float}
+BIN_KEYS = {"servo_speed_deg_s": (float, 1.0), "compartment_capacity": (int, 1), "fps": (float, 0.1),
+            "hand_off_s": (float, 0.0), "next_item_gap_s": (float, 0.0), "tail_s": (float, 0.0),
+            "until": (float, 0.0)}  # key: (type, smallest allowed)
 ITEM_KEYS = {"folder": str, "every_s": float, "count": int, "start_s": float}
 TOP_KEYS = ("bin", "events", "items", "config")
 SERVO = re.compile(r"chute|trapdoor|flap[0-9]+")
@@ -100,7 +102,12 @@ def load_scenario(path: str | Path) -> Scenario:
     for key, value in data.get("bin", {}).items():
         if key not in BIN_KEYS:
             raise err(_line_of(text, key), f"[bin] unknown key {key!r}{_hint(key, BIN_KEYS)}")
-        setattr(spec, key, _typed(value, BIN_KEYS[key], lambda m, k=key: err(_line_of(text, k), f"[bin] {k}: {m}")))
+        tp, least = BIN_KEYS[key]
+        bad = lambda m, k=key: err(_line_of(text, k), f"[bin] {k}: {m}")  # noqa: E731
+        v = _typed(value, tp, bad)
+        if v < least:
+            raise bad(f"{v!r} is below {least}")
+        setattr(spec, key, v)
     events: list[SimEvent] = []
     for i, raw in enumerate(data.get("events", [])):
         line = lines[i] if i < len(lines) else None
@@ -162,8 +169,8 @@ def _items(raw: Any, base: Path, err) -> list[SimEvent]:
     every = _typed(raw["every_s"], float, lambda m: err(f"[items] every_s: {m}"))
     count = _typed(raw["count"], int, lambda m: err(f"[items] count: {m}"))
     start = _typed(raw.get("start_s", every), float, lambda m: err(f"[items] start_s: {m}"))
-    if every <= 0 or count < 0:
-        raise err("[items] every_s must be > 0 and count >= 0")
+    if every <= 0 or count < 0 or start < 0:
+        raise err("[items] every_s must be > 0, count and start_s >= 0")
     photos = sorted(q for q in folder.rglob("*") if q.suffix.lower() in SUFFIXES) if folder.is_dir() else []
     if not photos:
         raise err(f"[items] folder {folder}: no photos ({', '.join(sorted(SUFFIXES))})")
@@ -190,6 +197,8 @@ def _typed(value: Any, tp: type, err) -> Any:
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, tp):
         raise err(f"must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    if tp is float and not math.isfinite(value):
+        raise err(f"must be a finite number, got {value!r}")
     return value
 
 

@@ -24,6 +24,15 @@ from ecosorter.edge.sources.folder import EMPTY_TRAY_RGB
 SWITCH_TOLERANCE_DEG = 3.0
 
 
+def servo_pins(hw) -> dict[str, int]:
+    """The servos the simulated bin has, by timeline name: the one list scenarios are checked against."""
+    if hw.profile == "chute":
+        return {"chute": hw.chute_pin, "trapdoor": hw.trapdoor_pin}
+    if hw.profile == "flaps":
+        return {f"flap{i}": p for i, p in enumerate(hw.flap_pins)}
+    return {}
+
+
 class ModelPin(TimelinePin):
     """An input whose level is read from the world at the moment code reads it (lid, fill, switches)."""
 
@@ -97,11 +106,7 @@ class World:
         self.items: list[Item] = []
         self.drops: list[tuple[float, int, int]] = []  # (t, item n, compartment)
         self._n = itertools.count(1)
-        self.servos: dict[int, ServoModel] = {}
-        if hw.profile == "chute":
-            self.servos = {hw.chute_pin: ServoModel("chute", speed, clock), hw.trapdoor_pin: ServoModel("trapdoor", speed, clock)}
-        elif hw.profile == "flaps":
-            self.servos = {p: ServoModel(f"flap{i}", speed, clock) for i, p in enumerate(hw.flap_pins)}
+        self.servos = {pin: ServoModel(name, speed, clock) for name, pin in servo_pins(hw).items()}
         self.by_name = {s.name: s for s in self.servos.values()}
         self.led_names = {p: f"led{i}" for i, p in enumerate(hw.led_pins)} if hw.profile == "leds" else {}
         if hw.buzzer_pin >= 0 and hw.profile == "leds":
@@ -112,6 +117,8 @@ class World:
         for c, pin in hw.full_sensor_pins.items():
             self._model_pin(pin, lambda c=int(c): self.fill[c] < self.capacity)
         self._model_pin(hw.power_fail_pin, lambda: not self.power_failing)
+        if hw.item_sensor_kind == "beam":  # a break-beam across the tray: low while something is on it
+            self._model_pin(hw.item_sensor_pin, lambda: self.tray is None)
         if hw.profile == "chute":
             chute, door = self.by_name["chute"], self.by_name["trapdoor"]
             self._model_pin(hw.chute_home_switch_pin, lambda: not self._near(chute, hw.chute_home_angle))
@@ -163,11 +170,15 @@ class World:
         due = self.clock.monotonic() + (abs(half - here) / servo.speed if here is not None else 0.0)
 
         def check() -> None:
-            p = servo.pos()
-            if p is not None and abs(p - closed) >= abs(half - closed) - 1e-6 and self.tray is not None:
+            if self._open_past_half(servo, closed, open_) and self.tray is not None:
                 self._land(self.tray, self._compartment_below(servo))
 
         self.clock.call_at(due + 1e-6, check)
+
+    @staticmethod
+    def _open_past_half(servo: ServoModel, closed: float, open_: float) -> bool:
+        p = servo.pos()
+        return p is not None and abs(p - closed) >= abs(open_ - closed) / 2 - 1e-6
 
     def _compartment_below(self, door: ServoModel) -> int:
         if self.hw.profile == "flaps":
@@ -193,21 +204,26 @@ class World:
     def place(self, image: Path) -> None:
         item = Item(next(self._n), image)
         self.items.append(item)
-        if self.tray is None and not self.waiting:
-            self._put(item)
-        else:
-            self.waiting.append(item)  # the person holds it until the tray is free
+        self.waiting.append(item)  # the person holds it until the tray is free
+        self._next_from_hand()
+
+    def _tray_free(self) -> bool:
+        """Empty, and (with a trapdoor) the door shut: nobody puts an item on an open hole."""
+        door = self.by_name.get("trapdoor")
+        return self.tray is None and (door is None or door.pos() is None
+                                      or self._near(door, self.hw.trapdoor_closed_angle))
 
     def _next_from_hand(self) -> None:
-        if self.tray is None and self.waiting:
+        if not self.waiting:
+            return
+        if self._tray_free():
             self._put(self.waiting.popleft())
+        elif self.tray is None:  # the door is still open: look again in a moment
+            self.clock.call_at(self.clock.monotonic() + 0.25, self._next_from_hand)
 
     def _put(self, item: Item) -> None:
         self.tray, item.placed = item, self.clock.monotonic()
         self.record({"t": item.placed, "kind": "place", "item": item.n, "image": self._rel(item.image)})
-
-    def tray_cleared(self) -> None:
-        """The sorter dropped the tray's item somewhere we did not see (a person took it)."""
 
     def set_lid(self, state: str) -> None:
         self.lid_open = state == "open"

@@ -33,7 +33,7 @@ def test_units_pass_systemd_analyze_verify(tmp_path, unit):
     r = subprocess.run([exe, "verify", str(tmp_path / unit)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     if unit == "ecosorter.service":
-        for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=strict",
+        for line in ("Type=notify", "WatchdogSec=", "Restart=always", "ProtectSystem=strict",
                      "ReadWritePaths=/var/lib/ecosorter", "NoNewPrivileges=yes", "PrivateTmp=yes",
                      "ProtectHome=yes", "SupplementaryGroups=gpio video i2c", "ExecStopPost=", "WatchdogSignal=SIGTERM"):
             assert line in text

@@ -274,6 +274,16 @@ def test_ultrasonic_present_means_near_with_real_echo_timing():
 
     assert reading(0.10) is True
     assert reading(0.72) is False
+    # unplugged (no echo ever): "nothing there" at once, never a loop blocked on the sensor
+    f = MockFactory()
+    cfg = hw(**{"hardware.item_sensor_pin": 24, "hardware.item_sensor_trigger_pin": 23,
+                "hardware.item_sensor_kind": "ultrasonic"})
+    inputs = Inputs(cfg, f)
+    try:
+        t0 = time.monotonic()
+        assert inputs.item_present() is False and time.monotonic() - t0 < 1.0
+    finally:
+        inputs.close()
 
 
 def test_calibrate_moves_servos_and_saves_keeping_comments(tmp_path):
@@ -297,3 +307,27 @@ def test_calibrate_moves_servos_and_saves_keeping_comments(tmp_path):
     saved = load_config(path, {"hardware.pin_factory": "mock"}).hardware
     assert saved.chute_angles == [-90.0, -58.0, -60.0, 0.0, 30.0, 60.0, 90.0]
     assert saved.trapdoor_closed_angle == -85.0 and saved.trapdoor_open_angle == 5.0
+
+
+def test_fill_sensor_must_hold_its_reading_before_it_counts():
+    clock = VirtualClock()
+    m = Machine(clock, fill_confirm_s=2.0)
+    sensors = {4}
+    for _ in range(5):  # an item falling past the beam: full for 0.3 s, five times
+        m.fill({4}, sensors)
+        clock.sleep(0.3)
+        m.fill(set(), sensors)
+        clock.sleep(0.5)
+    assert not m.active("full", 4)
+    m.fill({4}, sensors)
+    assert m.wake_at() == pytest.approx(clock.monotonic() + 2.0)
+    clock.sleep(1.9)
+    m.fill({4}, sensors)
+    assert not m.active("full", 4)
+    clock.sleep(0.1)
+    m.fill({4}, sensors)
+    assert m.active("full", 4) and not m.may_move(4) and m.may_move(3)  # only its own items wait
+    m.fill(set(), sensors)  # emptied: cleared once it has read empty for 2 s
+    clock.sleep(2.0)
+    m.fill(set(), sensors)
+    assert not m.active("full", 4)

@@ -150,7 +150,6 @@ def test_sigterm_with_an_item_waiting_records_it_and_moves_nothing():
 
 
 def test_sigterm_with_the_lid_closed_parks_door_first():
-    r = run("power")  # any chute scenario; stop it in the middle of a quiet moment
     sc = load_scenario(HERE / "power.toml")
     sc.events = [e for e in sc.events if e.kind == "drop"][:1]
     sc.bin.until = 30.0
@@ -224,8 +223,8 @@ def test_24_hours_2000_items():
     assert_physics(r.timeline)
     assert_counts_match_drops(r.timeline)
     it = r.summary["items"]
-    assert it["placed"] == it["decided"] == it["routed"] == 2000
-    assert r.summary["faults"] == {"jam": 1} and r.summary["holds"]["camera"] == 1
+    assert it["placed"] == it["decided"] == it["routed"] == 2000 and it["never_recorded"] == 0
+    assert r.summary["faults"] == {"jam": 1} and r.summary["holds"]["camera"] == 1 and r.summary["holds"]["full"] > 0
     assert r.summary["virtual_s"] >= 24 * 3600
 
 
@@ -259,6 +258,13 @@ def test_machine_log_and_safe_with_a_broken_config(tmp_path, capsys):
     assert "hardware safe (chute) from" in out.out and "last-good-hardware.json" in out.out
     assert "hardware.settle: unknown key" in out.err
     assert main(["safe", "--config", str(broken), "--state-dir", str(tmp_path / "nothing")]) == 2
+    assert main(["safe", "--config", str(tmp_path / "deleted.toml"), "--state-dir", str(tmp_path)]) == 0
+    assert "hardware safe (chute) from" in capsys.readouterr().out  # a missing file: the kept config too
+    stuck = tmp_path / "stuck.toml"  # switches that never confirm: safe must not say "safe"
+    stuck.write_text('[hardware]\nprofile = "chute"\npin_factory = "mock"\nservo_speed_deg_s = 3000.0\n'
+                     "chute_home_switch_pin = 20\ntrapdoor_closed_switch_pin = 21\n")
+    assert main(["safe", "--config", str(stuck)]) == 1
+    assert "NOT safe (chute): Jammed: trapdoor did not reach -90 deg" in capsys.readouterr().err
 
 
 def test_a_servo_slower_than_configured_misroutes_unseen(tmp_path):
@@ -270,3 +276,38 @@ def test_a_servo_slower_than_configured_misroutes_unseen(tmp_path):
     assert not r.of("fault")
     with pytest.raises(AssertionError, match="went elsewhere|physics says"):
         assert_counts_match_drops(r.timeline)
+
+
+def _lid_at(offset: float):
+    """The lid_mid_move scenario with its lid opened `offset` s after item 1's trapdoor was sent open."""
+    base = load_scenario(HERE / "lid_mid_move.toml")
+    base.events = [e for e in base.events if e.kind == "drop"]
+    t_open = first(run_scenario(base), "servo", name="trapdoor", angle=0.0)["t"]
+    sc = load_scenario(HERE / "lid_mid_move.toml")
+    sc.events = [e if e.kind != "lid" or e.value != "open" else
+                 type(e)(t_open + offset, "lid", "open", e.line) for e in sc.events]
+    sc.events.sort(key=lambda e: e.at)
+    return run_scenario(sc)
+
+
+@pytest.mark.parametrize("offset,fell", [(0.05, False), (0.25, True), (0.9, True)])
+def test_lid_opened_while_the_door_opens_or_the_item_drops(offset, fell):
+    """Before the door is half open the item is still on it (it waits, then goes in); after, it has
+    fallen and is recorded as routed; and a door left open is shut before the next item comes."""
+    r = _lid_at(offset)
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    one = first(r, "item", item=1)
+    lid_open = first(r, "input", name="lid", value="open")["t"]
+    assert one["routed_to"] is not None
+    assert (one["t"] < lid_open + 1.0) is fell  # recorded at the stop (fell) or only after the resume
+    closed = first(r, "input", name="lid", value="closed")["t"]
+    shut = [s for s in r.of("servo", name="trapdoor", angle=-90.0) if s["t"] >= closed]
+    assert shut and shut[0]["t"] < first(r, "place", item=2)["t"]  # parked before the next item is put down
+
+
+def test_an_item_swapped_while_the_camera_was_frozen_is_still_seen():
+    r = run("freeze")
+    assert_physics(r.timeline)
+    assert r.summary["items"]["never_recorded"] == 0
+    assert all(i["routed_to"] is not None for i in items(r)) and len(items(r)) == 2
