@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "default: calibration images not sampled")
     ap.add_argument("--validation-size", type=int, default=300)
     ap.add_argument("--labels", type=Path, help="one label per line (id or id,Display name), in output order")
-    ap.add_argument("--preprocess", choices=list(PRESETS), default="caffe",
-                    help="the training transform (default caffe: the seed's vgg16.preprocess_input)")
+    ap.add_argument("--preprocess", choices=list(PRESETS), default=None,
+                    help="the training transform (default: MODEL.train.json's from ecosorter-train, "
+                         "else caffe: the seed's vgg16.preprocess_input)")
     ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")

@@ -129,10 +129,16 @@ def read_torch_legacy(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def build(keras, include_top: bool = True, input_shape=(224, 224, 3), padding: str = "same",
-          dropout: float = 0.2, name: str = "efficientnet_lite0"):
-    """The Keras model; layer `name` holds tensor `_name` (Keras names cannot start with "_")."""
+          dropout: float = 0.2, name: str = "efficientnet_lite0", first_block: int = 0, last_block: int = 16):
+    """The Keras model; layer `name` holds tensor `_name` (Keras names cannot start with "_").
+
+    first_block/last_block build a slice (for fine-tuning on cached activations): a slice that
+    starts after block 0 takes that block's input activations; one that ends before 16 stops there.
+    """
     if padding not in ("same", "symmetric"):
         raise ValueError(f"padding {padding!r}; allowed: same, symmetric")
+    if not 0 <= first_block < last_block <= 16:
+        raise ValueError(f"blocks {first_block}..{last_block}: need 0 <= first < last <= 16")
     L = keras.layers
 
     def conv(x, filters, kernel, stride, lname, depthwise=False):
@@ -149,10 +155,14 @@ def build(keras, include_top: bool = True, input_shape=(224, 224, 3), padding: s
     def bn(x, lname):
         return L.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=lname)(x)
 
-    inp = keras.Input(input_shape, name="image")
-    x = conv(inp, STEM, 3, 2, "conv_stem")
-    x = L.ReLU(6.0, name="stem_relu")(bn(x, "bn0"))
+    inp = keras.Input(input_shape, name="image" if first_block == 0 else f"block{first_block}_input")
+    x = inp
+    if first_block == 0:
+        x = conv(x, STEM, 3, 2, "conv_stem")
+        x = L.ReLU(6.0, name="stem_relu")(bn(x, "bn0"))
     for i, (expand, kernel, stride, cin, cout) in enumerate(blocks()):
+        if not first_block <= i < last_block:
+            continue
         p = f"blocks.{i}."
         y = x
         if expand != 1:
@@ -164,12 +174,13 @@ def build(keras, include_top: bool = True, input_shape=(224, 224, 3), padding: s
         if stride == 1 and cin == cout:  # identity skip (drop-connect is a training-time no-op here)
             y = L.Add(name=p + "add")([x, y])
         x = y
-    x = conv(x, HEAD, 1, 1, "conv_head")
-    x = L.ReLU(6.0, name="head_relu")(bn(x, "bn1"))
-    x = L.GlobalAveragePooling2D(name="avg_pool")(x)
-    if include_top:
-        x = L.Dropout(dropout, name="dropout")(x)
-        x = L.Dense(1000, activation="softmax", name="fc")(x)
+    if last_block == 16:
+        x = conv(x, HEAD, 1, 1, "conv_head")
+        x = L.ReLU(6.0, name="head_relu")(bn(x, "bn1"))
+        x = L.GlobalAveragePooling2D(name="avg_pool")(x)
+        if include_top:
+            x = L.Dropout(dropout, name="dropout")(x)
+            x = L.Dense(1000, activation="softmax", name="fc")(x)
     return keras.Model(inp, x, name=name)
 
 

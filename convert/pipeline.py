@@ -23,6 +23,7 @@ from ecosorter.convert.images import (
 )
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
+from ecosorter.convert.train import read_sidecar, sidecar_path
 from ecosorter.convert.verify import format_table, verify
 from ecosorter.edge.backends import open_classifier
 from ecosorter.edge.errors import BackendError, EcoSorterError
@@ -53,7 +54,7 @@ def _min_agreement(mode: str, given: float | None) -> float:
 def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             calibration: str | Path | None = None, calibration_size: int = 200,
             validation: str | Path | None = None, validation_size: int = 300,
-            labels: list[Label] | None = None, preprocess: PreprocessSpec | str = "caffe",
+            labels: list[Label] | None = None, preprocess: PreprocessSpec | str | None = None,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print) -> ConversionResult:
@@ -62,6 +63,15 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     if io_dtype not in IO_DTYPES:
         raise ConversionError(f"--io-dtype {io_dtype!r}; allowed: {', '.join(IO_DTYPES)}")
     output = Path(output)
+    # A model from ecosorter-train carries its labels and preset in MODEL.train.json beside it;
+    # anything given explicitly wins, and without either it is the seed's contract (caffe, 7 labels).
+    trained = read_sidecar(model)
+    if preprocess is None:
+        preprocess = trained["preprocess"] if trained else "caffe"
+    if labels is None and trained:
+        names = {lb.id: lb.name for lb in DEFAULT_LABELS}
+        labels = [Label(i, names.get(i, i)) for i in trained["labels"]]
+        log(f"labels and preprocessing ({preprocess}) from {sidecar_path(model).name}")
     prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
     src = load_source_model(model)
     labels = list(labels) if labels is not None else list(DEFAULT_LABELS)
