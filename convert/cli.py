@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
                     help="runtime the bins use; the output must load in it (default litert)")
     ap.add_argument("--min-agreement", type=float, help="default 0.98 for int8, 0.995 otherwise")
+    ap.add_argument("--gate", choices=["outcome", "agreement"], default="outcome",
+                    help="outcome (default): on labelled photos the int8/float model must also keep what the "
+                         "bin does: correct routing within --max-routing-loss, contamination within "
+                         "--max-contamination-gain; agreement: top-1 agreement only")
+    ap.add_argument("--bin-config", type=Path, help="the bin's config.toml: its threshold, class thresholds, "
+                                                    "fallback and compartments judge the outcome")
+    ap.add_argument("--threshold", type=float, help="decision threshold (default 0.55, or the bin config's)")
+    ap.add_argument("--fallback", help="label taking uncertain items (default khusus, or the bin config's)")
+    ap.add_argument("--max-routing-loss", type=float, default=1.0, metavar="POINTS",
+                    help="correct-routing may drop by at most this many points (default 1.0)")
+    ap.add_argument("--max-contamination-gain", type=float, default=0.5, metavar="POINTS",
+                    help="confident-but-wrong items may rise by at most this many points (default 0.5)")
     ap.add_argument("--report", type=Path, help="write the verification report as JSON")
     ap.add_argument("--force", action="store_true", help="write the model even if verification fails")
     ap.add_argument("--seed", type=int, default=0)
@@ -59,6 +71,30 @@ def inspect(path: Path) -> int:
         print(f"input    1x{i.height}x{i.width}x3 {i.dtype} scale={i.quant_scale:g} zero_point={i.quant_zero_point}")
         print(f"output   {c.output_size} {getattr(c, 'output_dtype', '?')}")
     return 0
+
+
+def bin_rules(args):
+    """The bin's decision rules for the outcome gate: its config file, then the flags on top."""
+    from ecosorter.convert.verify import BinRules
+
+    rules: dict = {}
+    if args.bin_config is not None:
+        from ecosorter.edge.config import load_config
+
+        cfg = load_config(args.bin_config)
+        rules = {"threshold": cfg.decision.threshold, "fallback": cfg.decision.fallback,
+                 "class_thresholds": dict(cfg.decision.class_thresholds),
+                 "compartments": dict(cfg.hardware.compartments)}
+    if args.threshold is not None:
+        if not 0 <= args.threshold <= 1:
+            raise EcoSorterError(f"--threshold {args.threshold}: must be between 0 and 1")
+        rules["threshold"] = args.threshold
+    if args.fallback is not None:
+        rules["fallback"] = args.fallback or None
+    if not rules and args.max_routing_loss == 1.0 and args.max_contamination_gain == 0.5:
+        return None  # the converter's defaults (fallback khusus only when the model has it)
+    return BinRules(**rules, max_routing_loss=args.max_routing_loss / 100,
+                    max_contamination_gain=args.max_contamination_gain / 100)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                          validation_size=args.validation_size, labels=labels, preprocess=args.preprocess,
                          io_dtype=args.io_dtype, min_agreement=args.min_agreement, force=args.force,
                          runtime=args.runtime, keep_float=keep_float, report_path=args.report,
-                         seed=args.seed, progress=not args.quiet)
+                         seed=args.seed, progress=not args.quiet, gate=args.gate, bin_rules=bin_rules(args))
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

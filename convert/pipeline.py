@@ -24,13 +24,14 @@ from ecosorter.convert.images import (
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
 from ecosorter.convert.train import read_sidecar, sidecar_path
-from ecosorter.convert.verify import format_table, verify
+from ecosorter.convert.verify import BinRules, format_outcome, format_table, verify
 from ecosorter.edge.backends import open_classifier
 from ecosorter.edge.errors import BackendError, EcoSorterError
 from ecosorter.edge.model.manifest import DEFAULT_LABELS, Label, Manifest
 from ecosorter.edge.preprocess.spec import PreprocessSpec, preset
 
 DEFAULT_MIN_AGREEMENT = {"int8": 0.98}
+GATES = ("outcome", "agreement")  # outcome: also judge the bin's routing on labelled photos
 MIN_CALIBRATION_IMAGES = 8
 
 
@@ -57,9 +58,12 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             labels: list[Label] | None = None, preprocess: PreprocessSpec | str | None = None,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
-            seed: int = 0, progress: bool = True, log=print) -> ConversionResult:
+            seed: int = 0, progress: bool = True, log=print, gate: str = "outcome",
+            bin_rules: BinRules | None = None) -> ConversionResult:
     if quantize not in MODES:
         raise ConversionError(f"--quantize {quantize!r}; allowed: {', '.join(MODES)}")
+    if gate not in GATES:
+        raise ConversionError(f"--gate {gate!r}; allowed: {', '.join(GATES)}")
     if io_dtype not in IO_DTYPES:
         raise ConversionError(f"--io-dtype {io_dtype!r}; allowed: {', '.join(IO_DTYPES)}")
     output = Path(output)
@@ -134,7 +138,9 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     draft = Manifest(labels=tuple(labels), input=classifier.input, preprocess=prep,
                      output={"activation": "softmax"}, source=source)
 
-    report = verify(src, classifier, prep, label_ids, verify_images, progress)
+    if bin_rules is None:  # the bin's defaults (decision.threshold 0.55, fallback khusus when it is a label)
+        bin_rules = BinRules(fallback="khusus" if "khusus" in label_ids else None)
+    report = verify(src, classifier, prep, label_ids, verify_images, progress, rules=bin_rules)
     classifier.close()
     sizes = {"source": _size(src.path), "tflite": len(tflite)}
     threshold = _min_agreement(quantize, min_agreement)
@@ -142,6 +148,15 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
                    "runtime": {"name": runtime}, "float_layers": kept_float})
     log(format_table(report, sizes))
     passed = report["agreement"] >= threshold
+    outcome = report.get("bin_outcome")
+    if outcome is not None:
+        log(format_outcome(outcome))
+    if gate == "outcome" and outcome is not None and not outcome["passed"]:
+        passed = False
+        log(f"FAILED: the int8/float change in what the bin does is outside the gate (correct routing "
+            f"{100 * outcome['correct_routing']['change']:+.1f} pt, contamination "
+            f"{100 * outcome['contamination']['change']:+.1f} pt)")
+    report["gate"] = gate if outcome is not None else "agreement"
     report["passed"] = passed
     if quantize == "int8" and (not passed or drift_rows):
         # Say where int8 loses the model, so the user can keep those ops in float (--keep-float).
@@ -153,6 +168,10 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
     verification["min_agreement"] = threshold
+    if outcome is not None:
+        verification["correct_routing_change"] = outcome["correct_routing"]["change"]
+        verification["contamination_change"] = outcome["contamination"]["change"]
+        verification["compartment_agreement"] = outcome["compartment_agreement"]
     final = Manifest(labels=draft.labels, input=draft.input, preprocess=prep, output=draft.output,
                      source=source, verification=verification)
     if report_path:

@@ -220,6 +220,14 @@ class Backbone:
         if init_head is not None and init_head[0].shape[-1] == num_classes:
             self.head_layers[-1].set_weights(init_head)
 
+    def head_model(self):
+        """Just the head, on pooled features (shares its layers with `trainable`)."""
+        feat = self.keras.Input(self.upper_base.output_shape[1:], name="pooled")
+        y = feat
+        for layer in self.head_layers:
+            y = layer(y)
+        return self.keras.Model(feat, y, name="head")
+
     def _copy_from(self, path: Path, full) -> list[np.ndarray]:
         """Start from an earlier ecosorter-train Lite0 model: same layer names, nested or not."""
         model = _load_model(self.keras, path)
@@ -364,10 +372,11 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
 
     history: dict[str, list] = {}
     if fine_tune:
-        # Head first on the frozen blocks' output, then the top blocks with it at a lower rate.
-        for layer in bb.upper_base.layers:
-            layer.trainable = False
-        history["head"] = fit(bb.trainable, keras, x_tr, y_tr, cw, epochs, lr, batch, seed, progress, "head")
+        # Head first on the frozen blocks' pooled output (computed once), then the top blocks with it
+        # at a lower rate.
+        pooled = np.concatenate([np.asarray(bb.upper_base(x_tr[i:i + 256], training=False))
+                                 for i in range(0, len(x_tr), 256)])
+        history["head"] = fit(bb.head_model(), keras, pooled, y_tr, cw, epochs, lr, batch, seed, progress, "head")
         for layer in bb.upper_base.layers:
             layer.trainable = type(layer).__name__ != "BatchNormalization"
         history["fine_tune"] = fit(bb.trainable, keras, x_tr, y_tr, cw, fine_tune_epochs, fine_tune_lr, batch,
