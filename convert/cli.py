@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
+    ap.add_argument("--per-tensor", action="store_true",
+                    help="int8: one scale per weight tensor instead of per output channel (for comparison)")
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
                     help="runtime the bins use; the output must load in it (default litert)")
     ap.add_argument("--min-agreement", type=float, help="default 0.98 for int8, 0.995 otherwise")
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                          validation_size=args.validation_size, labels=labels, preprocess=args.preprocess,
                          io_dtype=args.io_dtype, min_agreement=args.min_agreement, force=args.force,
                          runtime=args.runtime, keep_float=keep_float, report_path=args.report,
-                         seed=args.seed, progress=not args.quiet, gate=args.gate, bin_rules=bin_rules(args))
+                         seed=args.seed, progress=not args.quiet, gate=args.gate, bin_rules=bin_rules(args),
+                         per_channel=not args.per_tensor)
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

@@ -59,7 +59,7 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, gate: str = "outcome",
-            bin_rules: BinRules | None = None) -> ConversionResult:
+            bin_rules: BinRules | None = None, per_channel: bool = True) -> ConversionResult:
     if quantize not in MODES:
         raise ConversionError(f"--quantize {quantize!r}; allowed: {', '.join(MODES)}")
     if gate not in GATES:
@@ -127,11 +127,11 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             kept_float = list(keep_float)
         tflite = convert_selective(src, calib, kept_float, bar)
     else:
-        tflite = convert_tflite(src, quantize, calib, io_dtype, bar)
+        tflite = convert_tflite(src, quantize, calib, io_dtype, bar, per_channel)
 
     source = {"file": src.path.name, "format": src.kind, "sha256": src.sha256, **src.versions,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
-              "float_layers": kept_float}
+              "float_layers": kept_float, **({} if per_channel else {"per_channel": False})}
     classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
     log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
         f"{len(tflite) / 1e6:.1f} MB")

@@ -75,6 +75,12 @@ def test_lite0_fine_tuned_on_tiny_set_converts_with_its_labels_and_preset(data, 
     with load_model(tmp_path / "m.tflite") as m:
         assert m.manifest.label_ids == LABELS7 and m.manifest.labels[0].name == "Kaca (glass)"
         assert m.manifest.preprocess == preset("tf")
+    # the same model as a tf-keras .keras file converts too (Keras 3 cannot read it; tf-keras can)
+    model.save(tmp_path / "k.keras")
+    shutil.copy(tmp_path / "m.train.json", tmp_path / "k.train.json")
+    r = convert(tmp_path / "k.keras", tmp_path / "k.tflite", "float32", validation=DATA, progress=False,
+                log=lambda *_: None)
+    assert r.written and r.manifest.source["format"] == "keras" and r.manifest.label_ids == LABELS7
 
 
 def test_resnet50_seed_recipe_and_clear_errors(data, tmp_path, capsys):
