@@ -13,10 +13,10 @@ import pytest
 from ecosorter.convert.cli import main as convert_main
 from ecosorter.convert.train import main as train_main
 from ecosorter.edge.cli import main as edge_main
-from ecosorter.edge.config import load_config
 from ecosorter.edge.model.store import ModelStore
 from ecosorter.edge.sorter import build_sorter
-from tests.conftest import DATA, LABELS7, SAMPLES
+from tests.conftest import DATA, LABELS7
+from tests.edge.test_labels_export import sort_samples
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")]
 
@@ -32,15 +32,8 @@ def test_run_label_export_train_convert_sign_install_sort(tmp_path, capsys):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     state = tmp_path / "state"
-    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
-                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
-                                 "record.capture": "all", "bin_id": "pilot1"})
     # 1. The bin sorts its 13 items with the bundled demo model.
-    first = []
-    with build_sorter(cfg, state_dir=state) as sorter:
-        sorter.run(on_event=first.append)
-        demo_sha = sorter.model.sha256
-    assert len(first) == 13
+    cfg, first, demo_sha = sort_samples(state, "pilot1")
 
     # 2. A person flags one item on the spot, then the team labels the rest from an export's CSV.
     flagged = first[3]

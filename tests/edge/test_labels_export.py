@@ -17,18 +17,23 @@ from ecosorter.edge.sorter import build_sorter
 from tests.conftest import SAMPLES
 
 
-@pytest.fixture(scope="module")
-def sorted_bin(tmp_path_factory):
-    """The 13 bundled photos sorted by the demo model, every photo captured."""
-    state = tmp_path_factory.mktemp("bin")
+def sort_samples(state, bin_id: str = "bin7"):
+    """The 13 bundled photos sorted (mock pins), every photo captured: (config, events, model sha256)."""
     cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
                                  "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
-                                 "record.capture": "all", "bin_id": "bin7"})
+                                 "record.capture": "all", "bin_id": bin_id})
     events = []
     with build_sorter(cfg, state_dir=state) as sorter:
         sorter.run(on_event=events.append)
+        sha = sorter.model.sha256
     assert len(events) == 13
-    return state, events
+    return cfg, events, sha
+
+
+@pytest.fixture(scope="module")
+def sorted_bin(tmp_path_factory):
+    state = tmp_path_factory.mktemp("bin")
+    return state, sort_samples(state)[1]
 
 
 def copy_state(src, dst):
