@@ -251,10 +251,13 @@ class Backbone:
         return base, model.layers[-1].get_weights()
 
     def features(self, x: np.ndarray, batch: int = 32, progress: bool = True, desc: str = "features") -> np.ndarray:
-        from ecosorter.convert.images import progress_bar
+        from tqdm import tqdm
 
-        chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
-        outs = [np.asarray(self.lower(c, training=False), np.float32) for c in progress_bar(chunks, desc, progress)]
+        outs = []
+        with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for i in range(0, len(x), batch):
+                outs.append(np.asarray(self.lower(x[i:i + batch], training=False), np.float32))
+                bar.update(len(outs[-1]))
         return np.concatenate(outs) if outs else np.zeros((0, *self.lower.output_shape[1:]), np.float32)
 
     def assemble(self):
