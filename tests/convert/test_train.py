@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from ecosorter.convert.train import _all_layers, split
 from ecosorter.convert.train import main as train_main
-from ecosorter.convert.train import split
 from tests.conftest import DATA, LABELS7
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -106,6 +106,20 @@ def test_resnet50_seed_recipe_and_clear_errors(data, tmp_path, capsys):
     assert "subfolders plastik are not in --classes" in err(data, "-o", out, "--classes", "kaca,kardus,kertas,khusus,logam")
     assert "not found" in err(data, "-o", out, "--weights", tmp_path / "missing.h5")
     assert "expected the seed layout" in err(data, "-o", out, "--weights", _not_seed(tmp_path))
+
+    # --weights PATH: a model of the seed's layout (backbone + Flatten + Dense) is the starting point:
+    # its backbone is kept frozen and, with the same classes, its head is where training starts.
+    seed_like = tf_keras.Sequential([tf_keras.Input((224, 224, 3)), tf_keras.layers.AveragePooling2D(16),
+                                     tf_keras.layers.Conv2D(4, 3, name="backbone_conv"), tf_keras.layers.Flatten(),
+                                     tf_keras.layers.Dense(6, activation="softmax")])
+    seed_like.save(tmp_path / "users.h5")
+    out2 = tmp_path / "again.h5"
+    assert train_main([str(data), "-o", str(out2), "--weights", str(tmp_path / "users.h5"), "--epochs", "1",
+                       "--views", "1", "--lr", "1e-9", "--quiet"]) == 0
+    again = tf_keras.models.load_model(out2, compile=False)
+    conv = {la.name: la for la in _all_layers(again)}["backbone_conv"]
+    np.testing.assert_array_equal(conv.get_weights()[0], seed_like.get_layer("backbone_conv").get_weights()[0])
+    np.testing.assert_allclose(again.layers[-1].get_weights()[0], seed_like.layers[-1].get_weights()[0], atol=1e-6)
 
 
 def _not_seed(tmp_path):
