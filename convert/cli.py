@@ -31,14 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "default: calibration images not sampled")
     ap.add_argument("--validation-size", type=int, default=300)
     ap.add_argument("--labels", type=Path, help="one label per line (id or id,Display name), in output order")
-    ap.add_argument("--preprocess", choices=list(PRESETS), default="caffe",
-                    help="the training transform (default caffe: the seed's vgg16.preprocess_input)")
+    ap.add_argument("--preprocess", choices=list(PRESETS), default=None,
+                    help="the training transform (default: MODEL.train.json's from ecosorter-train, "
+                         "else caffe: the seed's vgg16.preprocess_input)")
     ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
+    ap.add_argument("--per-tensor", action="store_true",
+                    help="int8: one scale per weight tensor instead of per output channel (for comparison)")
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
                     help="runtime the bins use; the output must load in it (default litert)")
     ap.add_argument("--min-agreement", type=float, help="default 0.98 for int8, 0.995 otherwise")
+    ap.add_argument("--gate", choices=["outcome", "agreement"], default="outcome",
+                    help="outcome (default): on labelled photos the int8/float model must also keep what the "
+                         "bin does: correct routing within --max-routing-loss, contamination within "
+                         "--max-contamination-gain; agreement: top-1 agreement only")
+    ap.add_argument("--bin-config", type=Path, help="the bin's config.toml: its threshold, class thresholds, "
+                                                    "fallback and compartments judge the outcome")
+    ap.add_argument("--threshold", type=float, help="decision threshold (default 0.55, or the bin config's)")
+    ap.add_argument("--fallback", help="label taking uncertain items (default khusus, or the bin config's)")
+    ap.add_argument("--max-routing-loss", type=float, default=1.0, metavar="POINTS",
+                    help="correct-routing may drop by at most this many points (default 1.0)")
+    ap.add_argument("--max-contamination-gain", type=float, default=0.5, metavar="POINTS",
+                    help="confident-but-wrong items may rise by at most this many points (default 0.5)")
     ap.add_argument("--report", type=Path, help="write the verification report as JSON")
     ap.add_argument("--force", action="store_true", help="write the model even if verification fails")
     ap.add_argument("--seed", type=int, default=0)
@@ -62,6 +77,30 @@ def inspect(path: Path) -> int:
     return 0
 
 
+def bin_rules(args):
+    """The bin's decision rules for the outcome gate: its config file, then the flags on top."""
+    from ecosorter.convert.verify import BinRules
+
+    rules: dict = {}
+    if args.bin_config is not None:
+        from ecosorter.edge.config import load_config
+
+        cfg = load_config(args.bin_config)
+        rules = {"threshold": cfg.decision.threshold, "fallback": cfg.decision.fallback,
+                 "class_thresholds": dict(cfg.decision.class_thresholds),
+                 "compartments": dict(cfg.hardware.compartments)}
+    if args.threshold is not None:
+        if not 0 <= args.threshold <= 1:
+            raise EcoSorterError(f"--threshold {args.threshold}: must be between 0 and 1")
+        rules["threshold"] = args.threshold
+    if args.fallback is not None:
+        rules["fallback"] = args.fallback or None
+    if not rules and args.max_routing_loss == 1.0 and args.max_contamination_gain == 0.5:
+        return None  # the converter's defaults (fallback khusus only when the model has it)
+    return BinRules(**rules, max_routing_loss=args.max_routing_loss / 100,
+                    max_contamination_gain=args.max_contamination_gain / 100)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -82,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                          validation_size=args.validation_size, labels=labels, preprocess=args.preprocess,
                          io_dtype=args.io_dtype, min_agreement=args.min_agreement, force=args.force,
                          runtime=args.runtime, keep_float=keep_float, report_path=args.report,
-                         seed=args.seed, progress=not args.quiet, model_version=args.model_version)
+                         seed=args.seed, progress=not args.quiet, model_version=args.model_version,
+                         gate=args.gate, bin_rules=bin_rules(args), per_channel=not args.per_tensor)
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

@@ -23,13 +23,15 @@ from ecosorter.convert.images import (
 )
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
-from ecosorter.convert.verify import format_table, verify
+from ecosorter.convert.train import read_sidecar, sidecar_path
+from ecosorter.convert.verify import BinRules, format_outcome, format_table, verify
 from ecosorter.edge.backends import open_classifier
 from ecosorter.edge.errors import BackendError, EcoSorterError
 from ecosorter.edge.model.manifest import DEFAULT_LABELS, Label, Manifest
 from ecosorter.edge.preprocess.spec import PreprocessSpec, preset
 
 DEFAULT_MIN_AGREEMENT = {"int8": 0.98}
+GATES = ("outcome", "agreement")  # outcome: also judge the bin's routing on labelled photos
 MIN_CALIBRATION_IMAGES = 8
 
 
@@ -53,17 +55,29 @@ def _min_agreement(mode: str, given: float | None) -> float:
 def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             calibration: str | Path | None = None, calibration_size: int = 200,
             validation: str | Path | None = None, validation_size: int = 300,
-            labels: list[Label] | None = None, preprocess: PreprocessSpec | str = "caffe",
+            labels: list[Label] | None = None, preprocess: PreprocessSpec | str | None = None,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
-            seed: int = 0, progress: bool = True, log=print, model_version: int = 0) -> ConversionResult:
+            seed: int = 0, progress: bool = True, log=print, model_version: int = 0, gate: str = "outcome",
+            bin_rules: BinRules | None = None, per_channel: bool = True) -> ConversionResult:
     if not 0 <= model_version < 2**53:
         raise ConversionError(f"--model-version {model_version}: must be a whole number >= 0")
     if quantize not in MODES:
         raise ConversionError(f"--quantize {quantize!r}; allowed: {', '.join(MODES)}")
+    if gate not in GATES:
+        raise ConversionError(f"--gate {gate!r}; allowed: {', '.join(GATES)}")
     if io_dtype not in IO_DTYPES:
         raise ConversionError(f"--io-dtype {io_dtype!r}; allowed: {', '.join(IO_DTYPES)}")
     output = Path(output)
+    # A model from ecosorter-train carries its labels and preset in MODEL.train.json beside it;
+    # anything given explicitly wins, and without either it is the seed's contract (caffe, 7 labels).
+    trained = read_sidecar(model)
+    if preprocess is None:
+        preprocess = trained["preprocess"] if trained else "caffe"
+    if labels is None and trained:
+        names = {lb.id: lb.name for lb in DEFAULT_LABELS}
+        labels = [Label(i, names.get(i, i)) for i in trained["labels"]]
+        log(f"labels and preprocessing ({preprocess}) from {sidecar_path(model).name}")
     prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
     src = load_source_model(model)
     labels = list(labels) if labels is not None else list(DEFAULT_LABELS)
@@ -115,18 +129,20 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             kept_float = list(keep_float)
         tflite = convert_selective(src, calib, kept_float, bar)
     else:
-        tflite = convert_tflite(src, quantize, calib, io_dtype, bar)
+        tflite = convert_tflite(src, quantize, calib, io_dtype, bar, per_channel)
 
     source = {"file": src.path.name, "format": src.kind, "sha256": src.sha256, **src.versions,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
-              "float_layers": kept_float}
+              "float_layers": kept_float, **({} if per_channel else {"per_channel": False})}
     classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
     log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
         f"{len(tflite) / 1e6:.1f} MB")
     draft = Manifest(labels=tuple(labels), input=classifier.input, preprocess=prep,
                      output={"activation": "softmax"}, source=source)
 
-    report = verify(src, classifier, prep, label_ids, verify_images, progress)
+    if bin_rules is None:  # the bin's defaults (decision.threshold 0.55, fallback khusus when it is a label)
+        bin_rules = BinRules(fallback="khusus" if "khusus" in label_ids else None)
+    report = verify(src, classifier, prep, label_ids, verify_images, progress, rules=bin_rules)
     classifier.close()
     sizes = {"source": _size(src.path), "tflite": len(tflite)}
     threshold = _min_agreement(quantize, min_agreement)
@@ -134,6 +150,15 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
                    "runtime": {"name": runtime}, "float_layers": kept_float})
     log(format_table(report, sizes))
     passed = report["agreement"] >= threshold
+    outcome = report.get("bin_outcome")
+    if outcome is not None:
+        log(format_outcome(outcome))
+    if gate == "outcome" and outcome is not None and not outcome["passed"]:
+        passed = False
+        log(f"FAILED: the int8/float change in what the bin does is outside the gate (correct routing "
+            f"{100 * outcome['correct_routing']['change']:+.1f} pt, contamination "
+            f"{100 * outcome['contamination']['change']:+.1f} pt)")
+    report["gate"] = gate if outcome is not None else "agreement"
     report["passed"] = passed
     if quantize == "int8" and (not passed or drift_rows):
         # Say where int8 loses the model, so the user can keep those ops in float (--keep-float).
@@ -145,6 +170,10 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
     verification["min_agreement"] = threshold
+    if outcome is not None:
+        verification["correct_routing_change"] = outcome["correct_routing"]["change"]
+        verification["contamination_change"] = outcome["contamination"]["change"]
+        verification["compartment_agreement"] = outcome["compartment_agreement"]
     final = Manifest(labels=draft.labels, input=draft.input, preprocess=prep, output=draft.output,
                      source=source, verification=verification, version=model_version)
     if report_path:

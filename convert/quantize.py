@@ -14,7 +14,7 @@ IO_DTYPES = ("int8", "uint8", "float32")
 
 
 def _converter(src: SourceModel, mode: str, calibration: np.ndarray | None, io_dtype: str,
-               progress: Callable[[Iterable], Iterable] | None = None):
+               progress: Callable[[Iterable], Iterable] | None = None, per_channel: bool = True):
     tf = import_tf()
     conv = src.tflite_converter()
     if mode == "float16":
@@ -30,6 +30,8 @@ def _converter(src: SourceModel, mode: str, calibration: np.ndarray | None, io_d
         conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         conv.inference_input_type = getattr(tf, io_dtype)
         conv.inference_output_type = getattr(tf, io_dtype)
+        # One scale per output channel of each conv (TF's default) or one per tensor (the int8 study).
+        conv._experimental_disable_per_channel = not per_channel
     elif mode != "float32":
         raise ValueError(f"quantize mode {mode!r}; allowed: {', '.join(MODES)}")
     return conv
@@ -45,8 +47,8 @@ def representative_dataset(calibration: np.ndarray, progress=None):
 
 
 def convert_tflite(src: SourceModel, mode: str, calibration: np.ndarray | None = None,
-                   io_dtype: str = "int8", progress=None) -> bytes:
-    return _converter(src, mode, calibration, io_dtype, progress).convert()
+                   io_dtype: str = "int8", progress=None, per_channel: bool = True) -> bytes:
+    return _converter(src, mode, calibration, io_dtype, progress, per_channel).convert()
 
 
 def convert_selective(src: SourceModel, calibration: np.ndarray, keep_float: Sequence[str],

@@ -139,7 +139,16 @@ def _load_keras(path: Path, kind: str):
             pass
     import keras
 
-    return keras.models.load_model(str(path), compile=False), f"keras {keras.__version__}"
+    try:
+        return keras.models.load_model(str(path), compile=False), f"keras {keras.__version__}"
+    except Exception as first:
+        # A .keras written by tf-keras (ecosorter-train, Keras 2 code) is not readable by Keras 3.
+        try:
+            import tf_keras
+
+            return tf_keras.models.load_model(str(path), compile=False), f"tf-keras {tf_keras.__version__}"
+        except Exception:
+            raise first from None
 
 
 def _check_classifier(path: Path, in_shape: tuple, out_shape: tuple) -> None:

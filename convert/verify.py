@@ -6,8 +6,10 @@ will feed it (the same pixels through the edge Preprocessor, quantized when its 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,7 +21,8 @@ from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, d
 
 
 def verify(src: SourceModel, classifier: Classifier, prep: PreprocessSpec, label_ids: Sequence[str],
-           images: list[LabelledImage], progress: bool = True, batch: int = 16) -> dict:
+           images: list[LabelledImage], progress: bool = True, batch: int = 16,
+           rules: BinRules | None = None) -> dict:
     ref_prep = Preprocessor(prep, InputSpec(height=src.height, width=src.width))
     edge_prep = Preprocessor(prep, classifier.input)
     ref_probs, tfl_probs, kept, skipped, tfl_ms = [], [], [], [], []
@@ -48,7 +51,12 @@ def verify(src: SourceModel, classifier: Classifier, prep: PreprocessSpec, label
         raise ValueError("no readable verification images")
     ref = np.concatenate(ref_probs)
     tfl = np.stack(tfl_probs)
-    return summarize(ref, tfl, kept, label_ids, skipped, tfl_ms, keras_latency_ms(src, ref_prep, kept[:8]))
+    report = summarize(ref, tfl, kept, label_ids, skipped, tfl_ms, keras_latency_ms(src, ref_prep, kept[:8]))
+    truth = np.array([-1 if im.label is None else im.label for im in kept])
+    if rules is not None and (truth >= 0).any():
+        known = truth >= 0
+        report["bin_outcome"] = bin_outcome(ref[known], tfl[known], truth[known], label_ids, rules)
+    return report
 
 
 def keras_latency_ms(src: SourceModel, prep: Preprocessor, images: list[LabelledImage]) -> float:
@@ -119,3 +127,109 @@ def format_table(report: dict, sizes: dict) -> str:
             lines.append(f"{name:<10}{c['images']:>5}{pct(c['keras_accuracy']):>8}"
                          f"{pct(c['tflite_accuracy']):>8}{pct(c['agreement']):>8}")
     return "\n".join(lines)
+
+
+# --- The bin's outcome: what the int8 model changes in where items end up ---------------------
+
+@dataclass(frozen=True)
+class BinRules:
+    """How the bin decides (edge/decide/vote.py): below its class's threshold an item is uncertain
+    and goes to the fallback label's compartment; compartments map labels (several may share one)."""
+
+    threshold: float = 0.55
+    fallback: str | None = "khusus"
+    class_thresholds: dict[str, float] = field(default_factory=dict)
+    compartments: dict[str, int] | None = None  # default: one compartment per label
+    max_routing_loss: float = 0.01  # correct-routing change must be >= -1 point
+    max_contamination_gain: float = 0.005  # contamination change must be <= +0.5 point
+
+    def route(self, probs: np.ndarray, label_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(compartment, confident) per row, as the bin would route it."""
+        comp = self.compartments or {lb: i for i, lb in enumerate(label_ids)}
+        thresholds = np.array([self.class_thresholds.get(lb, self.threshold) for lb in label_ids])
+        best = probs.argmax(1)
+        confident = probs[np.arange(len(probs)), best] >= thresholds[best]
+        fallback = comp.get(self.fallback, -1) if self.fallback else -1  # -1: not routed
+        routed = np.array([comp.get(label_ids[b], -1) if ok else fallback
+                           for b, ok in zip(best, confident, strict=True)])
+        return routed, confident
+
+
+def upper_binomial(k: int, m: int, alpha: float = 0.05) -> float:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound on p, having seen k of m."""
+    if m == 0 or k >= m:
+        return 1.0
+    lo, hi = k / m, 1.0
+    for _ in range(60):  # P(X <= k | m, p) falls as p rises: bisect for the p where it is alpha
+        mid = (lo + hi) / 2
+        tail = sum(math.comb(m, i) * mid ** i * (1 - mid) ** (m - i) for i in range(k + 1))
+        lo, hi = (mid, hi) if tail > alpha else (lo, mid)
+    return hi
+
+
+def _paired(worse: int, better: int, n: int) -> dict:
+    """A paired change from discordant pairs: `worse` items the int8 model got worse, `better` ones
+    it got better. Estimate (better - worse) / n; given the m = worse + better discordant items, the
+    95% bound on the harm is (m / n) * (2 * p_up - 1), p_up the upper bound on worse / m."""
+    m = worse + better
+    harm_bound = (m / n) * (2 * upper_binomial(worse, m) - 1) if m else 0.0
+    return {"worse": worse, "better": better, "change": (better - worse) / n, "harm_bound_95": harm_bound}
+
+
+def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: Sequence[str],
+                rules: BinRules) -> dict:
+    """Correct routing and contamination (confident but wrong compartment) for Keras vs TFLite on
+    labelled photos, with the flips' Keras margins; `passed` judges the estimates against the rules."""
+    comp = rules.compartments or {lb: i for i, lb in enumerate(label_ids)}
+    want = np.array([comp.get(label_ids[t], -2) for t in truth])
+    k_comp, k_conf = rules.route(ref, label_ids)
+    t_comp, t_conf = rules.route(tfl, label_ids)
+    k_ok, t_ok = k_comp == want, t_comp == want
+    k_bad, t_bad = k_conf & ~k_ok, t_conf & ~t_ok
+    n = len(truth)
+    routing = _paired(int((k_ok & ~t_ok).sum()), int((~k_ok & t_ok).sum()), n)
+    contamination = _paired(int((~k_bad & t_bad).sum()), int((k_bad & ~t_bad).sum()), n)
+    contamination["change"] = -contamination["change"]  # a gain in contamination is the harm
+    flips = np.flatnonzero(ref.argmax(1) != tfl.argmax(1))
+    top2 = np.sort(ref, 1)[:, -2:]
+    margins = [{"keras_top": float(top2[i, 1]), "keras_margin": float(top2[i, 1] - top2[i, 0]),
+                "same_compartment": bool(k_comp[i] == t_comp[i])} for i in flips]
+    passed = routing["change"] >= -rules.max_routing_loss and contamination["change"] <= rules.max_contamination_gain
+    return {
+        "images": n,
+        "rules": {"threshold": rules.threshold, "fallback": rules.fallback,
+                  "class_thresholds": dict(rules.class_thresholds), "compartments": comp,
+                  "max_routing_loss": rules.max_routing_loss,
+                  "max_contamination_gain": rules.max_contamination_gain},
+        "correct_routing": {"keras": float(k_ok.mean()), "tflite": float(t_ok.mean()), **routing},
+        "contamination": {"keras": float(k_bad.mean()), "tflite": float(t_bad.mean()), **contamination},
+        "compartment_agreement": float((k_comp == t_comp).mean()),
+        "top1_flips": len(flips),
+        "flip_margins": {
+            "max_keras_top": max((f["keras_top"] for f in margins), default=None),
+            "below_threshold": sum(f["keras_top"] < rules.threshold for f in margins),
+            "same_compartment": sum(f["same_compartment"] for f in margins),
+            "flips": sorted(margins, key=lambda f: -f["keras_top"])[:25]},
+        "bound_method": "estimates gate; 95% one-sided Clopper-Pearson bound from the discordant pairs "
+                        "reported beside them (harm_bound_95)",
+        "passed": bool(passed),
+    }
+
+
+def format_outcome(o: dict) -> str:
+    r, c = o["correct_routing"], o["contamination"]
+    fm = o["flip_margins"]
+    top = "-" if fm["max_keras_top"] is None else f"{fm['max_keras_top']:.2f}"
+    return "\n".join([
+        f"{'bin outcome':<22}threshold {o['rules']['threshold']:g}, fallback {o['rules']['fallback']}",
+        f"{'correct routing':<22}{100 * r['keras']:.1f}% -> {100 * r['tflite']:.1f}% "
+        f"({100 * r['change']:+.1f} pt; {r['worse']} worse, {r['better']} better; 95% bound "
+        f"{-100 * r['harm_bound_95']:+.1f} pt; gate >= {-100 * o['rules']['max_routing_loss']:.1f} pt)",
+        f"{'contamination':<22}{100 * c['keras']:.1f}% -> {100 * c['tflite']:.1f}% "
+        f"({100 * c['change']:+.1f} pt; 95% bound {100 * c['harm_bound_95']:+.1f} pt; "
+        f"gate <= +{100 * o['rules']['max_contamination_gain']:.1f} pt)",
+        f"{'same compartment':<22}{100 * o['compartment_agreement']:.1f}%",
+        f"{'top-1 flips':<22}{o['top1_flips']} (Keras top prob max "
+        f"{top}, {fm['below_threshold']} below "
+        f"threshold, {fm['same_compartment']} to the same compartment)",
+    ])

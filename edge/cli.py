@@ -1,4 +1,4 @@
-"""ecosorter: classify | run | bench | doctor | calibrate | export | model."""
+"""ecosorter: classify | run | bench | doctor | calibrate | export | label | model."""
 
 from __future__ import annotations
 
@@ -287,8 +287,25 @@ def cmd_sign_command(args) -> int:
 def cmd_export(args) -> int:
     from ecosorter.edge.record.export import export
 
-    n = export(_state_dir(args), args.out, args.since or "")
+    n = export(_state_dir(args), args.out, args.since or "", labeled_only=args.labeled_only)
     print(f"exported {n} photos to {args.out} (class folders + labels.csv)")
+    return 0
+
+
+def cmd_label(args) -> int:
+    from ecosorter.edge.record.labels import import_labels, label_one
+
+    state = _state_dir(args)
+    if args.import_csv is not None:
+        if args.id or args.label:
+            raise EcoSorterError("label: give ID LABEL or --import CSV, not both")
+        n = import_labels(state, args.import_csv, args.by)
+        print(f"labelled {n} events from {args.import_csv}")
+    else:
+        if not (args.id and args.label):
+            raise EcoSorterError("label needs ID LABEL (or --import CSV)")
+        label_one(state, args.id, args.label, args.by)
+        print(f"{args.id}: true label {args.label}")
     return 0
 
 
@@ -436,9 +453,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="captured photos as class folders + CSV, for retraining and calibration")
     p.add_argument("out", type=Path)
-    p.add_argument("--since", help="ISO date, e.g. 2026-11-01")
+    p.add_argument("--since", help="a date (2026-11-01), a timestamp, or a duration back from now (7d, 12h)")
+    p.add_argument("--labeled-only", action="store_true", help="only items a person labelled")
     p.add_argument("--state-dir", type=Path)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("label", help="record what an item really was (true label), or import a CSV of them")
+    p.add_argument("id", nargs="?", help="event id (as printed, published and exported)")
+    p.add_argument("label", nargs="?", help="label id, e.g. kaca")
+    p.add_argument("--import", dest="import_csv", type=Path, metavar="CSV",
+                   help="CSV with columns id and true_label (or label), e.g. an edited export labels.csv")
+    p.add_argument("--by", default="", help="who labelled (default: cli:<user>)")
+    p.add_argument("--state-dir", type=Path)
+    p.set_defaults(fn=cmd_label)
 
     p = sub.add_parser("config", help="print the documented example config, or check a config file")
     p.add_argument("action", choices=["example", "check"])

@@ -332,17 +332,12 @@ def _need(fn, what: str):
 
 
 def callbacks_for(sorter) -> Callbacks:
-    """The Sorter's callbacks; getattr guards let a branch without labels or machine faults still build."""
-    events = sorter.events
+    """The Sorter's callbacks: what each remote action does on the bin."""
 
     def label(event_id: str, label: str, who: str) -> bool:
-        set_label = getattr(events, "set_label", None)
-        if set_label is None:
-            raise CommandError("labels not supported")
         if label not in sorter.model.manifest.label_ids:
             raise CommandError(f"label.label: {label!r} is not one of this model's labels "
                                f"({', '.join(sorter.model.manifest.label_ids)})")
-        return bool(set_label(event_id, label, who))
+        return sorter.label(event_id, label, who)
 
-    return Callbacks(flag=sorter.flag, label=label, clear_fault=getattr(sorter, "clear_fault", None),
-                     request_swap=sorter.request_swap)
+    return Callbacks(flag=sorter.flag, label=label, clear_fault=sorter.clear_fault, request_swap=sorter.request_swap)

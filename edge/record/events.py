@@ -20,6 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ecosorter.edge.record.event import Event
@@ -45,7 +46,10 @@ CREATE TABLE IF NOT EXISTS events (
     note TEXT NOT NULL DEFAULT '',
     flagged INTEGER NOT NULL DEFAULT 0,
     bin_id TEXT NOT NULL DEFAULT '',
-    source_name TEXT NOT NULL DEFAULT ''
+    source_name TEXT NOT NULL DEFAULT '',
+    true_label TEXT NOT NULL DEFAULT '',
+    labeled_by TEXT NOT NULL DEFAULT '',
+    labeled_at TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -56,6 +60,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 COLUMNS = ("id", "time", "label", "confidence", "probabilities", "uncertain", "compartment", "routed_to",
            "routed_ok", "frames", "model_sha256", "latency_ms", "image", "note", "bin_id", "source_name")
 MAX_PENDING = 10_000
+# Columns added after the first release: older event logs get them on open (ALTER TABLE).
+MIGRATIONS = {"true_label": "TEXT NOT NULL DEFAULT ''", "labeled_by": "TEXT NOT NULL DEFAULT ''",
+              "labeled_at": "TEXT NOT NULL DEFAULT ''"}
+LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def check_label(label: str, by: str) -> None:
+    """A true label is a label id (lower-case, digits, _ and -); who gave it is short plain text."""
+    if not (isinstance(label, str) and 0 < len(label) <= 64 and set(label) <= LABEL_CHARS):
+        raise ValueError(f"label {label!r}: expected a label id such as 'kaca' (a-z, 0-9, _ and -)")
+    if not (isinstance(by, str) and len(by) <= 64 and by.isprintable()):
+        raise ValueError(f"labeled_by {by!r}: expected up to 64 printable characters")
 
 
 def explain(folder: Path, e: Exception) -> str:
@@ -207,6 +223,10 @@ class EventLog:
             log.error("event log %s failed its integrity check (%s); moved to %s", self.path, ok, aside)
             db = connect(self.path)
         db.executescript(SCHEMA)
+        have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+        for column, decl in MIGRATIONS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE events ADD COLUMN {column} {decl}")
         self._db = db
         self._inode = os.stat(self.path).st_ino
 
@@ -291,6 +311,38 @@ class EventLog:
             except sqlite3.Error as e:  # a full disk: the flag is lost, the sorter is not
                 log.error("flag %s not saved: %s", event_id, explain(self.path.parent, e))
                 return False
+
+    def set_label(self, event_id: str, label: str, by: str) -> bool:
+        """What the item really was, who said so and when; False for an unknown id."""
+        return not self.set_labels([(event_id, label, by)])
+
+    def set_labels(self, items: list[tuple[str, str, str]]) -> list[str]:
+        """(id, label, by) in one transaction; returns the unknown ids, and then applies none."""
+        for _, label, by in items:
+            check_label(label, by)
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        with self._lock:
+            self._ensure_open()
+            assert self._db is not None
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                unknown = [i for i, _, _ in items
+                           if db.execute("SELECT 1 FROM events WHERE id = ?", (i,)).fetchone() is None]
+                if not unknown:
+                    db.executemany("UPDATE events SET true_label = ?, labeled_by = ?, labeled_at = ? WHERE id = ?",
+                                   [(label, by, now, i) for i, label, by in items])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return unknown
+
+    def needs_label(self, limit: int = 100) -> list[str]:
+        """Flagged items nobody has labelled yet, newest first."""
+        rows = self.query("SELECT id FROM events WHERE flagged = 1 AND true_label = '' ORDER BY seq DESC LIMIT ?",
+                          (limit,))
+        return [r["id"] for r in rows]
 
     def set_image(self, event_id: str, image: str) -> None:
         with self._lock:

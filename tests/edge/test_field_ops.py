@@ -266,5 +266,5 @@ def test_captures_quota_keeps_flagged_and_export_writes_class_folders(tmp_path):
     out = tmp_path / "export"
     assert main(["export", str(out), "--state-dir", str(tmp_path), "--since", "2000-01-01"]) == 0
     rows = (out / "labels.csv").read_text().splitlines()
-    assert rows[0].startswith("filename,predicted") and len(rows) - 1 == len(photos)
+    assert rows[0].startswith("photo,id,time") and len(rows) - 1 == len(photos)
     assert all((out / r.split(",")[0]).exists() for r in rows[1:])

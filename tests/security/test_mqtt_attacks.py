@@ -127,8 +127,6 @@ def test_unsigned_forged_stale_replayed_and_downgrade_installs_are_refused(mosqu
 
 def test_without_a_key_remote_install_is_off_and_only_listed_actions_trust_the_broker(mosquitto, tmp_path,
                                                                                         monkeypatch, keys):
-    from ecosorter.edge.record.events import EventLog
-
     cfg = sorter_cfg(tmp_path, mosquitto.port, **{"commands.trust_broker_for": ["flag", "label"]})
     attacker = Attacker(mosquitto.port)
     with RunningSorter(cfg, monkeypatch, tmp_path) as bin7:
@@ -144,11 +142,10 @@ def test_without_a_key_remote_install_is_off_and_only_listed_actions_trust_the_b
         assert "remote rollback_model is off" in attacker.result(2)["error"]
         assert "clear_fault must be signed but no key is configured" in attacker.result(3)["error"]
         assert attacker.result(4) == {"action": "flag", "ok": True, "id": event_id, "flagged": True}
-        if hasattr(EventLog, "set_label"):  # labels arrive with the retraining branch
-            assert attacker.result(5) == {"action": "label", "ok": True, "id": event_id, "label": "kaca"}
-            assert "'sampah' is not one of this model's labels" in attacker.result(6)["error"]
-        else:
-            assert attacker.result(5)["error"] == attacker.result(6)["error"] == "labels not supported"
+        assert attacker.result(5) == {"action": "label", "ok": True, "id": event_id, "label": "kaca"}
+        assert "'sampah' is not one of this model's labels" in attacker.result(6)["error"]
+        assert bin7.sorter.events.query("SELECT true_label, labeled_by FROM events WHERE id = ?",
+                                        (event_id,))[0][:] == ("kaca", "ha")
     attacker.close()
 
 

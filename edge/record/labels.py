@@ -1,0 +1,106 @@
+"""`ecosorter label ID LABEL` and `ecosorter label --import CSV`: true labels into the event log.
+
+Strict: a label must be one the bin's model knows, an id must be in the log, and an import with
+any bad row (reported with its line number) changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import getpass
+from pathlib import Path
+
+from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.record.events import EventLog, check_label
+
+MAX_REPORTED = 20
+
+
+class LabelError(EcoSorterError):
+    pass
+
+
+def known_labels(state_dir: Path) -> list[str]:
+    """The labels of the model the bin runs (models/current.tflite), else the default seven."""
+    from ecosorter.edge.model.loader import read_manifest
+    from ecosorter.edge.model.manifest import DEFAULT_LABELS
+
+    current = state_dir / "models" / "current.tflite"
+    if current.exists():
+        manifest = read_manifest(current.read_bytes(), current)
+        if manifest is not None:
+            return list(manifest.label_ids)
+    return [lb.id for lb in DEFAULT_LABELS]
+
+
+def _who(by: str) -> str:
+    if by:
+        return by
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _events(state_dir: Path) -> EventLog:
+    db = state_dir / "events.db"
+    if not db.exists():
+        raise LabelError(f"no event log at {db} (give --state-dir, or sort some items first)")
+    return EventLog(db)
+
+
+def label_one(state_dir: Path, event_id: str, label: str, by: str = "") -> None:
+    labels = known_labels(state_dir)
+    if label not in labels:
+        raise LabelError(f"label {label!r} is not one of the model's labels: {', '.join(labels)}")
+    with _events(state_dir) as events:
+        if not events.set_label(event_id, label, _who(by)):
+            raise LabelError(f"no event with id {event_id!r} in {events.path}")
+
+
+def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
+    """Rows with columns id and true_label (or label); empty labels are skipped (not labelled yet)."""
+    labels = known_labels(state_dir)
+    who = _who(by)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            column = "true_label" if "true_label" in fields else "label" if "label" in fields else None
+            if "id" not in fields or column is None:
+                raise LabelError(f"{path}: needs a header with columns id and true_label (or label); "
+                                 f"found {', '.join(fields) or 'no header'}")
+            rows = [(reader.line_num, r) for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise LabelError(f"{path}: cannot read as CSV: {e}") from None
+    errors: list[str] = []
+    items: list[tuple[str, str, str]] = []
+    lines: dict[str, int] = {}
+    for line, r in rows:
+        event_id, label = (r.get("id") or "").strip(), (r.get(column) or "").strip()
+        row_by = (r.get("labeled_by") or "").strip() or who
+        if not label:
+            continue
+        if not event_id:
+            errors.append(f"line {line}: no id")
+        elif label not in labels:
+            errors.append(f"line {line}: label {label!r} is not one of {', '.join(labels)}")
+        elif event_id in lines:
+            errors.append(f"line {line}: id {event_id} already labelled on line {lines[event_id]}")
+        else:
+            try:
+                check_label(label, row_by)
+            except ValueError as e:
+                errors.append(f"line {line}: {e}")
+                continue
+            lines[event_id] = line
+            items.append((event_id, label, row_by))
+    if not errors and items:
+        with _events(state_dir) as events:
+            unknown = events.set_labels(items)
+        errors += [f"line {lines[i]}: no event with id {i!r}" for i in unknown]
+    if errors:
+        more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
+        raise LabelError(f"{path}: nothing imported, {len(errors)} bad rows{more}:\n  " +
+                         "\n  ".join(errors[:MAX_REPORTED]))
+    return len(items)

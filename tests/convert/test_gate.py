@@ -1,0 +1,94 @@
+"""The converter's gate judges what the bin does with the int8 model, not only top-1 agreement."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ecosorter.convert.cli import main as convert_main
+from ecosorter.convert.verify import BinRules, bin_outcome, upper_binomial
+from ecosorter.edge.model import load_model
+from tests.conftest import DATA, LABELS7
+
+KHUSUS = LABELS7.index("khusus")
+
+
+def probs(rows: list[tuple[int, float]]) -> np.ndarray:
+    """One row per (class, top probability); the rest spread evenly."""
+    out = np.zeros((len(rows), 7))
+    for i, (c, p) in enumerate(rows):
+        out[i] = (1 - p) / 6
+        out[i, c] = p
+    return out
+
+
+def test_clopper_pearson_upper_bound():
+    assert upper_binomial(0, 10) == pytest.approx(1 - 0.05 ** (1 / 10), abs=1e-6)  # 0.2589
+    p = upper_binomial(5, 10)  # the p at which seeing <= 5 of 10 has probability 5%
+    assert sum(math.comb(10, i) * p ** i * (1 - p) ** (10 - i) for i in range(6)) == pytest.approx(0.05, abs=1e-6)
+    assert 0.77 < p < 0.78
+    assert upper_binomial(3, 3) == 1.0 and upper_binomial(0, 0) == 1.0
+
+
+def test_low_margin_flips_that_land_in_the_fallback_pass():
+    truth = np.array([0] * 90 + [1] * 10)
+    ref = probs([(0, 0.9)] * 90 + [(1, 0.52)] * 5 + [(1, 0.9)] * 5)
+    tfl = ref.copy()
+    # five uncertain items flip their top-1 (kardus -> kertas at 0.5): still uncertain, still fallback
+    tfl[90:95] = probs([(2, 0.5)] * 5)
+    o = bin_outcome(ref, tfl, truth, LABELS7, BinRules())
+    assert o["top1_flips"] == 5 and o["compartment_agreement"] == 1.0
+    assert o["correct_routing"]["change"] == 0 and o["contamination"]["change"] == 0 and o["passed"]
+    assert o["flip_margins"]["below_threshold"] == 5 and o["flip_margins"]["same_compartment"] == 5
+
+
+def test_confident_flips_that_contaminate_fail_and_are_bounded():
+    truth = np.array([0] * 200)
+    ref = probs([(0, 0.95)] * 200)
+    tfl = ref.copy()
+    tfl[:2] = probs([(4, 0.8)] * 2)  # two confident glass -> metal: contamination +1 point
+    o = bin_outcome(ref, tfl, truth, LABELS7, BinRules())
+    c, r = o["contamination"], o["correct_routing"]
+    assert (c["worse"], c["better"], c["change"]) == (2, 0, 0.01)
+    assert r["change"] == -0.01 and r["worse"] == 2
+    assert not o["passed"]  # +1 point contamination > +0.5
+    assert c["harm_bound_95"] == pytest.approx(2 / 200 * (2 * 1.0 - 1))  # all discordant pairs are harm
+    assert o["compartment_agreement"] == 0.99 and o["flip_margins"]["max_keras_top"] == pytest.approx(0.95)
+    # the same flips into a shared compartment (glass and metal share a bin) change nothing for the bin
+    shared = BinRules(compartments={lb: (0 if lb in ("kaca", "logam") else i) for i, lb in enumerate(LABELS7)})
+    assert bin_outcome(ref, tfl, truth, LABELS7, shared)["passed"]
+
+
+def test_uncertain_items_go_to_fallback_and_per_class_thresholds_apply():
+    rules = BinRules(threshold=0.55, fallback="khusus", class_thresholds={"kaca": 0.9})
+    comp, confident = rules.route(probs([(0, 0.8), (1, 0.6), (1, 0.5)]), LABELS7)
+    assert comp.tolist() == [KHUSUS, 1, KHUSUS] and confident.tolist() == [False, True, False]
+    comp, _ = BinRules(fallback=None).route(probs([(1, 0.5)]), LABELS7)
+    assert comp.tolist() == [-1]  # no fallback: not routed, never counted as a correct routing
+
+
+def test_int8_conversion_reports_the_bin_outcome_and_can_fail_on_it(tiny_h5, photo_dir, tmp_path, capsys):
+    out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
+    args = [str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
+            "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
+            "--min-agreement", "0.5", "--quiet"]
+    assert convert_main(args + ["--threshold", "0", "--max-routing-loss", "100", "--max-contamination-gain", "100"]) == 0
+    r = json.loads(report.read_text())
+    o = r["bin_outcome"]
+    assert r["gate"] == "outcome" and o["images"] == 36 and o["rules"]["fallback"] == "khusus"
+    assert 0 <= o["correct_routing"]["keras"] <= 1 and "harm_bound_95" in o["contamination"]
+    assert "correct routing" in capsys.readouterr().out
+    with load_model(out) as m:
+        assert m.manifest.verification["compartment_agreement"] == o["compartment_agreement"]
+    # A gate no model can pass (int8 would have to route 50 points more items right than Keras,
+    # which routes every answer at threshold 0 and is right on over half): nothing written, exit 1; --gate agreement ignores it.
+    assert o["correct_routing"]["keras"] > 0.5
+    out.unlink()
+    rc = convert_main(args + ["--threshold", "0", "--max-routing-loss", "-50", "--max-contamination-gain", "100"])
+    assert rc == 1 and not out.exists()
+    assert "outside the gate" in capsys.readouterr().out
+    rc = convert_main(args + ["--gate", "agreement", "--threshold", "0", "--max-routing-loss", "-50"])
+    assert rc == 0 and out.exists()

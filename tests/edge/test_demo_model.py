@@ -1,0 +1,49 @@
+"""The bundled demo model (EfficientNet-Lite0 transfer model, int8) in LiteRT: what it claims holds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ecosorter.edge import classify_image, load_model
+from ecosorter.edge.preprocess.spec import preset
+from tests.conftest import LABELS7, SAMPLES, SHARED
+
+DEMO = SAMPLES.parent / "demo_int8.tflite"
+TRAINING = json.loads((SAMPLES.parent / "demo_training.json").read_text())
+REPORT = json.loads((SAMPLES.parent / "demo_int8.report.json").read_text())
+
+
+def test_manifest_size_and_recipe():
+    assert DEMO.stat().st_size <= 6_000_000
+    with load_model(DEMO) as m:
+        man = m.manifest
+        assert man.label_ids == LABELS7 and man.preprocess == preset("tf")
+        assert man.source["quantization"] == "int8" and man.source["file"] == "demo.h5"
+        assert m.classifier.input.dtype == "int8" and (m.classifier.input.height, m.classifier.input.width) == (224, 224)
+        assert man.verification["agreement"] == REPORT["agreement"]
+    assert TRAINING["training"]["preprocess"] == "tf" and TRAINING["held_out"]["seed"] == 7
+
+
+def test_bundled_samples_are_held_out_photos_and_sorted_right():
+    held = set(TRAINING["held_out"]["files"])
+    samples = sorted(SAMPLES.glob("*.jpg"))
+    # NN-<label>-trashnet-<name>.jpg: the photo <label>/trashnet-<name>.jpg of waste7, never trained on
+    assert all(f"{p.name.split('-')[1]}/{p.name.split('-', 2)[2]}" in held for p in samples)
+    with load_model(DEMO) as m:
+        right = [classify_image(m, p).label == p.name.split("-")[1] for p in samples]
+    assert sum(right) >= 12, right  # 13 of 13 when shipped
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/waste7 (not in a fresh clone)")
+def test_held_out_accuracy_reproduces_the_report():
+    files = [SHARED / f for f in TRAINING["held_out"]["files"]]
+    with load_model(DEMO) as m:
+        pred = [classify_image(m, f).label for f in files]
+    truth = [f.parent.name for f in files]
+    acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
+    assert len(files) == REPORT["images"] == 349
+    assert acc >= 0.88  # the floor for the demo
+    assert abs(acc - REPORT["tflite_accuracy"]) <= 2 / 349  # same photos, same runtime: same answers
