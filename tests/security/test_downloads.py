@@ -45,8 +45,8 @@ def web(tmp_path):
         return route
 
     s = Server({"/m.tflite": serve_bytes(model.read_bytes()),
-                "/unsized.tflite": serve_bytes(b"\0" * 3_000_000, length=False),
-                "/huge.tflite": serve_bytes(b"\0" * 3_000_000),
+                "/unsized.tflite": serve_bytes(b"\0" * 9_000_000, length=False),
+                "/huge.tflite": serve_bytes(b"\0" * 9_000_000),
                 "/same-host": redirect("/m.tflite"),
                 "/other-port": redirect(other.url("/m.tflite")),
                 "/to-file": redirect("file:///etc/passwd")})
@@ -57,8 +57,8 @@ def web(tmp_path):
 
 
 def policy(web, **over) -> DownloadPolicy:
-    base = {"hosts": (f"127.0.0.1:{web.port}",), "allow_http": True, "max_bytes": 2_000_000,
-            "timeout_s": 30.0, "incoming_quota": 5_000_000}
+    base = {"hosts": (f"127.0.0.1:{web.port}",), "allow_http": True, "max_bytes": 8_000_000,
+            "timeout_s": 30.0, "incoming_quota": 20_000_000}
     return DownloadPolicy(**{**base, **over})
 
 
@@ -66,8 +66,8 @@ def policy(web, **over) -> DownloadPolicy:
     ("/m.tflite", {"allow_http": False}, "only https:// URLs"),
     ("/m.tflite", {"hosts": ()}, "download_hosts is empty: URL installs are off"),
     ("/m.tflite", {"hosts": ("127.0.0.1",)}, "is not in model.download_hosts"),  # same host, other port
-    ("/huge.tflite", {}, "more than model.max_download_mb = 2 MB"),  # said so in Content-Length
-    ("/unsized.tflite", {}, "more than model.max_download_mb = 2 MB"),  # found out while streaming
+    ("/huge.tflite", {}, "more than model.max_download_mb = 8 MB"),  # said so in Content-Length
+    ("/unsized.tflite", {}, "more than model.max_download_mb = 8 MB"),  # found out while streaming
     ("/m.tflite", {"incoming_quota": 1000}, "would exceed model.incoming_quota_mb"),
     ("/other-port", {}, "leaves http://127.0.0.1"),
     ("/to-file", {}, "file:///etc/passwd' (leaves|is not allowed)"),  # urllib's own refusal
