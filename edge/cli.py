@@ -254,12 +254,32 @@ def cmd_model(args) -> int:
 def cmd_keys(args) -> int:
     from ecosorter.edge.security import new_keypair
 
+    if args.action == "sign":
+        return _sign_model(args)
     private, public = new_keypair()
     fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(private + "\n")
     print(f"private key written to {args.private} (mode 0600): keep it off the bins")
     print(f'in each bin\'s config, [model]: public_key = "{public}"')
+    return 0
+
+
+def _sign_model(args) -> int:
+    from ecosorter.edge.secrets import read_secret
+    from ecosorter.edge.security import sign_file
+
+    if args.file is None:
+        raise EcoSorterError("keys sign needs the model FILE to sign")
+    out = args.output or args.file.with_suffix(".sig")
+    try:
+        sig = sign_file(read_secret("signing_key", args.private), args.file.read_bytes())
+    except OSError as e:
+        raise EcoSorterError(f"{args.file}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:
+        raise EcoSorterError(f"{args.private}: not a key from `ecosorter keys new` ({e})") from None
+    out.write_bytes(sig)
+    print(f"signature written to {out}: ecosorter model install {args.file} --signature {out}")
     return 0
 
 
@@ -287,7 +307,8 @@ def cmd_sign_command(args) -> int:
 def cmd_export(args) -> int:
     from ecosorter.edge.record.export import export
 
-    n = export(_state_dir(args), args.out, args.since or "", labeled_only=args.labeled_only)
+    n = export(_state_dir(args), args.out, args.since or "", labeled_only=args.labeled_only, replace=args.replace,
+               warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     print(f"exported {n} photos to {args.out} (class folders + labels.csv)")
     return 0
 
@@ -439,9 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path)
     p.set_defaults(fn=cmd_model)
 
-    p = sub.add_parser("keys", help="make an ed25519 key pair for signed remote commands")
-    p.add_argument("action", choices=["new"])
-    p.add_argument("private", type=Path, help="file for the private key (written mode 0600; keep it off the bin)")
+    p = sub.add_parser("keys", help="make an ed25519 key pair (new), or sign a model file with it (sign)")
+    p.add_argument("action", choices=["new", "sign"])
+    p.add_argument("private", type=Path, help="the private key file (new: written mode 0600; keep it off the bin)")
+    p.add_argument("file", nargs="?", type=Path, help="sign: the .tflite to sign")
+    p.add_argument("-o", "--output", type=Path, help="sign: where the signature goes (default FILE.sig)")
     p.set_defaults(fn=cmd_keys)
 
     p = sub.add_parser("sign-command", help="print a signed command for <prefix>/<bin_id>/cmd (e.g. for mosquitto_pub)")
@@ -455,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--since", help="a date (2026-11-01), a timestamp, or a duration back from now (7d, 12h)")
     p.add_argument("--labeled-only", action="store_true", help="only items a person labelled")
+    p.add_argument("--replace", action="store_true", help="clear an earlier export in OUT first")
     p.add_argument("--state-dir", type=Path)
     p.set_defaults(fn=cmd_export)
 

@@ -67,6 +67,13 @@ def new_keypair() -> tuple[str, str]:
     return base64.b64encode(priv).decode(), base64.b64encode(pub).decode()
 
 
+def sign_file(private_key_b64: str, content: bytes) -> bytes:
+    """The raw ed25519 signature `ecosorter model install --signature` checks against model.public_key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(base64.b64decode(private_key_b64.strip(), validate=True)).sign(content)
+
+
 def sign_command(private_key_b64: str, action: str, args: dict, bin_id: str,
                  ts: float | None = None, nonce: str | None = None) -> dict:
     """A signed command ready to publish on <prefix>/<bin_id>/cmd (what `ecosorter sign-command` prints)."""

@@ -129,7 +129,7 @@ class Sorter:
                 self._health("image", not self.quality.alert, self.quality.alert or "ok")
         if self.pending is not None:  # a decided item waits on the tray
             if state is TriggerState.EMPTY:
-                return self._resolve(None, "taken off the tray while it waited: not routed")
+                return self._resolve(None, "taken off the tray while it waited")
             if state is not TriggerState.SETTLED:  # still it, or being touched
                 return self._try_route()
             # settled as a different item: the waiting one was swapped for it
@@ -262,22 +262,33 @@ class Sorter:
     def flag(self, event_id: str) -> bool:
         """A person says this item was sorted wrongly: keep its photo for retraining."""
         ok = self.events.flag(event_id) if self.events is not None else False
-        if ok and self.captures is not None:
-            image = self.captures.flag(event_id)
-            if image and self.events is not None:
-                self.events.set_image(event_id, image)
+        if ok:
+            self._keep_photo(event_id)
         if ok and self.board is not None:
             self.board.flagged(event_id)
         return ok
 
     def label(self, event_id: str, label: str, who: str) -> bool:
-        """A person says what the item really was (page, MQTT, CLI): kept for retraining."""
+        """A person says what the item really was (page, MQTT, CLI): kept for retraining, photo too."""
         if label not in self.model.manifest.label_ids or self.events is None:
             return False
         ok = self.events.set_label(event_id, label, who)
+        if ok:
+            self._keep_photo(event_id)
         if ok and self.board is not None:
             self.board.labelled(event_id, label)
         return ok
+
+    def _keep_photo(self, event_id: str) -> None:
+        """A flagged or labelled item's photo is what retraining needs: keep it (longest), if still held."""
+        if self.captures is None or self.events is None:
+            return
+        image = self.captures.flag(event_id)
+        if image:
+            self.events.set_image(event_id, image)
+        else:
+            log.warning("item %s: its photo is no longer held (only the last %d are), so export will not have it",
+                        event_id, self.captures.RECENT)
 
     def clear_fault(self, who: str) -> bool:
         """A person says the mechanism is free again (button held, page, MQTT)."""

@@ -31,6 +31,8 @@ def encode_jpeg(pixels: np.ndarray, order: str, quality: int = 90) -> bytes:
 
 
 class CaptureStore:
+    RECENT = 24  # frames kept in memory for a later flag or label: more than the page lists (12)
+
     def __init__(self, root: str | Path, policy: str = "uncertain", confident_fraction: float = 0.05,
                  quota_mb: float = 2048.0, seed: int | None = None):
         self.root = Path(root)
@@ -55,7 +57,7 @@ class CaptureStore:
         """Keep the photo if the policy wants it; returns its path relative to root, or ''."""
         with self._lock:  # references only: frames are never written to after capture
             self._recent[event.id] = (event.label, pixels, order)
-            while len(self._recent) > 8:
+            while len(self._recent) > self.RECENT:
                 self._recent.popitem(last=False)
         if not self.wants(event):
             return ""

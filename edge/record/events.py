@@ -330,8 +330,9 @@ class EventLog:
                 unknown = [i for i, _, _ in items
                            if db.execute("SELECT 1 FROM events WHERE id = ?", (i,)).fetchone() is None]
                 if not unknown:
-                    db.executemany("UPDATE events SET true_label = ?, labeled_by = ?, labeled_at = ? WHERE id = ?",
-                                   [(label, by, now, i) for i, label, by in items])
+                    # unchanged labels keep who gave them and when (re-importing an export changes nothing)
+                    db.executemany("UPDATE events SET true_label = ?, labeled_by = ?, labeled_at = ? "
+                                   "WHERE id = ? AND true_label != ?", [(lb, by, now, i, lb) for i, lb, by in items])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

@@ -59,21 +59,42 @@ def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _clear_export(out: Path) -> None:
+    """Only what an export writes: class folders of photos and labels.csv. Anything else stops it."""
+    for child in out.iterdir():
+        if child.name == "labels.csv":
+            child.unlink()
+        elif child.is_dir() and all(f.suffix == ".jpg" for f in child.iterdir()):
+            shutil.rmtree(child)
+        else:
+            raise EcoSorterError(f"export --replace: {child} is not part of an export; not touching {out}")
+
+
 def folder_for(predicted: str, true_label: str, flagged: bool) -> str:
     if true_label:
         return true_label
     return UNLABELED if flagged else predicted
 
 
-def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = False) -> int:
+def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = False, replace: bool = False,
+           warn=lambda msg: None) -> int:
     since_iso = parse_since(since)
+    if out.exists() and any(out.iterdir()):
+        if not replace:
+            raise EcoSorterError(f"export: {out} is not empty; an old export there would leave photos in the "
+                                 "wrong class folders. Use an empty folder, or --replace to clear it first")
+        _clear_export(out)
     events = EventLog(state_dir / "events.db")
     captures = state_dir / "captures"
     flagged_files = set((captures / "flagged.txt").read_text().split()) if (captures / "flagged.txt").exists() else set()
     try:
         rows = events.query("SELECT * FROM events WHERE image != '' AND time >= ? ORDER BY seq", (since_iso,))
+        lost = events.query("SELECT id FROM events WHERE image = '' AND true_label != '' AND time >= ?", (since_iso,))
     finally:
         events.close()
+    if lost:
+        warn(f"{len(lost)} labelled items have no photo (labelled after their photo was gone) and are not "
+             f"exported: {', '.join(r['id'] for r in lost[:5])}{' ...' if len(lost) > 5 else ''}")
     out.mkdir(parents=True, exist_ok=True)
     n = 0
     with open(out / "labels.csv", "w", newline="") as f:

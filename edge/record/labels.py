@@ -78,7 +78,7 @@ def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
     lines: dict[str, int] = {}
     for line, r in rows:
         event_id, label = (r.get("id") or "").strip(), (r.get(column) or "").strip()
-        row_by = (r.get("labeled_by") or "").strip() or who
+        row_by = who  # the person importing now; a CSV's own labeled_by column is not proof of anything
         if not label:
             continue
         if not event_id:

@@ -108,7 +108,13 @@ def test_label_cli_one_and_strict_import(tmp_path, sorted_bin, capsys):
     with EventLog(state / "events.db") as log:
         got = {r["id"]: (r["true_label"], r["labeled_by"]) for r in log.query("SELECT * FROM events")}
     assert got[ids[0]] == ("kaca", "ops") and got[ids[1]][0] == "kardus" and got[ids[1]][1].startswith("cli:")
-    assert got[ids[2]] == ("kertas", "field-team") and got[ids[3]] == ("", "")
+    # who imported, not what the CSV claims: a labeled_by column is not proof of anything
+    assert got[ids[2]][0] == "kertas" and got[ids[2]][1].startswith("cli:") and got[ids[3]] == ("", "")
+    with EventLog(state / "events.db") as log:
+        before = log.query("SELECT labeled_at FROM events WHERE id = ?", (ids[1],))[0]["labeled_at"]
+    assert main(["label", "--import", str(good), "--state-dir", str(state)]) == 0  # the same file again
+    with EventLog(state / "events.db") as log:  # unchanged labels keep when they were given
+        assert log.query("SELECT labeled_at FROM events WHERE id = ?", (ids[1],))[0]["labeled_at"] == before
 
 
 def test_export_folders_follow_true_labels_and_flags(tmp_path, sorted_bin):
@@ -138,6 +144,34 @@ def test_export_folders_follow_true_labels_and_flags(tmp_path, sorted_bin):
     only = tmp_path / "only"
     assert main(["export", str(only), "--state-dir", str(state), "--labeled-only"]) == 0
     assert [p.relative_to(only).parts[0] for p in only.rglob("*.jpg")] == ["plastik"]
+
+    # the README's loop exports twice: an old export must not leave a photo under its old class
+    with EventLog(state / "events.db") as log:
+        assert log.set_label(flagged_only.id, "kaca", "page")
+    assert main(["export", str(out), "--state-dir", str(state)]) == 2  # refused: it is not empty
+    assert main(["export", str(out), "--state-dir", str(state), "--replace"]) == 0
+    where = [p.relative_to(out).parts[0] for p in out.rglob(f"{flagged_only.id}.jpg")]
+    assert where == ["kaca"]
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", str(out), "--state-dir", str(state), "--replace"]) == 2  # not an export: untouched
+    assert (out / "notes.txt").exists()
+
+
+def test_a_label_keeps_the_photo_even_when_the_policy_did_not_capture_it(tmp_path):
+    """Only uncertain items are captured by default; a label given on the page or over MQTT later
+    is what retraining needs, so the sorter keeps that item's photo then (export warns otherwise)."""
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
+                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
+                                 "record.capture": "none"})
+    with build_sorter(cfg, state_dir=tmp_path) as sorter:
+        events = []
+        sorter.run(on_event=events.append)
+        assert sorter.label(events[-1].id, "kaca", "page@127.0.0.1")
+        with EventLog(tmp_path / "events.db") as log:  # a label for an item whose frame is long gone
+            assert log.set_label(events[0].id, "kertas", "cli:ops")
+    out = tmp_path / "out"
+    assert main(["export", str(out), "--state-dir", str(tmp_path), "--labeled-only"]) == 0
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.jpg")] == [f"kaca/{events[-1].id}.jpg"]
 
 
 def test_since_parses_dates_timestamps_durations_and_refuses_the_rest(tmp_path, capsys, sorted_bin):

@@ -134,3 +134,26 @@ def test_keys_new_and_sign_command_make_commands_the_bin_accepts_once(tmp_path, 
     os.chmod(key, 0o644)
     assert main(["sign-command", "--key", str(key), "--bin-id", "bin7", "flag", "id=abc"]) == 2
     assert "readable by others" in capsys.readouterr().err
+
+
+def test_keys_sign_makes_the_signature_model_install_checks(tmp_path, capsys):
+    """The README's manual install step: `keys sign` then `model install --signature` with that key."""
+    import shutil
+
+    from ecosorter.edge.cli import main
+    from ecosorter.edge.model.store import ModelInstallError, ModelStore
+    from ecosorter.edge.security import decode_public_key
+    from tests.conftest import SAMPLES
+
+    key = tmp_path / "owner.key"
+    assert main(["keys", "new", str(key)]) == 0
+    public = decode_public_key(capsys.readouterr().out.split('public_key = "')[1].split('"')[0])
+    model = tmp_path / "m.tflite"
+    shutil.copy(SAMPLES.parent / "demo_int8.tflite", model)
+    assert main(["keys", "sign", str(key), str(model)]) == 0
+    assert "--signature" in capsys.readouterr().out
+    store = ModelStore(tmp_path / "state", public_key=public)
+    assert store.install(model, signature=(tmp_path / "m.sig").read_bytes()).sha256
+    model.write_bytes(model.read_bytes() + b"\0")  # any other bytes: refused
+    with pytest.raises(ModelInstallError, match="does not verify"):
+        store.install(model, signature=(tmp_path / "m.sig").read_bytes())
