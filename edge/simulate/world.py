@@ -104,6 +104,7 @@ class World:
         self.tray: Item | None = None
         self.waiting: deque[Item] = deque()
         self.items: list[Item] = []
+        self._door_wait_since = float("inf")
         self.drops: list[tuple[float, int, int]] = []  # (t, item n, compartment)
         self._n = itertools.count(1)
         self.servos = {pin: ServoModel(name, speed, clock) for name, pin in servo_pins(hw).items()}
@@ -213,17 +214,25 @@ class World:
         return self.tray is None and (door is None or door.pos() is None
                                       or self._near(door, self.hw.trapdoor_closed_angle))
 
+    PATIENCE_S = 10.0  # how long a person waits for an open door to shut before putting the item down anyway
+
     def _next_from_hand(self) -> None:
         if not self.waiting:
             return
-        if self._tray_free():
+        now = self.clock.monotonic()
+        if self._tray_free() or (self.tray is None and now - self._door_wait_since >= self.PATIENCE_S):
+            self._door_wait_since = float("inf")
             self._put(self.waiting.popleft())
         elif self.tray is None:  # the door is still open: look again in a moment
-            self.clock.call_at(self.clock.monotonic() + 0.25, self._next_from_hand)
+            self._door_wait_since = min(self._door_wait_since, now)
+            self.clock.call_at(now + 0.25, self._next_from_hand)
 
     def _put(self, item: Item) -> None:
         self.tray, item.placed = item, self.clock.monotonic()
         self.record({"t": item.placed, "kind": "place", "item": item.n, "image": self._rel(item.image)})
+        door = self.by_name.get("trapdoor")
+        if door is not None and self._open_past_half(door, self.hw.trapdoor_closed_angle, self.hw.trapdoor_open_angle):
+            self._land(item, self._compartment_below(door))  # a door left open: it falls straight through
 
     def set_lid(self, state: str) -> None:
         self.lid_open = state == "open"
