@@ -88,7 +88,6 @@ class Sorter:
         self.inputs, self.clock, self.machine_log = inputs, clock, machine_log
         self.machine: Machine = actuator.machine
         self.machine.listeners.append(self._on_machine)
-        self.halt = threading.Event()
         self.last_event_id = ""
         if inputs is not None:
             is_present = is_present or (inputs.item_present if inputs.item_sensor is not None else None)
@@ -454,8 +453,6 @@ class Sorter:
             self.mqtt.start()
         try:
             for frame in self.frames(stop):
-                if self.halt.is_set():
-                    break
                 self.notifier.watchdog()  # only reached while frames flow
                 self.housekeeping()
                 try:
