@@ -78,8 +78,11 @@ def test_a_full_disk_loses_no_printed_event_on_kill_9_or_sigterm(small_disk, sig
         assert "events unwritten" not in err
 
 
-def test_events_that_truly_cannot_be_saved_make_a_non_zero_exit_naming_the_cause(small_disk):
-    with running("-m", "ecosorter.edge.cli", "run", "--simulate", "--loop", "--no-status",
+def test_events_that_truly_cannot_be_saved_make_a_non_zero_exit_naming_the_cause(small_disk, tmp_path):
+    # no photos at all: with some captured (a random 5% of confident items) there would be room to make
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[record]\ncapture = "none"\n')
+    with running("-m", "ecosorter.edge.cli", "run", "--simulate", "--loop", "--no-status", "--config", str(cfg),
                  "--state-dir", str(small_disk)) as (p, lines):
         assert wait(lambda: sum(ln.startswith("[") for ln in lines) >= 2, 120)
         fill(small_disk / "filler")  # something else takes the whole disk: nothing of ours to evict
