@@ -65,8 +65,6 @@ CONDITIONS: dict[str, Condition] = {
     "servo": Condition("fault", "all", "Kesalahan servo atau pin", "Servo or pin error: {detail}",
                        *_clear("Periksa kabel servo", "Check the servo wiring")),
 }
-HOLDS = tuple(n for n, c in CONDITIONS.items() if c.kind == "hold")
-FAULTS = tuple(n for n, c in CONDITIONS.items() if c.kind == "fault")
 
 
 @dataclass
@@ -108,6 +106,13 @@ class Machine:
         self._resume_at: float | None = None
         self._lock = threading.RLock()  # button and MQTT callbacks come from other threads
         self.listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener, first: bool = False) -> None:
+        """Hear every raise and clear from now on, starting with what is already active (a lid
+        found open while the hardware was built)."""
+        self.listeners.insert(0 if first else len(self.listeners), listener)
+        for entry in self.entries():
+            listener(entry, "raised", "")
 
     # ------------------------------------------------------------------ raise / clear
     def raise_(self, name: str, detail: str = "", compartment: int | None = None) -> bool:
@@ -186,11 +191,10 @@ class Machine:
         falling through a beam near the top, or a bag settling, does not raise and clear holds."""
         now = self.clock.monotonic()
         for c in (sensors if sensors is not None else full | set(self._fill_seen)):
-            reading = c in full
-            if self._fill_seen.get(c, (False, now))[0] != reading or c not in self._fill_seen:
-                self._fill_seen[c] = (reading, now)
-        with self._lock:
-            was = {e.compartment for e in self._active.values() if e.name == "full"}
+            seen = self._fill_seen.get(c)
+            if seen is None or seen[0] != (c in full):
+                self._fill_seen[c] = (c in full, now)
+        was = self.full()
         steady = {c for c, (reading, since) in self._fill_seen.items() if now - since >= self.fill_confirm_s}
         for c in sorted(c for c in steady - was if self._fill_seen[c][0]):
             self.raise_("full", compartment=c)
@@ -225,8 +229,7 @@ class Machine:
 
     def wake_at(self) -> float | None:
         """The next instant the machine changes by itself (the resume pause, a fill reading confirmed)."""
-        with self._lock:
-            was = {e.compartment for e in self._active.values() if e.name == "full"}
+        was = self.full()
         due = [since + self.fill_confirm_s for c, (reading, since) in self._fill_seen.items()
                if reading != (c in was)]
         if self._resume_at is not None:

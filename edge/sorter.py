@@ -87,7 +87,6 @@ class Sorter:
         self.captures, self.mqtt, self.store = captures, mqtt, store
         self.inputs, self.clock, self.machine_log = inputs, clock, machine_log
         self.machine: Machine = actuator.machine
-        self.machine.listeners.append(self._on_machine)
         self.last_event_id = ""
         if inputs is not None:
             is_present = is_present or (inputs.item_present if inputs.item_sensor is not None else None)
@@ -112,8 +111,7 @@ class Sorter:
         self.pending: Pending | None = None
         self._on_event: Callable[[Event], None] | None = None
         self._closed = False
-        for entry in self.machine.entries():  # raised while the hardware was built (a lid open at start)
-            self._on_machine(entry, "raised", "")
+        self.machine.subscribe(self._on_machine)
 
     # ------------------------------------------------------------------ one frame
     def process(self, frame: Frame) -> Event | None:
@@ -315,7 +313,7 @@ class Sorter:
                 elif self.last_event_id:
                     self.flag(self.last_event_id)
         act.tick()
-        if blocked_before and m.may_move() and act.needs_park():
+        if blocked_before and m.may_move() and not act.parked():
             act.park()  # a hold or fault ended with a servo somewhere unknown: home first
         if self.pending is not None and self.pending.held_by and m.may_move():
             event = self._try_route()
@@ -337,7 +335,8 @@ class Sorter:
         if self.board is not None:
             self.board.set_machine(self.machine.snapshot())
             if entry.name == "full":
-                self.board.set_fill({c: c in self.machine.full() for c in range(self.route.count)})
+                full = self.machine.full()
+                self.board.set_fill({c: c in full for c in range(self.route.count)})
             if entry.name == "lid":
                 self.board.set_link("lid", "open" if state == "raised" else "closed")
         if state == "cleared" and self.machine.may_move():

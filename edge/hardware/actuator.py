@@ -140,12 +140,9 @@ class Actuator:
         """The next instant tick() has work to do (None: nothing pending)."""
         return None
 
-    def needs_park(self) -> bool:
-        """A servo was left away from its safe position (lid opened mid-move or mid-drop, a jam):
-        park it before anything else is put on the tray."""
-        return not self.parked()
-
     def parked(self) -> bool:
+        """Every servo known to be at its safe position. False after the lid opened mid-move or
+        mid-drop, or a jam: the bin parks before anything else is put on the tray."""
         return True
 
     # --- routing
@@ -159,20 +156,10 @@ class Actuator:
         with self._lock:
             self._dropped = False
             self.show("busy")
-            stopped, note = "", ""
-            try:
-                self._guard_lid()
-                self._sequence(compartment)
-            except LidOpened as e:
-                stopped, note = "lid", str(e)
-            except HardwareFault as e:
-                self._detach_all()
-                stopped, note = e.name, str(e)
-                self.machine.raise_(e.name, e.detail)
-            ok = self._dropped
+            stopped, note = self._guarded(lambda: self._sequence(compartment))
             self.show(("uncertain" if uncertain else "ready") if not stopped else
                       ("held" if stopped == "lid" else "fault"))
-        return RouteResult(compartment, ok, (self.clock.monotonic() - t0) * 1000, note, stopped)
+        return RouteResult(compartment, self._dropped, (self.clock.monotonic() - t0) * 1000, note, stopped)
 
     def park(self) -> bool:
         """The safe sequence: with the lid closed, safe positions in a safe order, each waited
@@ -180,16 +167,21 @@ class Actuator:
         if self.closed:
             return False
         with self._lock:
-            try:
-                self._guard_lid()
-                self._park()
-                return True
-            except LidOpened:
-                return False
-            except HardwareFault as e:
-                self._detach_all()
-                self.machine.raise_(e.name, e.detail)
-                return False
+            return not self._guarded(self._park)[0]
+
+    def _guarded(self, steps) -> tuple[str, str]:
+        """Run a sequence with the lid closed; what stopped it ("lid" or a fault name) and why, or ("", "").
+        A fault found on the way detaches everything and is raised on the machine."""
+        try:
+            self._guard_lid()
+            steps()
+        except LidOpened as e:
+            return "lid", str(e)
+        except HardwareFault as e:
+            self._detach_all()
+            self.machine.raise_(e.name, e.detail)
+            return e.name, str(e)
+        return "", ""
 
     def move_to(self, axis: Axis, angle: float) -> None:
         """One servo to an angle and wait for it (calibration): lid, switches and budget as ever."""

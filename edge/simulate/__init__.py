@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ecosorter.edge.clock import VirtualClock
@@ -41,7 +41,6 @@ __all__ = ["SimResult", "ScenarioError", "load_scenario", "run_scenario"]
 class SimResult:
     timeline: list[dict]
     summary: dict
-    events: list[Event] = field(default_factory=list)
 
     def of(self, kind: str, **match) -> list[dict]:
         return [r for r in self.timeline if r["kind"] == kind and all(r.get(k) == v for k, v in match.items())]
@@ -100,7 +99,6 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
                        settle_frames=t.empty_learn_frames + t.still_frames + cfg.decision.frames + 3)
     _check_pins(sc, cfg)
     stop = threading.Event()
-    events: list[Event] = []
     with build_sorter(cfg, pin_factory=pins, state_dir=state_dir, clock=clock, source=camera) as sorter:
         camera.wake = sorter.wake_at
 
@@ -108,7 +106,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
             record({"t": clock.monotonic(), "kind": entry.condition.kind, "name": entry.key, "state": state,
                     **({"who": who} if who else {})})
 
-        sorter.machine.listeners.insert(0, on_machine)
+        sorter.machine.subscribe(on_machine, first=True)
         # The bin parks its servos before it is up, and its camera learns the empty tray first:
         # what a scenario does before then happens as soon as the bin can see it.
         up = clock.monotonic() + (t.empty_learn_frames + 1) / fps
@@ -116,7 +114,6 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
             clock.call_at(max(ev.at, up), lambda ev=ev: _apply(ev, world, camera, pins, cfg, stop, sc))
 
         def on_event(e: Event) -> None:
-            events.append(e)
             n, _, image = e.source_name.partition(":")
             item = world.items[int(n[4:]) - 1] if n.startswith("item") else None
             record({"t": clock.monotonic(), "kind": "item", "item": item.n if item else None, "image": image,
@@ -143,7 +140,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
         "faults": {name: n for (kind, name), n in sorted(raised.items()) if kind == "fault"},
         "exit": 0,
     }
-    return SimResult(timeline, result, events)
+    return SimResult(timeline, result)
 
 
 def _check_pins(sc: Scenario, cfg) -> None:

@@ -71,12 +71,6 @@ class ServoModel:
         else:
             self.p0, self.target = here, angle
 
-    def arrival(self) -> float:
-        here = self.pos()
-        if here is None or self.target is None or self.jammed:
-            return self.clock.monotonic()
-        return self.clock.monotonic() + abs(self.target - here) / self.speed
-
     def jam(self, on: bool) -> None:
         now = self.clock.monotonic()
         here = self.pos(now)
@@ -89,7 +83,6 @@ class Item:
     n: int
     image: Path
     placed: float | None = None
-    landed: int | None = None
 
 
 class World:
@@ -191,7 +184,7 @@ class World:
     def _land(self, item: Item, compartment: int) -> None:
         if self.tray is not item:  # already gone (taken, or landed)
             return
-        self.tray, item.landed = None, compartment
+        self.tray = None
         self.fill[compartment] += 1
         t = self.clock.monotonic()
         self.drops.append((t, item.n, compartment))

@@ -124,7 +124,7 @@ def test_lid_opened_mid_move_detaches_at_once_and_nothing_moves_after():
     after = [(t, a) for t, a in r.servo(12) + r.servo(13) if t >= t0 + 0.1]
     assert after and all(a is None for _, a in after)  # only detaches
     assert max(t for t, _ in after) <= t0 + 0.1 + 0.021  # within one wait slice
-    assert r.act.needs_park()  # the chute stopped somewhere unknown
+    assert not r.act.parked()  # the chute stopped somewhere unknown
     assert not r.act.park()  # lid still open: park only detaches
 
 
