@@ -109,6 +109,7 @@ class Sorter:
         self._item_t0 = 0.0
         self._item_frame: Frame | None = None
         self.pending: Pending | None = None
+        self._camera_ok = True
         self._on_event: Callable[[Event], None] | None = None
         self._closed = False
         self.machine.subscribe(self._on_machine)
@@ -383,10 +384,12 @@ class Sorter:
         self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
 
     def _camera(self, ok: bool, detail: str) -> None:
-        self.machine.set_hold("camera", not ok, detail)
+        if ok != self._camera_ok:  # the hold and the page's chip change with the state, not every frame
+            self._camera_ok = ok
+            self.machine.set_hold("camera", not ok, detail)
+            if self.board is not None:
+                self.board.set_link("camera", "ok" if ok else "down", detail)
         self._health("camera", ok, detail)
-        if self.board is not None:
-            self.board.set_link("camera", "ok" if ok else "down", detail)
 
     def _health(self, part: str, ok: bool, detail: str = "") -> None:
         if self.board is not None:
@@ -408,7 +411,8 @@ class Sorter:
                     continue
                 if frame is None:
                     return
-                self._camera(True, self.source.name)
+                if not self._camera_ok:
+                    self._camera(True, self.source.name)
                 yield frame
             return
         self.reader.start()
@@ -447,6 +451,7 @@ class Sorter:
             self.board.set_link("lid", "none" if self.actuator.interlock is None else
                                 ("open" if self.actuator.lid_open() else "closed"))
             self.board.set_link("mqtt", "off" if self.mqtt is None else "disconnected")
+            self.board.set_link("camera", "ok", self.source.name)
         self.notifier.ready(f"sorting with {self.model.path.name}")
         if self.mqtt is not None:
             self.mqtt.start()

@@ -188,20 +188,10 @@ def test_position_switch_that_does_not_confirm_is_a_jam_and_the_door_stays_shut(
 
 def test_a_servo_error_is_a_fault_not_a_crash():
     r = Rig(**{"hardware.profile": "chute"})
-
-    class Broken:
-        def __set__(self, obj, value):
-            raise OSError("pin 12: EIO")
-
-    class BrokenServo:
-        angle = Broken()
-
-        def detach(self):
-            pass
-
-    r.act.chute.servo = BrokenServo()
+    r.act.chute.servo.close()  # gpiozero itself then fails on every command, as a released pin would
     res = r.act.route(2)
-    assert not res.ok and res.stopped == "servo" and "EIO" in res.note and r.machine.faulted
+    assert not res.ok and res.stopped == "servo" and "chute -> -30 deg" in res.note and r.machine.faulted
+    assert [a for _, a in r.servo(13)][-1] is None  # the trapdoor was detached, not left powered
 
 
 def test_every_exit_path_leaves_servos_home_and_detached():
