@@ -55,10 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-contamination-gain", type=float, default=0.5, metavar="POINTS",
                     help="confident-but-wrong items may rise by at most this many points (default 0.5)")
     ap.add_argument("--report", type=Path, help="write the verification report as JSON")
-    ap.add_argument("--force", action="store_true", help="write the model even if verification fails")
+    ap.add_argument("--force", action="store_true", help="write the model even if verification fails; its manifest "
+                                                         "says verified: false and bins refuse it unless "
+                                                         "model.allow_unverified = true")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model-version", type=int, default=0, metavar="N",
-                    help="monotonic version in the manifest: bins refuse a lower one than they run (default 0)")
+    ap.add_argument("--model-version", type=int, default=None, metavar="N",
+                    help="monotonic version in the manifest: bins refuse a lower one than they run (default: the "
+                         "conversion's UTC time, YYYYMMDDhhmmss, so each conversion is newer than the last)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ecosorter.convert.images import (
 )
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
+from ecosorter.convert.train import PRESET as PRESET_OF
 from ecosorter.convert.train import read_sidecar, sidecar_path
 from ecosorter.convert.verify import BinRules, format_outcome, format_table, verify
 from ecosorter.edge.backends import open_classifier
@@ -58,8 +60,12 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             labels: list[Label] | None = None, preprocess: PreprocessSpec | str | None = None,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
-            seed: int = 0, progress: bool = True, log=print, model_version: int = 0, gate: str = "outcome",
+            seed: int = 0, progress: bool = True, log=print, model_version: int | None = None, gate: str = "outcome",
             bin_rules: BinRules | None = None, per_channel: bool = True) -> ConversionResult:
+    converted_at = datetime.now(timezone.utc)
+    if model_version is None:  # monotonic by default: a later conversion is never a "downgrade"
+        model_version = default_version(converted_at)
+        log(f"model version {model_version} (the conversion's UTC time; --model-version N to choose)")
     if not 0 <= model_version < 2**53:
         raise ConversionError(f"--model-version {model_version}: must be a whole number >= 0")
     if quantize not in MODES:
@@ -72,14 +78,13 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     # A model from ecosorter-train carries its labels and preset in MODEL.train.json beside it;
     # anything given explicitly wins, and without either it is the seed's contract (caffe, 7 labels).
     trained = read_sidecar(model)
-    if preprocess is None:
-        preprocess = trained["preprocess"] if trained else "caffe"
     if labels is None and trained:
         names = {lb.id: lb.name for lb in DEFAULT_LABELS}
         labels = [Label(i, names.get(i, i)) for i in trained["labels"]]
-        log(f"labels and preprocessing ({preprocess}) from {sidecar_path(model).name}")
-    prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
+        log(f"labels from {sidecar_path(model).name}")
     src = load_source_model(model)
+    preprocess, preprocess_from = choose_preprocess(src, preprocess, trained, log)
+    prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
     labels = list(labels) if labels is not None else list(DEFAULT_LABELS)
     if len(labels) != src.num_outputs:
         raise ConversionError(f"{len(labels)} labels but {src.path} has {src.num_outputs} outputs; "
@@ -132,6 +137,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         tflite = convert_tflite(src, quantize, calib, io_dtype, bar, per_channel)
 
     source = {"file": src.path.name, "format": src.kind, "sha256": src.sha256, **src.versions,
+              "converted_at": converted_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+              "preprocess_from": preprocess_from,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
               "float_layers": kept_float, **({} if per_channel else {"per_channel": False})}
     classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
@@ -170,6 +177,10 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
     verification["min_agreement"] = threshold
+    # what the bin checks before running it: a --force'd model says so in its own manifest
+    verification["verified"] = bool(passed)
+    if not passed:
+        verification["failed"] = failed_rules(report, threshold, gate)
     if outcome is not None:
         verification["correct_routing_change"] = outcome["correct_routing"]["change"]
         verification["contamination_change"] = outcome["contamination"]["change"]
@@ -185,8 +196,53 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     content = embed_metadata(tflite, final.to_json())
     _check_final(content, runtime, quantize, final)  # the exact bytes written load and carry the manifest
     _atomic_write(output, content)
-    log(f"wrote {output} ({len(content) / 1e6:.1f} MB)" + ("" if passed else " despite failed verification (--force)"))
+    log(f"wrote {output} ({len(content) / 1e6:.1f} MB, version {model_version})" + (
+        "" if passed else " despite failed verification (--force): its manifest says verified: false, and bins "
+                          "refuse it unless their config says model.allow_unverified = true"))
     return ConversionResult(True, output, report, final)
+
+
+def default_version(when: datetime) -> int:
+    """The conversion's UTC time as YYYYMMDDhhmmss: rises with every conversion, fits the manifest's 2**53."""
+    return int(when.astimezone(timezone.utc).strftime("%Y%m%d%H%M%S"))
+
+
+def choose_preprocess(src, given: PreprocessSpec | str | None, trained: dict | None, log) -> tuple:
+    """The training transform and where it came from, said out loud: --preprocess, MODEL.train.json,
+    the architecture the layers show, or (loudly) the seed's caffe default."""
+    arch = src.architecture()
+    if given is not None:
+        name = given if isinstance(given, str) else "custom"
+        how = "--preprocess"
+    elif trained:
+        given, name, how = trained["preprocess"], trained["preprocess"], f"{sidecar_path(src.path).name}"
+    elif arch is not None:
+        given = name = PRESET_OF[arch]
+        how = f"the architecture: {src.path.name} is {arch} (no {sidecar_path(src.path).name})"
+    else:
+        given = name = "caffe"
+        how = "the seed default"
+        log(f"WARNING: no {sidecar_path(src.path).name} beside {src.path.name} and its layers do not show the "
+            "architecture: using caffe (the seed's ResNet50 vgg16.preprocess_input). If this model was trained "
+            "with another transform, give --preprocess (tf for EfficientNet-Lite): the wrong one converts "
+            "fine and then classifies badly")
+    if arch is not None and isinstance(given, str) and given != PRESET_OF[arch]:
+        log(f"WARNING: preprocessing {given} from {how}, but the layers look like {arch}, trained with "
+            f"{PRESET_OF[arch]}: check it")
+    log(f"preprocessing: {name} (from {how})")
+    return given, how
+
+
+def failed_rules(report: dict, threshold: float, gate: str) -> list[str]:
+    """Why the gate failed, one item per rule, for the manifest's `failed` list."""
+    out = []
+    if report["agreement"] < threshold:
+        out.append(f"agreement {100 * report['agreement']:.1f}% < {100 * threshold:.1f}%")
+    outcome = report.get("bin_outcome")
+    if gate == "outcome" and outcome is not None and not outcome["passed"]:
+        out.append(f"bin outcome: correct routing {100 * outcome['correct_routing']['change']:+.1f} pt, "
+                   f"contamination {100 * outcome['contamination']['change']:+.1f} pt")
+    return out or ["gate failed"]
 
 
 def _drift(src, quant: bytes, calib) -> list[dict]:

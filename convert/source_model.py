@@ -46,6 +46,21 @@ class SourceModel:
         fn, trackable = self.concrete_function()
         return tf.lite.TFLiteConverter.from_concrete_functions([fn], trackable)
 
+    def architecture(self) -> str | None:
+        """"efficientnet-lite0" or "resnet50" when the layers say so (names from ecosorter-train,
+        convert/efficientnet_lite.py and keras.applications), else None (a SavedModel, anything else)."""
+        names: set[str] = set()
+        stack = [self._trackable]
+        while stack:
+            m = stack.pop()
+            names.add(str(getattr(m, "name", "")))
+            stack += list(getattr(m, "layers", None) or []) if self.kind != "saved_model" else []
+        if {"stem_relu", "head_relu"} <= names or any(n.startswith("efficientnet_lite") for n in names):
+            return "efficientnet-lite0"
+        if {"conv1_conv", "conv5_block3_out"} <= names or "resnet50" in names:
+            return "resnet50"
+        return None
+
     def concrete_function(self):
         tf = import_tf()
         spec = tf.TensorSpec([1, self.height, self.width, 3], tf.float32, name="image")

@@ -217,8 +217,24 @@ class Backbone:
         for layer in self.head_layers:
             y = layer(y)
         self.trainable = keras.Model(feat, y, name="trained_part")
-        if init_head is not None and init_head[0].shape[-1] == num_classes:
-            self.head_layers[-1].set_weights(init_head)
+        self.init_head = init_head
+        if init_head is not None:
+            k = init_head[0].shape[-1]
+            if k > num_classes or init_head[0].shape[0] != self.head_layers[-1].get_weights()[0].shape[0]:
+                raise TrainError(f"--weights {weights}: its head has {k} outputs on {init_head[0].shape[0]} "
+                                 f"features; cannot start {num_classes} classes from it")
+            kernel, bias = self.head_layers[-1].get_weights()
+            kernel[:, :k], bias[:k] = init_head  # the earlier model's classes keep their rows, in order
+            self.head_layers[-1].set_weights([kernel, bias])
+
+    def keep_rows(self, classes: list[int]) -> None:
+        """Put the earlier model's head rows back for classes nothing here trained (no photos)."""
+        if self.init_head is None or not classes:
+            return
+        kernel, bias = self.head_layers[-1].get_weights()
+        for c in classes:
+            kernel[:, c], bias[c] = self.init_head[0][:, c], self.init_head[1][c]
+        self.head_layers[-1].set_weights([kernel, bias])
 
     def head_model(self):
         """Just the head, on pooled features (shares its layers with `trainable`)."""
@@ -340,11 +356,23 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         raise TrainError(f"--backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
     if views < 1 or epochs < 1 or not 0 <= val_split < 1:
         raise TrainError("--views and --epochs must be >= 1, --val-split in [0, 1)")
+    weights_path = None if weights in ("imagenet", "none") else Path(weights)
+    previous: list[str] = []
+    kept_as = None
+    if weights_path is not None:
+        if not weights_path.is_file():
+            raise TrainError(f"--weights {weights_path}: not found (give imagenet, none, or a model file)")
+        previous, how = previous_classes(weights_path, classes, data)
+        classes = keep_classes(previous, classes, data, log)
+        log(f"starting from {weights_path.name}: its {len(previous)} classes ({how}) are kept, in order")
+        if output.exists() and os.path.samefile(output, weights_path):
+            kept_as = keep_original(weights_path, log)
     ds = list_dataset(data, classes)
     counts = np.bincount(ds.labels, minlength=len(ds.classes))
     for c, n in zip(ds.classes, counts, strict=True):
         if n == 0:
-            log(f"warning: class {c!r} has no photos: its output is kept but never trained")
+            log(f"warning: class {c!r} has no photos: its output is kept but never trained"
+                + (f" (its head row stays as in {weights_path.name})" if c in previous else ""))
     train_idx, val_idx = split(ds.labels, val_split, seed)
     log(f"{len(ds.files)} photos in {len(ds.classes)} classes ({', '.join(f'{c} {n}' for c, n in zip(ds.classes, counts, strict=True))}); "
         f"{len(train_idx)} train, {len(val_idx)} validation (seed {seed})")
@@ -387,6 +415,10 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
     else:
         history["head"] = fit(bb.trainable, keras, x_tr, y_tr, cw, epochs, lr, batch, seed, progress, "head")
 
+    # classes no photo trained keep the earlier model's head rows exactly (softmax training moves them)
+    trained_counts = np.bincount(ds.labels[train_idx], minlength=len(ds.classes))
+    untouched = [i for i, c in enumerate(ds.classes) if c in previous and trained_counts[i] == 0]
+    bb.keep_rows(untouched)
     model = bb.assemble()
     # Evaluated with the training transform (the notebook's 1/255 test generator was the bug).
     def predict(idx):
@@ -395,7 +427,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
 
     val = evaluate(predict(val_idx), ds.labels[val_idx], ds.classes)
     output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(str(output))
+    save_atomically(model, output)
     from ecosorter.edge.preprocess.spec import preset
 
     report = {
@@ -412,12 +444,86 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         "learning_rate": lr, "fine_tune_learning_rate": fine_tune_lr if fine_tune else None,
         "class_weights": {ds.classes[c]: w for c, w in cw.items()}, "history": history,
         "validation": val, "params": int(model.count_params()), "minutes": round((time.time() - t0) / 60, 2),
+        "retrained_from": None if weights_path is None else {
+            "file": weights_path.name, "classes": previous, "kept_as": kept_as.name if kept_as else None,
+            "head_rows_kept": [ds.classes[i] for i in untouched]},
     }
-    sidecar_path(output).write_text(json.dumps(report, indent=1))
+    tmp = sidecar_path(output).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, sidecar_path(output))
     acc = val["accuracy"]
     log(f"validation accuracy {'-' if acc is None else f'{100 * acc:.1f}%'} on {val['images']} photos; "
         f"wrote {output} and {sidecar_path(output).name} in {report['minutes']:.1f} min")
     return report
+
+
+def previous_classes(path: Path, given: list[str] | None, data: Path) -> tuple[list[str], str]:
+    """The classes of an earlier model, in output order: its train.json; else, by its number of
+    outputs, the seed's seven, the first of --classes, or the photo folders (the rule it was trained by)."""
+    from ecosorter.edge.config import LABELS
+
+    trained = read_sidecar(path)
+    if trained:
+        return list(trained["labels"]), sidecar_path(path).name
+    n = _outputs(path)
+    if given is not None and len(given) >= n:
+        return list(given[:n]), f"no {sidecar_path(path).name}: the first {n} of --classes"
+    if n == len(LABELS):
+        return list(LABELS), f"no {sidecar_path(path).name}: the seed's 7 classes"
+    folders = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
+        if data.is_dir() else []
+    if len(folders) == n:
+        return folders, f"no {sidecar_path(path).name}: assumed to be the {n} photo folders"
+    raise TrainError(f"--weights {path}: {n} outputs and no {sidecar_path(path).name} saying which classes they "
+                     "are; put the train.json from its training beside it, or give --classes in its output order")
+
+
+def _outputs(path: Path) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_keras as keras
+
+    return int(_load_model(keras, path).outputs[0].shape[-1])
+
+
+def keep_classes(previous: list[str], given: list[str] | None, data: Path, log) -> list[str]:
+    """A retrained model keeps every class of the model it starts from, in order; new ones go after."""
+    if given is not None:
+        if given[:len(previous)] != previous:
+            raise TrainError(f"--classes {','.join(given)}: a model retrained from --weights keeps its classes "
+                             f"in their order ({','.join(previous)}); new classes may only follow them")
+        return given
+    folders = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))) \
+        if data.is_dir() else []
+    new = [f for f in folders if f not in previous]
+    if new:
+        log(f"new classes after the earlier model's: {', '.join(new)}")
+    return previous + new
+
+
+def keep_original(path: Path, log) -> Path:
+    """-o is the --weights file: keep the original (and its train.json) beside it before anything is written."""
+    import shutil
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    kept = path.with_name(f"{path.stem}.before-{stamp}{path.suffix}")
+    shutil.copy2(path, kept)
+    if sidecar_path(path).is_file():
+        shutil.copy2(sidecar_path(path), sidecar_path(kept))
+    log(f"-o is the --weights file: your original model is kept as {kept.name}"
+        + (f" (with {sidecar_path(kept).name})" if sidecar_path(path).is_file() else ""))
+    return kept
+
+
+def save_atomically(model, output: Path) -> None:
+    """Written beside, then renamed over: a crash or full disk never leaves half a model at `output`."""
+    tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}{output.suffix}")
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, output)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backbone", choices=BACKBONES, default="resnet50",
                     help="resnet50 (the seed's recipe) or efficientnet-lite0 (fast on the edge)")
     ap.add_argument("--weights", default="imagenet",
-                    help="imagenet | none | PATH of an earlier model to start from (default imagenet)")
+                    help="imagenet | none | PATH of an earlier model to start from: its classes are kept in "
+                         "order, and when -o is the same file the original is kept beside it (default imagenet)")
     ap.add_argument("--classes", help="comma list of all output classes in order (default: the subfolders); "
                                       "classes without photos keep an untrained output")
     ap.add_argument("--epochs", type=int, default=30, help="head epochs (default 30)")

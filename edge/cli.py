@@ -222,33 +222,87 @@ def _state_dir(args) -> Path:
     return Path(load_config(DEFAULT_PATH if DEFAULT_PATH.exists() else None).record.state_dir)
 
 
-def cmd_model(args) -> int:
-    import base64
-
+def _model_store(args):
+    """The store as the bin's config sets it up: --config, else /etc/ecosorter/config.toml like `run`.
+    No config is said, not skipped: it means no key, so only --allow-unsigned installs."""
     from ecosorter.edge.config import DEFAULT_PATH, load_config
     from ecosorter.edge.model.loader import read_manifest
     from ecosorter.edge.model.store import ModelStore
 
-    cfg = load_config(DEFAULT_PATH if DEFAULT_PATH.exists() else None)
-    key = base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None
-    store = ModelStore(_state_dir(args), public_key=key)
+    path = args.config if args.config is not None else DEFAULT_PATH if DEFAULT_PATH.exists() else None
+    if args.config is not None and not args.config.exists():
+        raise EcoSorterError(f"--config {args.config}: file not found")
+    cfg = load_config(path)
+    where = f"config {path}" if path else f"no config file ({DEFAULT_PATH} not found; give --config)"
+    store = ModelStore.from_config(cfg, args.state_dir or Path(cfg.record.state_dir), keys_from=where)
     if store.current.exists():  # the labels the bin is wired for: the manifest is enough
         running = read_manifest(store.current.read_bytes(), store.current)
         store.expected_labels = running.label_ids if running else None
+    return cfg, store
+
+
+def cmd_model(args) -> int:
+    from ecosorter.edge.model.store import ModelInstallError
+
+    cfg, store = _model_store(args)
     if args.action == "install":
         if args.file is None:
             raise EcoSorterError("model install needs a FILE")
-        sig = args.signature.read_bytes() if args.signature else None
-        r = store.install(args.file, args.sha256, sig, cfg.model.backend, allow_downgrade=args.allow_downgrade)
-        print(f"installed {r.sha256[:12]} as {store.current} (self-test: {r.self_test}); "
-              "a running sorter picks it up on restart: systemctl restart ecosorter")
+        if args.signature and args.allow_unsigned:
+            raise EcoSorterError("model install: give --signature or --allow-unsigned, not both")
+        try:
+            sig = args.signature.read_bytes() if args.signature else None
+        except OSError as e:
+            raise EcoSorterError(f"--signature {args.signature}: cannot read: {e.strerror or e}") from None
+        try:
+            r = store.install(args.file, args.sha256, sig, cfg.model.backend, allow_downgrade=args.allow_downgrade,
+                              allow_unsigned=args.allow_unsigned, origin="cli")
+        except ModelInstallError as e:
+            if e.checks:
+                print("\n".join(f"  {line}" for line in [*e.checks, "REFUSED: see below"]))
+            raise
+        print(f"installed {r.sha256[:12]} as {store.current}; checked:")
+        print("\n".join(f"  {line}" for line in r.checks))
+        print("a running sorter picks it up on restart: systemctl restart ecosorter")
     elif args.action == "rollback":
-        print(f"rolled back to {store.rollback()}")
+        print(f"rolled back to {store.rollback()}; a running sorter picks it up on restart: "
+              "systemctl restart ecosorter")
     else:
         for name in ("current", "previous"):
-            link = store.dir / f"{name}.tflite"
-            print(f"{name:<9}{os.readlink(link) if link.is_symlink() else '-'}")
+            print("\n".join(_describe_installed(store, name)))
     return 0
+
+
+def _describe_installed(store, name: str) -> list[str]:
+    """`model list`: version, date, source, labels, verification, signer of current/previous."""
+    from ecosorter.edge.model.loader import read_manifest
+    from ecosorter.edge.model.trust import verification_status
+
+    digest = store.installed(name)
+    tag = f"{name} ({'running' if name == 'current' else 'rollback target'})"
+    if digest is None:
+        return [f"{tag}: -"]
+    path = store.dir / f"sha-{digest}.tflite"
+    try:
+        m = read_manifest(path.read_bytes(), path)
+    except (OSError, EcoSorterError) as e:
+        return [f"{tag}: sha-{digest[:12]} cannot be read: {e}"]
+    rec = store.record(digest) or {}
+    if not rec:
+        signer = "not recorded (installed before install records were kept)"
+    elif rec.get("signed"):
+        signer = f"key {rec.get('key_id')} ({rec.get('key_name')})" + (" via a signed command" if rec.get("how") == "command" else "")
+    else:
+        signer = "UNSIGNED (installed with --allow-unsigned)"
+    src = m.source if m else {}
+    return [f"{tag}: sha-{digest[:12]}",
+            f"  version       {m.version if m else '-'}",
+            f"  converted     {src.get('converted_at', '-')}",
+            f"  source        {src.get('file', '-')} ({src.get('quantization', '?')})",
+            f"  labels        {','.join(m.label_ids) if m else '-'}",
+            f"  verification  {verification_status(m)[1]}",
+            f"  signed by     {signer}",
+            f"  installed     {rec.get('installed_at', '-')} from {rec.get('installed_from', '-')}"]
 
 
 def cmd_keys(args) -> int:
@@ -260,8 +314,12 @@ def cmd_keys(args) -> int:
     fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(private + "\n")
+    from ecosorter.edge.model.trust import key_id
+    from ecosorter.edge.security import decode_public_key
+
     print(f"private key written to {args.private} (mode 0600): keep it off the bins")
     print(f'in each bin\'s config, [model]: public_key = "{public}"')
+    print(f"key id {key_id(decode_public_key(public))} (what `ecosorter model list` shows as the signer)")
     return 0
 
 
@@ -451,11 +509,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
     p.set_defaults(fn=cmd_calibrate)
 
-    p = sub.add_parser("model", help="install a new model (verified, tested, atomic), roll back, or list")
+    p = sub.add_parser("model", help="install a new model (signed, verified, tested, atomic), roll back, or list")
     p.add_argument("action", choices=["install", "rollback", "list"])
     p.add_argument("file", nargs="?", type=Path)
+    p.add_argument("--config", type=Path, help="TOML config with the keys (default /etc/ecosorter/config.toml)")
     p.add_argument("--sha256", help="refuse the file unless its sha256 is this")
-    p.add_argument("--signature", type=Path, help="raw ed25519 signature file (needed when model.public_key is set)")
+    p.add_argument("--signature", type=Path, help="raw ed25519 signature file (`ecosorter keys sign`); checked against "
+                                                  "model.public_key and model.public_keys")
+    p.add_argument("--allow-unsigned", action="store_true", help="install it without a signature: logged, and shown "
+                                                                 "as unsigned until a signed model replaces it")
     p.add_argument("--allow-downgrade", action="store_true", help="install a model whose version is below the running one")
     p.add_argument("--state-dir", type=Path)
     p.set_defaults(fn=cmd_model)

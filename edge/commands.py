@@ -255,11 +255,13 @@ class CommandProcessor:
             action = cmd["action"]
             if "nonce" in cmd:
                 result["nonce"] = cmd["nonce"]
-            self._authenticate(action, cmd)
-            result.update(self._execute(action, cmd))
+            key = self._authenticate(action, cmd)
+            result.update(self._execute(action, cmd, key))
             result = {"action": action, "ok": True, **result}
         except EcoSorterError as e:
             log.warning("command %s refused: %s", action or "?", e)
+            if getattr(e, "checks", None):  # an install refused: what was checked, up to the refusal
+                result["checks"] = list(e.checks)
             result = {"action": action, "ok": False, "error": str(e), **result}
         except Exception as e:  # a bug here must not become a way to stop the bin
             log.exception("command %s failed", action or "?")
@@ -267,7 +269,8 @@ class CommandProcessor:
         self.handled += 1
         return result
 
-    def _authenticate(self, action: str, cmd: dict) -> None:
+    def _authenticate(self, action: str, cmd: dict) -> str:
+        """The id of the key the command verified with; "" for a broker-trusted unsigned one."""
         signed = "sig" in cmd
         if ACTIONS[action].always_signed and not self.verifier.enabled:
             raise AuthError(f"remote {action} is off: no key configured (model.public_key); root can still run "
@@ -276,9 +279,10 @@ class CommandProcessor:
             if not self.verifier.enabled:
                 raise AuthError(f"{action} must be signed but no key is configured (model.public_key); "
                                 "or list it in commands.trust_broker_for to trust the broker's ACLs")
-            self.verifier.verify(cmd)
+            return self.verifier.verify(cmd)
+        return ""
 
-    def _execute(self, action: str, cmd: dict) -> dict:
+    def _execute(self, action: str, cmd: dict, key: str = "") -> dict:
         cb = self.callbacks
         if action == "flag":
             return {"id": cmd["id"], "flagged": bool(_need(cb.flag, "flag")(cmd["id"]))}
@@ -303,13 +307,15 @@ class CommandProcessor:
                 src = downloaded = store.fetch(cmd["url"], cmd["sha256"], self.cancel)
             else:
                 src = store.resolve_reference(cmd["file"])
-            r = store.install(src, cmd["sha256"], backend=self.backend, authenticated=True)
+            # never unsigned over MQTT: the command's own signature stands for the file's
+            r = store.install(src, cmd["sha256"], backend=self.backend, authenticated=True, command_key=key,
+                              origin=f"mqtt {cmd.get('url') or cmd.get('file')}")
         finally:
             if downloaded is not None:
                 downloaded.unlink(missing_ok=True)  # kept as sha-<hash>.tflite when installed
         if store.current.resolve() != running:  # the very model already running needs no swap
             swap(store.current)
-        return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test}
+        return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test, "checks": r.checks}
 
     def _reply(self, result: dict) -> None:
         if self.reply_fn is None:

@@ -42,9 +42,12 @@ class ModelConfig:
     num_threads: int = opt(0, min=0, max=64, doc="0 = one per CPU core")
     labels_file: str = opt("", doc="foreign .tflite only: one label per line")
     preprocess: str = opt("", allowed=("", "caffe", "tf", "unit", "raw"), doc="foreign .tflite only")
-    public_key: str = opt("", doc="base64 ed25519 key: model updates must be signed with it; empty = no signature check")
-    public_keys: list[str] = opt(factory=list, doc="more base64 ed25519 keys accepted beside public_key (key rotation); "
-                                                   "any key here or in public_key turns signed remote commands on")
+    public_key: str = opt("", doc="base64 ed25519 key (ecosorter keys new): installed models must be signed with "
+                                  "it or a public_keys one; no key = installs refused unless --allow-unsigned")
+    public_keys: list[str] = opt(factory=list, doc="more base64 ed25519 keys trusted beside public_key, for models and "
+                                                   "remote commands alike (key rotation)")
+    allow_unverified: bool = opt(False, doc="run and install models whose conversion failed its gate "
+                                            "(ecosorter-convert --force: verified = false); shown on the page")
     download_hosts: list[str] = opt(factory=list, doc="hosts (host or host:port) remote installs may download "
                                                       "from; empty = URL installs off")
     allow_http: bool = opt(False, doc="also allow plain http:// downloads (the sha256 is still checked)")

@@ -139,7 +139,11 @@ class Verifier:
                  clock=time.time):
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-        self.keys = [Ed25519PublicKey.from_public_bytes(k) for k in public_keys]
+        from ecosorter.edge.model.trust import key_id
+
+        raw = list(public_keys)
+        self.keys = [Ed25519PublicKey.from_public_bytes(k) for k in raw]
+        self.key_ids = [key_id(k) for k in raw]
         self.bin_id, self.window, self.clock = bin_id, window_s, clock
         self.nonces = NonceCache(nonce_file, window_s)
 
@@ -147,9 +151,8 @@ class Verifier:
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def verify(self, cmd: dict) -> None:
-        from cryptography.exceptions import InvalidSignature
-
+    def verify(self, cmd: dict) -> str:
+        """Check a command; the id of the key it verified with (edge/model/trust.py's key_id)."""
         if not self.keys:
             raise AuthError("no command key configured (model.public_key): signed commands are off")
         missing = [k for k in ENVELOPE if k not in cmd]
@@ -163,13 +166,19 @@ class Verifier:
                             f"{self.window:.0f} s: stale command refused")
         sig = base64.b64decode(cmd["sig"])  # the parser checked it is base64 of 64 bytes
         body = canonical(cmd)
-        for key in self.keys:
-            try:
-                key.verify(sig, body)
-                break
-            except InvalidSignature:
-                continue
-        else:
+        kid = next((k for key, k in zip(self.keys, self.key_ids, strict=True) if _verifies(key, sig, body)), None)
+        if kid is None:
             raise AuthError("signature does not verify with any configured key: refused")
         self.nonces.check_and_add(cmd["nonce"], ts, now)
+        return kid
+
+
+def _verifies(key, sig: bytes, body: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        key.verify(sig, body)
+        return True
+    except InvalidSignature:
+        return False
 

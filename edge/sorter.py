@@ -6,7 +6,6 @@ probability vector, a Decision, an Event); no stage calls back up the pipe.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -31,7 +30,8 @@ from ecosorter.edge.hardware.inputs import Inputs
 from ecosorter.edge.machine import Entry, Machine
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import load_labels_file
-from ecosorter.edge.model.store import DownloadPolicy, ModelStore
+from ecosorter.edge.model.store import ModelStore
+from ecosorter.edge.model.trust import describe_running
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
@@ -368,9 +368,13 @@ class Sorter:
         self._swap_to = None
         try:
             new = load_model(path, self.cfg.model.backend, self.cfg.model.num_threads or None)
-            if new.manifest.label_ids != self.model.manifest.label_ids:
+            try:
+                if new.manifest.label_ids != self.model.manifest.label_ids:
+                    raise ModelError(path, "labels differ from the running model's")
+                trust = describe_running(new, self.store, self.cfg.model.allow_unverified)
+            except EcoSorterError:
                 new.close()
-                raise ModelError(path, "labels differ from the running model's")
+                raise
         except EcoSorterError as e:  # keep sorting with the model we have
             log.error("model swap refused, keeping %s: %s", self.model.sha256[:12], e)
             self._health("model", True, f"{self.model.path.name} (update refused: {e})")
@@ -382,6 +386,8 @@ class Sorter:
         old.close()
         log.info("now sorting with model %s", new.sha256[:12])
         self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
+        if self.board is not None:
+            self.board.set_model(trust)
 
     def _camera(self, ok: bool, detail: str) -> None:
         if ok != self._camera_ok:  # the hold and the page's chip change with the state, not every frame
@@ -527,12 +533,12 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
     if cfg.model.preprocess:
         preprocess = preset(cfg.model.preprocess)
     state = Path(state_dir or cfg.record.state_dir)
-    store = ModelStore(state, public_key=base64.b64decode(cfg.model.public_key) if cfg.model.public_key else None,
-                       downloads=DownloadPolicy.from_config(cfg.model))
+    store = ModelStore.from_config(cfg, state)
     model, rolled_back = _load_with_rollback(cfg, store, labels, preprocess)
     store.expected_labels = model.manifest.label_ids
     opened: list = [model]
     try:
+        trust = describe_running(model, store, cfg.model.allow_unverified)  # a --force'd model: refused
         errors = label_errors(cfg, model.manifest.label_ids)
         if errors:
             raise ConfigErrors(errors)
@@ -552,6 +558,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
         board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments))
+        board.set_model(trust)
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
         events.on_disk_full = captures.make_room  # photos make room for events on a full disk

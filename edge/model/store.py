@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import ssl
@@ -20,19 +21,26 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from ecosorter.edge.errors import EcoSorterError, ModelError
+from ecosorter.edge.errors import ModelError
+from ecosorter.edge.model.trust import (
+    ModelInstallError,
+    Signer,
+    TrustedKey,
+    check_signature,
+    check_verified,
+    keys_from_config,
+    version_line,
+)
 
 log = logging.getLogger("ecosorter.models")
 MAX_MODEL_BYTES = 512 * 1024 * 1024
 READ_TIMEOUT_S = 2.0  # per socket operation; the total is DownloadPolicy.timeout_s
 SELF_TEST_IMAGE = Path(__file__).resolve().parent.parent / "demo" / "samples"
-
-
-class ModelInstallError(EcoSorterError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,8 @@ class InstallResult:
     labels: list[str]
     self_test: str  # "label confidence" on the self-test image
     version: int = 0  # the manifest's monotonic version
+    checks: list[str] = field(default_factory=list)  # one line per check and its result, in order
+    signer: Signer = field(default_factory=Signer)
 
 
 @dataclass(frozen=True)
@@ -127,14 +137,29 @@ def _sha256_file(path: Path) -> str:
 
 class ModelStore:
     def __init__(self, state_dir: str | Path, expected_labels: list[str] | None = None,
-                 public_key: bytes | None = None, downloads: DownloadPolicy | None = None):
+                 public_key: bytes | None = None, downloads: DownloadPolicy | None = None, *,
+                 keys: Iterable[TrustedKey] = (), allow_unverified: bool = False,
+                 label_check: Callable[[list[str]], list[str]] | None = None, keys_from: str = "the config"):
         self.dir = Path(state_dir) / "models"
         self.incoming = self.dir / "incoming"
         self.expected_labels = expected_labels  # a bin's compartments are wired for these
-        self.public_key = public_key  # raw 32-byte ed25519 key; None = signatures not required
+        # the keys a model's signature is checked against (edge/model/trust.py: one rule for all)
+        self.keys = ((TrustedKey("model.public_key", public_key),) if public_key is not None else ()) + tuple(keys)
+        self.keys_from = keys_from
+        self.allow_unverified = allow_unverified  # model.allow_unverified: --force'd conversions may run
+        self.label_check = label_check  # the bin's config against a model's labels: error lines
         self.downloads = downloads or DownloadPolicy()
         for stale in self.incoming.glob("*.download"):  # a download cut short by a kill or power cut
             stale.unlink(missing_ok=True)
+
+    @classmethod
+    def from_config(cls, cfg, state_dir: str | Path | None = None, keys_from: str = "the config") -> ModelStore:
+        """The store as the config sets it up: keys, download policy, unverified models, label rules."""
+        from ecosorter.edge.hardware.check import label_errors
+
+        return cls(state_dir or cfg.record.state_dir, downloads=DownloadPolicy.from_config(cfg.model),
+                   keys=keys_from_config(cfg.model), allow_unverified=cfg.model.allow_unverified,
+                   label_check=lambda ids: [str(e) for e in label_errors(cfg, ids)], keys_from=keys_from)
 
     @property
     def current(self) -> Path:
@@ -211,14 +236,19 @@ class ModelStore:
         return total
 
     def install(self, source: str | Path, sha256: str | None = None, signature: bytes | None = None,
-                backend: str = "auto", authenticated: bool = False, allow_downgrade: bool = False) -> InstallResult:
-        """Verify hash and signature, validate the manifest, test-load and classify, then swap.
+                backend: str = "auto", authenticated: bool = False, allow_downgrade: bool = False, *,
+                command_key: str | None = None, allow_unsigned: bool = False, origin: str = "") -> InstallResult:
+        """Check everything, test-load and classify, then swap; one line per check in `checks`.
 
-        `authenticated`: the sha256 came in a command signed with a configured key, so it stands
-        for a signature of the file. A manifest `version` below the running model's is refused
-        unless `allow_downgrade` (root's local install with --allow-downgrade).
+        The signature follows the one trust rule (edge/model/trust.py): a `signature` verifying
+        with a configured key; or `authenticated` (the sha256 came in a command signed with the
+        configured key `command_key`); or `allow_unsigned` (root's explicit local --allow-unsigned,
+        never a remote command). A manifest `version` below the running model's is refused unless
+        `allow_downgrade`; a conversion that failed its gate unless model.allow_unverified.
+        ModelInstallError carries the lines checked before the refusal.
         """
         source = Path(source)
+        checks: list[str] = []
         try:
             size = source.stat().st_size
             if size > MAX_MODEL_BYTES:
@@ -231,17 +261,31 @@ class ModelStore:
             raise ModelInstallError(f"model {source}: cannot read: {e.strerror or e}") from None
         if hashlib.sha256(content).hexdigest() != digest:
             raise ModelInstallError(f"model {source}: changed while it was being read: refused")
-        if self.public_key is not None and not (authenticated and sha256 is not None):
-            self._check_signature(source, content, signature)
-        result = self._test(source, content, digest, backend)
-        running = self.running_version()
-        if result.version < running and not allow_downgrade:
-            raise ModelInstallError(f"model {source}: version {result.version} is older than the running "
-                                    f"version {running}: downgrade refused (a signed rollback_model naming it, "
-                                    "or a local install with --allow-downgrade)")
+        try:
+            if authenticated and sha256 is not None:
+                signer = check_signature(content, source, self.keys, command_key=command_key or self._only_key(),
+                                         keys_from=self.keys_from)
+            else:
+                signer = check_signature(content, source, self.keys, signature=signature,
+                                         allow_unsigned=allow_unsigned, keys_from=self.keys_from)
+            checks.append(signer.line())
+            checks.append(f"sha256: {digest}" + (" (matches the expected sha256)" if sha256 else ""))
+            result = self._test(source, content, digest, backend, checks, allow_downgrade)
+        except ModelInstallError as e:
+            e.checks = checks + e.checks
+            raise
         self._swap(content, digest)
-        log.info("installed model %s version %d (%s)", digest[:12], result.version, result.self_test)
+        result = InstallResult(result.sha256, result.path, result.labels, result.self_test, result.version,
+                               checks, signer)
+        self._write_record(result, source, origin)
+        log.info("installed model %s version %d: %s", digest[:12], result.version, "; ".join(checks))
         return result
+
+    def _only_key(self) -> str:
+        """An authenticated install from a caller that did not say which key: only unambiguous with one."""
+        if len(self.keys) != 1:
+            raise ModelInstallError("an authenticated install must name the key that signed its command")
+        return self.keys[0].id
 
     def running_version(self) -> int:
         """The manifest `version` of current.tflite; 0 without one (or without a current model)."""
@@ -255,20 +299,9 @@ class ModelStore:
             return 0
         return manifest.version if manifest is not None else 0
 
-    def _check_signature(self, source: Path, content: bytes, signature: bytes | None) -> None:
-        if signature is None:
-            raise ModelInstallError(f"model {source}: a signature is required (model signing key configured)")
-        try:
-            from cryptography.exceptions import InvalidSignature
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-        except ImportError:
-            raise ModelInstallError("signature checks need the cryptography package") from None
-        try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, content)
-        except (InvalidSignature, ValueError):
-            raise ModelInstallError(f"model {source}: ed25519 signature does not verify: refused") from None
-
-    def _test(self, source: Path, content: bytes, digest: str, backend: str) -> InstallResult:
+    def _test(self, source: Path, content: bytes, digest: str, backend: str, checks: list[str],
+              allow_downgrade: bool) -> InstallResult:
+        """Manifest, labels, version and verification from the embedded manifest, then a real self-test."""
         from ecosorter.edge.api import classify_image
         from ecosorter.edge.model.loader import load_model
 
@@ -280,16 +313,66 @@ class ModelStore:
             except ModelError as e:
                 raise ModelInstallError(f"model {source}: {str(e).split(': ', 1)[-1]}") from None
             with model:
-                labels = model.manifest.label_ids
+                m = model.manifest
+                labels = m.label_ids
                 if self.expected_labels is not None and labels != self.expected_labels:
                     raise ModelInstallError(f"model {source}: labels {labels} differ from this bin's "
                                             f"{self.expected_labels}; refused")
+                problems = self.label_check(labels) if self.label_check is not None else []
+                if problems:
+                    raise ModelInstallError(f"model {source}: its labels do not fit this bin's config: "
+                                            + "; ".join(problems) + ": refused")
+                checks.append(f"manifest: ok, {len(labels)} labels {','.join(labels)}: "
+                              + ("same as the running model" if self.expected_labels is not None else
+                                 "no model installed to compare")
+                              + (", fit the bin's config" if self.label_check is not None else ""))
+                running, has_running = self.running_version(), self.current.exists()
+                if m.version < running and not allow_downgrade:
+                    raise ModelInstallError(
+                        f"model {source}: version {m.version} is older than the running version {running}: "
+                        "downgrade refused (a signed rollback_model naming it, or a local install with "
+                        "--allow-downgrade; versions default to the conversion's UTC time, YYYYMMDDhhmmss, "
+                        "so an explicit --model-version must be above the running one)")
+                checks.append(version_line(m.version, running, allow_downgrade, has_running))
+                checks.append(check_verified(m, source, self.allow_unverified))
                 image = sorted(SELF_TEST_IMAGE.glob("*.jpg"))[0]
                 p = classify_image(model, image)
                 if not (0.98 <= sum(p.probabilities.values()) <= 1.02):
                     raise ModelInstallError(f"model {source}: self-test output is not a probability vector")
-        return InstallResult(digest, self.dir / f"sha-{digest}.tflite", labels, f"{p.label} {p.confidence:.2f}",
-                             model.manifest.version)
+                self_test = f"{p.label} {p.confidence:.2f}"
+                checks.append(f"self-test: ok, {image.name} -> {self_test} (probabilities sum to 1)")
+        return InstallResult(digest, self.dir / f"sha-{digest}.tflite", labels, self_test, m.version)
+
+    # ------------------------------------------------------------ what each installed model was
+    def record_path(self, digest: str) -> Path:
+        return self.dir / f"sha-{digest}.json"
+
+    def _write_record(self, r: InstallResult, source: Path, origin: str) -> None:
+        """Beside sha-<hash>.tflite: who signed it, what was checked; read by `model list` and the page."""
+        record = {"sha256": r.sha256, "installed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "installed_from": source.name, "origin": origin, "signed": r.signer.signed,
+                  "key_id": r.signer.key_id, "key_name": r.signer.key_name, "how": r.signer.how,
+                  "version": r.version, "checks": r.checks}
+        try:
+            write_durably(self.record_path(r.sha256), json.dumps(record, indent=1).encode())
+        except OSError as e:  # the model is installed; without its record it shows as "not recorded"
+            log.error("cannot write the install record %s: %s", self.record_path(r.sha256), e)
+
+    def record(self, digest: str) -> dict | None:
+        """The install record of sha-<digest>.tflite; None when there is none (or it is unreadable)."""
+        try:
+            d = json.loads(self.record_path(digest).read_text())
+            return d if isinstance(d, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def installed(self, name: str) -> str | None:
+        """The sha256 that current/previous points to, None when the link is not there."""
+        link = self.dir / f"{name}.tflite"
+        if not link.is_symlink():
+            return None
+        target = os.readlink(link)
+        return target[4:-7] if target.startswith("sha-") and target.endswith(".tflite") else None
 
     def _swap(self, content: bytes, digest: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -312,16 +395,27 @@ class ModelStore:
         if sha256 is not None and prev != f"sha-{sha256.lower()}.tflite":
             raise ModelInstallError(f"the previous model is {prev}, not sha-{sha256.lower()[:12]}...: "
                                     "rollback refused")
+        self._check_rollback_target(self.dir / prev)
         _symlink_atomically(self.current, prev)
         if cur:
             _symlink_atomically(self.previous, cur)
         log.warning("rolled back to model %s", prev)
         return prev
 
+    def _check_rollback_target(self, path: Path) -> None:
+        """Going back must not run a --force'd model the config does not allow."""
+        from ecosorter.edge.model.loader import read_manifest
+
+        try:
+            manifest = read_manifest(path.read_bytes(), path)
+        except (OSError, ModelError) as e:
+            raise ModelInstallError(f"previous model {path.name}: cannot be read ({e}): rollback refused") from None
+        check_verified(manifest, path.name, self.allow_unverified)
+
     def _prune(self) -> None:
         keep = {os.readlink(p) for p in (self.current, self.previous) if p.is_symlink()}
-        for f in self.dir.glob("sha-*.tflite"):
-            if f.name not in keep:
+        for f in [*self.dir.glob("sha-*.tflite"), *self.dir.glob("sha-*.json")]:
+            if f.with_suffix(".tflite").name not in keep:
                 f.unlink(missing_ok=True)
 
 

@@ -163,7 +163,7 @@ class MqttLink:
     def publish_state(self, snapshot: dict) -> None:
         if not self.connected.is_set():
             return
-        keys = ("today", "total", "health", "healthy", "last", "machine", "compartments", "unrouted")
+        keys = ("today", "total", "health", "healthy", "last", "machine", "compartments", "unrouted", "model")
         body = json.dumps({k: snapshot[k] for k in keys if k in snapshot},
                           separators=(",", ":")).encode()
         if body != self._last_state:

@@ -52,6 +52,7 @@ class StatusBoard:
         self.seen_holds: set[str] = set()  # every hold/fault name seen: /metrics keeps them at 0
         self.seen_faults: set[str] = set()
         self.health: dict[str, dict] = {}
+        self.model: dict = {}  # edge/model/trust.py's describe_running: version, signed or UNSIGNED, verified
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # last one: +Inf
         self.latency_sum_s = 0.0
         self._recent: OrderedDict[str, dict] = OrderedDict()
@@ -119,6 +120,10 @@ class StatusBoard:
     def set_health(self, part: str, ok: bool, detail: str = "") -> None:
         with self._lock:
             self.health[part] = {"ok": ok, "detail": detail}
+
+    def set_model(self, info: dict) -> None:
+        with self._lock:
+            self.model = dict(info)
 
     # ------------------------------------------------------------------ written by page actions
     def flagged(self, event_id: str) -> None:
@@ -190,6 +195,7 @@ class StatusBoard:
                 "compartments": self._compartments(),
                 "unrouted": self.unrouted,
                 "links": {k: dict(v) for k, v in self.links.items()},
+                "model": dict(self.model),
                 "recent": [dict(r) for r in reversed(self._recent.values())],  # newest first
             }
 

@@ -182,7 +182,7 @@ function chip(cls, ...text) {
 }
 
 function drawChips(s) {
-  if (!changed("chips", [s.links, s.health])) return;
+  if (!changed("chips", [s.links, s.health, s.model])) return;
   const chips = [];
   for (const [name, link] of Object.entries(s.links)) {
     const [id, en, states] = own(LINKS, name) || [name, name, {}];
@@ -198,6 +198,11 @@ function drawChips(s) {
     if (h.ok) good.push(part);
     else chips.push(chip("bad", `${part}: ${h.detail || "rusak / failing"}`));
   }
+  // a model nobody signed, or one that failed its conversion gate, stays visible until replaced
+  const m = s.model || {};
+  if (m.unsigned) chips.push(Object.assign(chip("warn", `Model: TIDAK DITANDATANGANI / UNSIGNED — ${m.trust || ""}`),
+    {title: m.sha256 || ""}));
+  if (m.unverified_allowed) chips.push(chip("warn", `Model: TIDAK TERVERIFIKASI / UNVERIFIED — ${m.verification || ""}`));
   if (good.length) chips.push(chip("ok", `OK: ${good.join(" · ")}`));
   $("chips").replaceChildren(...chips);
 }

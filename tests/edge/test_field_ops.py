@@ -168,18 +168,18 @@ def test_bad_model_updates_are_refused_and_the_running_model_is_untouched(tmp_pa
     import hashlib
 
     store = ModelStore(tmp_path)
-    good = store.install(DEMO, hashlib.sha256(DEMO.read_bytes()).hexdigest())
+    good = store.install(DEMO, hashlib.sha256(DEMO.read_bytes()).hexdigest(), allow_unsigned=True)
     store.expected_labels = good.labels
     before = os.readlink(store.current)
 
     with pytest.raises(ModelInstallError, match="sha256 is .* expected 0000"):
-        store.install(DEMO, "0" * 64)
+        store.install(DEMO, "0" * 64, allow_unsigned=True)
     truncated = tmp_path / "truncated.tflite"
     truncated.write_bytes(DEMO.read_bytes()[:50_000])
     with pytest.raises(ModelInstallError, match="truncated.tflite"):
-        store.install(truncated)
+        store.install(truncated, allow_unsigned=True)
     with pytest.raises(ModelInstallError, match=r"labels \['a', 'b', 'c'\] differ"):
-        store.install(three_class_model(tmp_path))
+        store.install(three_class_model(tmp_path), allow_unsigned=True)
     with pytest.raises(ModelInstallError, match="outside"):
         store.resolve_reference("../../../etc/passwd")
     with pytest.raises(ModelInstallError, match="only http"):
@@ -215,7 +215,7 @@ def test_mqtt_install_swaps_between_items_and_a_broken_current_model_rolls_back(
                                  "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
                                  "model.public_keys": [public], "bin_id": "bin7"})
     store = ModelStore(tmp_path)
-    store.install(DEMO)
+    store.install(DEMO, allow_unsigned=True)
     with build_sorter(cfg, state_dir=tmp_path) as sorter:
         commands = CommandProcessor(cfg, sorter.store, tmp_path, callbacks_for(sorter))
 

@@ -26,12 +26,12 @@ def test_convert_writes_the_version_and_the_store_refuses_lower_ones(tiny_h5, tm
 
     state = tmp_path / "state"
     store = ModelStore(state)
-    assert store.install(out).version == 4 and store.running_version() == 4
+    assert store.install(out, allow_unsigned=True).version == 4 and store.running_version() == 4
     with pytest.raises(ModelInstallError, match="version 3 is older than the running version 4: downgrade refused"):
-        store.install(versioned_model(tmp_path, 3))
+        store.install(versioned_model(tmp_path, 3), allow_unsigned=True)
     with pytest.raises(ModelInstallError, match="version 0 is older"):
-        store.install(DEMO)
+        store.install(DEMO, allow_unsigned=True)
     assert store.running_version() == 4  # untouched
     # root on the bin can still go back, explicitly
-    assert main(["model", "install", str(DEMO), "--allow-downgrade", "--state-dir", str(state)]) == 0
+    assert main(["model", "install", str(DEMO), "--allow-downgrade", "--allow-unsigned", "--state-dir", str(state)]) == 0
     assert store.running_version() == 0
