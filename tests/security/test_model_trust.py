@@ -285,3 +285,28 @@ def test_mqtt_install_replies_with_the_same_lines_and_state_says_who_signed(mosq
         assert [line.split(":")[0] for line in r["checks"]] == ["signature", "sha256", "manifest", "version"]
         assert bin7.sorter.model.sha256 == sha(v3)
     attacker.close()
+
+
+@pytest.mark.browser
+def test_the_page_shows_an_unsigned_and_an_unverified_model(tmp_path):
+    """The kiosk in real headless Chromium: chips for what the running model is; none for a signed one."""
+    from ecosorter.edge.status.server import start_status_server
+    from tests.edge.browser import dump_dom
+    from tests.edge.page_states import base
+
+    board = base()
+    board.set_model({"sha256": "ab" * 32, "version": 7, "unsigned": True, "signed": False,
+                     "trust": "UNSIGNED: installed with --allow-unsigned", "verified": False,
+                     "unverified_allowed": True, "verification": "FAILED at conversion (verified: false): 36 images"})
+    server = start_status_server(board, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        shown = dump_dom(url, tmp_path / "a")
+        board.set_model({"sha256": "cd" * 32, "version": 8, "unsigned": False, "signed": True, "verified": True,
+                         "unverified_allowed": False, "trust": "signed by key 0123", "verification": "passed"})
+        signed_dom = dump_dom(url, tmp_path / "b")
+    finally:
+        server.shutdown()
+    assert "Model: TIDAK DITANDATANGANI / UNSIGNED — UNSIGNED: installed with --allow-unsigned" in shown
+    assert "Model: TIDAK TERVERIFIKASI / UNVERIFIED — FAILED at conversion (verified: false): 36 images" in shown
+    assert "UNSIGNED" not in signed_dom and "UNVERIFIED" not in signed_dom
