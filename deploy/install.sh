@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install EcoSorter Edge on 64-bit Raspberry Pi OS Bookworm (Python 3.11) or Trixie (Python 3.13).
-#   sudo deploy/install.sh [--model FILE] [--kiosk] [--pca9685] [--pwm-overlay] [--no-systemd] [--dry-run]
+#   sudo deploy/install.sh [--model FILE (--model-signature SIG | --allow-unsigned)] [--kiosk] [--pca9685]
+#                          [--pwm-overlay] [--no-systemd] [--dry-run]
 #   sudo deploy/install.sh --uninstall [--purge] [--dry-run]
 # Idempotent: run it again to upgrade; an edited /etc/ecosorter/config.toml is never overwritten.
 # --pca9685: servos on a PCA9685 board (I2C on, the pca9685 extra); --pwm-overlay: hardware PWM on
 # GPIO12/13 for servo_driver = "sysfs-pwm" (needs a reboot); --no-systemd: show but skip the unit
-# steps (a chroot or container; `make pi-check` uses it).
+# steps (a chroot or container; `make pi-check` uses it). A --model is checked like `ecosorter model
+# install`: signed by the config's [model] public_key, or knowingly unsigned (shown on the page).
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,8 +19,8 @@ SVC_USER=ecosorter
 UNIT_DIR=/etc/systemd/system
 USER_UNIT_DIR=/etc/systemd/user
 
-DRY=0 UNINSTALL=0 PURGE=0 KIOSK=0 MODEL="" PCA9685=0 PWM_OVERLAY=0 SYSTEMD=1
-usage() { sed -n '2,8p' "$0"; exit "${1:-0}"; }
+DRY=0 UNINSTALL=0 PURGE=0 KIOSK=0 MODEL="" MODEL_TRUST=() PCA9685=0 PWM_OVERLAY=0 SYSTEMD=1
+usage() { sed -n '2,10p' "$0"; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
@@ -29,11 +31,17 @@ while [ $# -gt 0 ]; do
     --pwm-overlay) PWM_OVERLAY=1 ;;
     --no-systemd) SYSTEMD=0 ;;
     --model) MODEL="${2:?--model needs a file}"; shift ;;
+    --model-signature) MODEL_TRUST=(--signature "${2:?--model-signature needs a file}"); shift ;;
+    --allow-unsigned) MODEL_TRUST=(--allow-unsigned) ;;
     -h|--help) usage 0 ;;
     *) echo "install.sh: unknown option $1" >&2; usage 2 ;;
   esac
   shift
 done
+if [ -n "$MODEL" ] && [ "${#MODEL_TRUST[@]}" -eq 0 ]; then
+  echo "install.sh: --model needs --model-signature SIG (checked against [model] public_key) or --allow-unsigned" >&2
+  exit 2
+fi
 
 run() {
   echo "+ $*"
@@ -154,7 +162,8 @@ else
 fi
 run install -d -m 0750 -o "$SVC_USER" -g "$SVC_USER" "$STATE" "$STATE/models" "$STATE/captures"
 if [ -n "$MODEL" ]; then
-  run sudo -u "$SVC_USER" "$VENV/bin/ecosorter" model install "$MODEL" --state-dir "$STATE"
+  run sudo -u "$SVC_USER" "$VENV/bin/ecosorter" model install "$MODEL" --config "$ETC/config.toml" \
+    --state-dir "$STATE" "${MODEL_TRUST[@]}"
 fi
 
 REBOOT=""

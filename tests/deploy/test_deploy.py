@@ -49,14 +49,16 @@ def test_installer_is_shellcheck_clean(script):
 
 
 def test_installer_dry_run_prints_every_step_and_changes_nothing(tmp_path):
-    r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--dry-run", "--model", "m.tflite", "--kiosk"],
+    r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--dry-run", "--model", "m.tflite", "--allow-unsigned",
+                        "--kiosk"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for expected in ("apt-get install -y --no-install-recommends python3-venv python3-pip python3-picamera2",
                      "-m venv --system-site-packages /opt/ecosorter/venv",
                      "install -m 0644", "config.example.toml /etc/ecosorter/config.toml",
-                     "ecosorter model install m.tflite", "systemctl enable --now ecosorter.service",
+                     "ecosorter model install m.tflite --config /etc/ecosorter/config.toml --state-dir "
+                     "/var/lib/ecosorter --allow-unsigned", "systemctl enable --now ecosorter.service",
                      "/etc/systemd/user/ecosorter-kiosk.service", "systemctl --global enable ecosorter-kiosk.service",
                      "doctor --config /etc/ecosorter/config.toml"):
         assert expected in out, expected
@@ -67,6 +69,10 @@ def test_installer_dry_run_prints_every_step_and_changes_nothing(tmp_path):
 def test_installer_rejects_unknown_options():
     r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--bogus"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown option --bogus" in r.stderr
+    # a model is never installed unchecked by default: signed, or unsigned by an explicit choice
+    r = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--dry-run", "--model", "m.tflite"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--model needs --model-signature SIG" in r.stderr
 
 
 def installer(*args, machine: str | None = None, cwd=None):
