@@ -126,16 +126,16 @@ def check_signature(content: bytes, source: object, keys: tuple[TrustedKey, ...]
 
 # --------------------------------------------------------------------------- verification at conversion
 
-def verification_status(manifest: Any) -> tuple[bool, str]:
+def verification_status(manifest: Any) -> tuple[bool | None, str]:
     """(verified, one line of figures) from the manifest ecosorter-convert wrote.
 
     `verified` is written by the converter (false: written with --force after a failed gate). A
-    manifest from before the flag is judged by its own figures (agreement against its minimum); one
-    without any verification figures is not verified.
+    manifest from before the flag is judged by its own figures (agreement against its minimum).
+    None: no figures at all (a foreign .tflite given --labels/--preprocess): nothing to judge, said.
     """
     v = manifest.verification if manifest is not None else {}
     if not v:
-        return False, "no verification figures in the manifest (not from ecosorter-convert)"
+        return None, "none recorded (not made by ecosorter-convert)"
     figures = verification_figures(v)
     verified = v.get("verified")
     if not isinstance(verified, bool):
@@ -171,7 +171,7 @@ def verification_figures(v: dict) -> str:
 def check_verified(manifest: Any, source: object, allow_unverified: bool) -> str:
     """The verification line; ModelInstallError for a model that failed its gate unless allowed."""
     ok, line = verification_status(manifest)
-    if ok:
+    if ok is not False:
         return f"verification: {line}"
     if not allow_unverified:
         raise ModelInstallError(f"model {source}: verification {line}; refused: install a model that passed "
@@ -202,7 +202,7 @@ def describe_running(model: Any, store: Any, allow_unverified: bool) -> dict:
     verified, _ = verification_status(model.manifest)
     info: dict[str, Any] = {"sha256": model.sha256, "version": model.manifest.version,
                             "source": str(model.manifest.source.get("file", "")), "verified": verified,
-                            "unverified_allowed": not verified, "verification": line.split(": ", 1)[1],
+                            "unverified_allowed": verified is False, "verification": line.split(": ", 1)[1],
                             "signed": False, "unsigned": True, "key_id": "", "trust": ""}
     path = model.path.resolve()
     if store is not None and path.parent == store.dir.resolve() and path.name == f"sha-{model.sha256}.tflite":
