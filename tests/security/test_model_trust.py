@@ -33,6 +33,12 @@ from tests.security.conftest import (
 CHECKS = ("signature: ", "sha256: ", "manifest: ", "version: ", "verification: ", "self-test: ")
 
 
+@pytest.fixture(autouse=True)
+def no_system_config(tmp_path, monkeypatch):
+    """Whatever this machine has in /etc/ecosorter, "no config" here means none."""
+    monkeypatch.setattr("ecosorter.edge.config.DEFAULT_PATH", tmp_path / "etc-ecosorter-config.toml")
+
+
 def write_config(tmp_path, *lines: str, name: str = "config.toml"):
     path = tmp_path / name
     path.write_text("\n".join(["[record]", f'state_dir = "{tmp_path / "state"}"', "[model]", *lines]) + "\n")
