@@ -369,6 +369,13 @@ class BoardCollector:
                      (), [(totals["uncertain"],)])
         yield family(GaugeMetricFamily, "ecosorter_health", "1 when the part is healthy.",
                      ("part",), [(k, int(h["ok"])) for k, h in s["health"].items()])
+        model = s.get("model") or {}
+        if model:  # edge/model/trust.py: who vouched for the running model, and its conversion gate
+            yield family(GaugeMetricFamily, "ecosorter_model_unsigned", "1 while the running model is unsigned.",
+                         (), [(int(bool(model.get("unsigned"))),)])
+            yield family(GaugeMetricFamily, "ecosorter_model_unverified",
+                         "1 while the running model failed its conversion gate (allowed by model.allow_unverified).",
+                         (), [(int(bool(model.get("unverified_allowed"))),)])
         machine = s["machine"]
         yield family(GaugeMetricFamily, "ecosorter_machine_state", "1 for the machine's current state.",
                      ("state",), [(st, int(machine.get("state") == st)) for st in ("ready", "held", "fault")])

@@ -59,6 +59,23 @@ def unverified_model(folder, name: str = "forced.tflite"):
     return out
 
 
+def metrics(board) -> dict[str, float]:
+    """The model gauges as Prometheus reads them from the real status server."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ecosorter.edge.status.server import start_status_server
+    from tests.edge.browser import request
+
+    server = start_status_server(board, "127.0.0.1", 0)
+    try:
+        code, body = request(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+    assert code == 200
+    return {f.name: f.samples[0].value for f in text_string_to_metric_families(body.decode())
+            if f.name.startswith("ecosorter_model_")}
+
+
 def install(*args) -> int:
     return main(["model", "install", *map(str, args)])
 
@@ -166,6 +183,7 @@ def test_unsigned_needs_the_flag_and_stays_visible_until_a_signed_model_replaces
         m = sorter.board.snapshot()["model"]
         assert m["unsigned"] and not m["signed"] and m["trust"] == "UNSIGNED: installed with --allow-unsigned"
         assert m["sha256"] == sha(DEMO)
+        assert metrics(sorter.board) == {"ecosorter_model_unsigned": 1.0, "ecosorter_model_unverified": 0.0}
 
     # a signed model replaces it: no longer shown as unsigned
     v1 = versioned_model(tmp_path, 1)
@@ -240,7 +258,9 @@ def test_unverified_models_are_refused_by_default_everywhere(tmp_path, capsys, k
         build_sorter(load_config(overrides={**base, "model.path": str(forced)}), state_dir=tmp_path / "s2")
     with build_sorter(load_config(overrides={**base, "model.allow_unverified": True}), state_dir=state) as sorter:
         m = sorter.board.snapshot()["model"]
-        assert m["unverified_allowed"] and not m["verified"] and "ALLOWED" in m["verification"]
+        assert m["unverified_allowed"] and m["verified"] is False and "ALLOWED" in m["verification"]
+        assert m["unsigned"] is False  # it was signed: only the gate is the problem
+        assert metrics(sorter.board) == {"ecosorter_model_unverified": 1.0, "ecosorter_model_unsigned": 0.0}
 
     # a live swap to it is refused (the running model stays), and so is a rollback to it
     with build_sorter(load_config(overrides=base), state_dir=tmp_path / "s3") as sorter:
