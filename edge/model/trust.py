@@ -112,7 +112,7 @@ def check_signature(content: bytes, source: object, keys: tuple[TrustedKey, ...]
         raise ModelInstallError(f"model {source}: ed25519 signature does not verify with any configured key "
                                 f"({', '.join(f'{k.id} ({k.name})' for k in keys)}): refused")
     if allow_unsigned:
-        log.warning("model %s: installed UNSIGNED (--allow-unsigned)%s", source,
+        log.warning("model %s: no signature, accepted UNSIGNED by --allow-unsigned%s", source,
                     "" if keys else f"; {none_configured}")
         return Signer()
     if not keys:
