@@ -147,7 +147,20 @@ class Verifier:
     def enabled(self) -> bool:
         return bool(self.keys)
 
+    def signature_ok(self, cmd: dict) -> bool:
+        """Addressed to this bin, inside the clock window and signed by a configured key; the
+        nonce cache is neither read nor written (no disk I/O: this runs on the network thread)."""
+        try:
+            self._check(cmd)
+        except (AuthError, KeyError, TypeError, ValueError, binascii.Error):
+            return False
+        return True
+
     def verify(self, cmd: dict) -> None:
+        self._check(cmd)
+        self.nonces.check_and_add(cmd["nonce"], float(cmd["ts"]), self.clock())
+
+    def _check(self, cmd: dict) -> None:
         from cryptography.exceptions import InvalidSignature
 
         if not self.keys:
@@ -171,5 +184,4 @@ class Verifier:
                 continue
         else:
             raise AuthError("signature does not verify with any configured key: refused")
-        self.nonces.check_and_add(cmd["nonce"], ts, now)
 
