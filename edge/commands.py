@@ -298,7 +298,9 @@ class CommandProcessor:
     def _execute(self, action: str, cmd: dict) -> dict:
         cb = self.callbacks
         if action == "flag":
-            return {"id": cmd["id"], "flagged": bool(_need(cb.flag, "flag")(cmd["id"]))}
+            if not _need(cb.flag, "flag")(cmd["id"]):
+                raise CommandError(f"flag: no event {cmd['id']!r} (or it could not be saved)")
+            return {"id": cmd["id"], "flagged": True}
         if action == "label":
             ok = _need(cb.label, "labels")(cmd["id"], cmd["label"], cmd.get("by", "mqtt"))
             if not ok:

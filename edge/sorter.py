@@ -380,6 +380,11 @@ class Sorter:
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
         old.close()
+        names = {lb.id: lb.name for lb in new.labels}  # same ids (checked above), maybe new display names
+        if self.board is not None:
+            self.board.labels = names
+        if self.mqtt is not None:
+            self.mqtt.labels = names
         log.info("now sorting with model %s", new.sha256[:12])
         self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
 
