@@ -112,6 +112,8 @@ def test_a_log_damaged_under_the_running_bin_is_set_aside_and_recording_goes_on(
     with build_sorter(cfg, state_dir=state) as sorter:
         sorter.run(max_items=3)
         path = state / "events.db"
+        sorter.machine_log.record({"kind": "hold", "name": "resume", "compartment": None, "detail": ""},
+                                  "raised", "", 0)  # the machine log's own connection is open now
         sorter.events.query("PRAGMA wal_checkpoint(TRUNCATE)")
         with open(path, "r+b") as f:  # something scribbles over the file under the running bin
             f.seek(0)
@@ -120,3 +122,6 @@ def test_a_log_damaged_under_the_running_bin_is_set_aside_and_recording_goes_on(
         sorter.run(max_items=8)
         assert sorter.machine.active("log") and len(aside(state)) == 1
         assert sorter.events.count() >= 5 and not sorter.events.pending
+        sorter.machine_log.record({"kind": "hold", "name": "lid", "compartment": None, "detail": ""}, "raised", "", 0)
+    with EventLog(state / "events.db") as log:  # the machine log followed the event log to the new file
+        assert [r["name"] for r in log.query("SELECT name FROM machine_log")][-1:] == ["lid"]
