@@ -249,6 +249,8 @@ class ModelStore:
                                                 f"= {p.timeout_s:g} s: refused")
                     chunk = r.read1(1 << 16)  # one socket read: a slow drip cannot hold it past a read
                     if not chunk:
+                        if whole.expired:  # the watcher shut the socket: that is not the end of the file
+                            raise OSError("deadline")
                         break
                     total += len(chunk)
                     _check_size(url, total, p.max_bytes, room)
