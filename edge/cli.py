@@ -120,8 +120,9 @@ def cmd_run(args) -> int:
 
             server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag,
                                          on_label=sorter.label, on_clear_fault=sorter.clear_fault,
-                                         token=read_secret("page_token", cfg.status.token_file) or None)
-            if server is not None:
+                                         token=read_secret("page_token", cfg.status.token_file) or None,
+                                         public_read=cfg.status.public_read)
+            if server is not None and server.bound:
                 print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
         if simulate:
             print(f"simulating: photos from {cfg.camera.device}, mock pins ({cfg.hardware.profile}), "

@@ -195,7 +195,10 @@ class CommandProcessor:
                                  cfg.commands.clock_window_s)
         self.trusted = frozenset(cfg.commands.trust_broker_for)
         self.queue: queue.Queue[bytes] = queue.Queue(maxsize=cfg.commands.queue_size)
+        # Two budgets: commands whose signature verifies have their own, so junk from any client the
+        # broker lets publish (unsigned, forged, malformed) cannot starve the owner's signed commands.
         self.limit = _RateLimit(cfg.commands.rate_per_minute, cfg.commands.queue_size)
+        self.limit_signed = _RateLimit(cfg.commands.rate_per_minute, cfg.commands.queue_size)
         self.cancel = threading.Event()  # set on close: ends a download within one socket read
         self.dropped = 0
         self.handled = 0
@@ -216,8 +219,11 @@ class CommandProcessor:
                             "broker's memory; it is cleared", len(payload))
                 self._reply({"ok": False, "error": "retained command ignored and cleared"})
                 return
+            signed = self._signed(payload)  # ed25519 is cheap: check before spending a budget
             with self._lock:
-                ok = self.limit.take()
+                # unverified traffic may fill only half the queue: room stays for signed commands
+                ok = (self.limit_signed.take() if signed else
+                      self.queue.qsize() < max(1, self.queue.maxsize // 2) and self.limit.take())
                 if ok:
                     try:
                         self.queue.put_nowait(bytes(payload))
@@ -227,6 +233,17 @@ class CommandProcessor:
                     self._drop()
         except Exception:  # the network thread must survive anything
             log.exception("command intake failed")
+
+    def _signed(self, payload: bytes) -> bool:
+        """True if the payload parses and its signature verifies for this bin now. No nonce is used
+        up here (that, and everything else, is the worker's full check); only the budget is chosen."""
+        if not self.verifier.enabled or len(payload) > MAX_PAYLOAD:
+            return False
+        try:
+            cmd = parse_command(payload)
+        except CommandError:
+            return False
+        return "sig" in cmd and self.verifier.signature_ok(cmd)
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -285,7 +302,9 @@ class CommandProcessor:
     def _execute(self, action: str, cmd: dict, key: str = "") -> dict:
         cb = self.callbacks
         if action == "flag":
-            return {"id": cmd["id"], "flagged": bool(_need(cb.flag, "flag")(cmd["id"]))}
+            if not _need(cb.flag, "flag")(cmd["id"]):
+                raise CommandError(f"flag: no event {cmd['id']!r} (or it could not be saved)")
+            return {"id": cmd["id"], "flagged": True}
         if action == "label":
             ok = _need(cb.label, "labels")(cmd["id"], cmd["label"], cmd.get("by", "mqtt"))
             if not ok:

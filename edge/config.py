@@ -196,6 +196,9 @@ class StatusConfig:
                                   "flag, label or clear faults (or systemd LoadCredential=page_token); empty = a "
                                   "new random token each start, known only to the kiosk's own screen")
     port: int = opt(8080, min=0, max=65535)
+    public_read: bool = opt(False, doc="with a non-loopback bind: let anyone on the network read /api/status, "
+                                       "/metrics and photos; false = they need the page token (header "
+                                       "X-EcoSorter-Token or Authorization: Bearer); the kiosk on loopback needs none")
 
 
 @dataclass(frozen=True)

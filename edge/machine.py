@@ -25,7 +25,9 @@ log = logging.getLogger("ecosorter.machine")
 @dataclass(frozen=True)
 class Condition:
     kind: str  # "hold" | "fault"
-    scope: str  # "all": nothing moves; "compartment": only items bound there wait; "intake": no new items
+    # "all": nothing moves; "compartment": only items bound there wait; "intake": no new items;
+    # "none": shown and logged, stops nothing
+    scope: str
     reason_id: str
     reason_en: str
     action_id: str
@@ -55,6 +57,15 @@ CONDITIONS: dict[str, Condition] = {
                         "Jangan letakkan barang; periksa kabel kamera", "Do not put items in; check the camera cable"),
     "power": Condition("hold", "all", "Daya listrik hampir habis", "Power is failing",
                        "Periksa catu daya / UPS; bin menunggu", "Check the power supply / UPS; the bin waits"),
+    # The event log cannot take a record (disk full by something else, read-only): nothing is sorted
+    # unrecorded, so nothing moves; it clears by itself when there is room (edge/record/guard.py).
+    "disk": Condition("hold", "all", "Disk penuh: barang tidak bisa dicatat", "The disk cannot take the record: {detail}",
+                      "Jangan letakkan barang; kosongkan ruang disk", "Do not put items in; free space on the disk"),
+    # The event log was found damaged and moved aside; a new one records. Blocks nothing (scope
+    # "none"), latched so a person sees it and tells the owner.
+    "log": Condition("fault", "none", "Catatan rusak: disimpan terpisah, catatan baru dimulai",
+                     "The event log was damaged: {detail}",
+                     *_clear("Beri tahu pemilik bin; bin tetap menyortir", "Tell the bin's owner; the bin keeps sorting")),
     "jam": Condition("fault", "all", "Mekanisme macet", "Jammed: {detail}",
                      *_clear("Buka penutup, bebaskan mekanismenya, tutup", "Open the lid, free the mechanism, close it")),
     # A step took longer in real time than its budget: the Pi stalled (overload, undervoltage) or,
@@ -211,7 +222,8 @@ class Machine:
 
     @property
     def faulted(self) -> bool:
-        return any(e.condition.kind == "fault" for e in self.entries())
+        """A latched fault that stops the mechanism (scope "none" faults only inform)."""
+        return any(e.condition.kind == "fault" and e.condition.scope != "none" for e in self.entries())
 
     def full(self) -> set[int]:
         return {e.compartment for e in self.entries() if e.name == "full" and e.compartment is not None}

@@ -151,8 +151,22 @@ class Verifier:
     def enabled(self) -> bool:
         return bool(self.keys)
 
+    def signature_ok(self, cmd: dict) -> bool:
+        """Addressed to this bin, inside the clock window and signed by a configured key; the
+        nonce cache is neither read nor written (no disk I/O: this runs on the network thread)."""
+        try:
+            self._check(cmd)
+        except (AuthError, KeyError, TypeError, ValueError, binascii.Error):
+            return False
+        return True
+
     def verify(self, cmd: dict) -> str:
         """Check a command; the id of the key it verified with (edge/model/trust.py's key_id)."""
+        kid = self._check(cmd)
+        self.nonces.check_and_add(cmd["nonce"], float(cmd["ts"]), self.clock())
+        return kid
+
+    def _check(self, cmd: dict) -> str:
         if not self.keys:
             raise AuthError("no command key configured (model.public_key): signed commands are off")
         missing = [k for k in ENVELOPE if k not in cmd]
@@ -169,7 +183,6 @@ class Verifier:
         kid = next((k for key, k in zip(self.keys, self.key_ids, strict=True) if _verifies(key, sig, body)), None)
         if kid is None:
             raise AuthError("signature does not verify with any configured key: refused")
-        self.nonces.check_and_add(cmd["nonce"], ts, now)
         return kid
 
 

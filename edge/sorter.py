@@ -37,6 +37,7 @@ from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
 from ecosorter.edge.record.captures import CaptureStore
 from ecosorter.edge.record.event import wall_iso
+from ecosorter.edge.record.guard import RecordGuard
 from ecosorter.edge.record.machine_log import MachineLog
 from ecosorter.edge.record.mqtt import MqttLink
 from ecosorter.edge.service import Notifier
@@ -92,6 +93,7 @@ class Sorter:
             is_present = is_present or (inputs.item_present if inputs.item_sensor is not None else None)
         self._swap_to: Path | None = None
         self.commands = None  # edge/commands.py's CommandProcessor, when MQTT is on
+        self.record_guard: RecordGuard | None = None  # the disk hold and the damaged-log fault
         self._last_state_t = -1e9
         self.notifier = notifier or Notifier()
         labels = model.manifest.label_ids
@@ -179,6 +181,8 @@ class Sorter:
         p = self.pending
         assert p is not None
         target, note = self._destination(p.decision.compartment)
+        if self.record_guard is not None:
+            self.record_guard.tick()  # no room for its record: held, not sorted unrecorded
         blocker = self.machine.blocking(target)
         if blocker is not None:
             if not p.held_by:
@@ -246,6 +250,8 @@ class Sorter:
         if self.events is not None:
             ok = self.events.append(event)
             self._health("disk", ok, self.events.error if not ok else str(self.events.path.parent))
+            if self.record_guard is not None:
+                self.record_guard.recorded(ok)
         for sink in self.sinks:
             try:
                 sink.record(event, frame.pixels, frame.order)
@@ -298,6 +304,8 @@ class Sorter:
         blocked_before = not m.may_move()
         m.lid(act.lid_open())
         m.fill(act.full(), set(act.full_sensors))
+        if self.record_guard is not None:
+            self.record_guard.tick()
         if self.inputs is not None:
             failing = self.inputs.power_failing()
             if failing and not m.active("power"):
@@ -384,6 +392,11 @@ class Sorter:
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
         old.close()
+        names = {lb.id: lb.name for lb in new.labels}  # same ids (checked above), maybe new display names
+        if self.board is not None:
+            self.board.labels = names
+        if self.mqtt is not None:
+            self.mqtt.labels = names
         log.info("now sorting with model %s", new.sha256[:12])
         self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
         if self.board is not None:
@@ -568,6 +581,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
                         mqtt=mqtt, store=store, inputs=inputs, clock=clock,
                         machine_log=MachineLog(events.path))
+        sorter.record_guard = RecordGuard(events, machine, clock)
         if mqtt is not None:
             sorter.commands = CommandProcessor(cfg, store, state, callbacks_for(sorter), mqtt.reply).start()
             mqtt.on_command = sorter.commands.submit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from ecosorter.edge.model.tflite_file import TFLiteFormatError, read_metadata
 from ecosorter.edge.preprocess.spec import PreprocessSpec
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "demo" / "demo_int8.tflite"
+CONTENT_NAME = re.compile(r"sha-([0-9a-f]{64})\.tflite")  # the store's content-addressed copies
 
 
 @dataclass
@@ -65,6 +67,11 @@ def load_model(path: str | Path | None = None, backend: str = "auto", num_thread
         raise ModelError(path, "file not found") from None
     except OSError as e:
         raise ModelError(path, f"cannot read: {e.strerror or e}") from None
+    sha256 = hashlib.sha256(content).hexdigest()
+    named = CONTENT_NAME.fullmatch(path.resolve().name)
+    if named and named.group(1) != sha256:  # an installed file changed on disk since it was verified
+        raise ModelError(path, f"its content hashes to {sha256[:12]}..., not the {named.group(1)[:12]}... in its "
+                               f"name {path.resolve().name}: the installed file was changed or damaged")
     manifest = read_manifest(content, path)
     try:
         classifier = open_classifier(content, backend, num_threads)
@@ -75,7 +82,7 @@ def load_model(path: str | Path | None = None, backend: str = "auto", num_thread
     except ModelError:
         classifier.close()
         raise
-    return LoadedModel(path=path, sha256=hashlib.sha256(content).hexdigest(), manifest=manifest,
+    return LoadedModel(path=path, sha256=sha256, manifest=manifest,
                        classifier=classifier, size_bytes=len(content))
 
 

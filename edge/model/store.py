@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import threading
@@ -119,6 +120,72 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """One deadline for a whole request: connect, TLS, response headers, redirects and body. Each
+    socket read alone has READ_TIMEOUT_S; a server sending a header line every second would still
+    hold the worker for ever, so a watcher shuts the sockets down when the deadline passes (or
+    `cancel` is set on shutdown), whatever they are waiting on."""
+
+    def __init__(self, at: float, cancel: threading.Event | None):
+        self.at, self.cancel = at, cancel
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="download deadline", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            left = self.at - time.monotonic()
+            if left <= 0 or (self.cancel is not None and self.cancel.is_set()):
+                with self._lock:
+                    self.expired = True
+                    for sock in self._socks:
+                        _shutdown(sock)
+                return
+            self._done.wait(min(left, 0.2))
+
+    def watched(self, sock: socket.socket) -> socket.socket:
+        with self._lock:
+            self._socks.append(sock)
+            if self.expired:
+                _shutdown(sock)
+        return sock
+
+    def close(self) -> None:
+        self._done.set()
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        deadline = self
+
+        class Connection(base):  # type: ignore[valid-type, misc]
+            def __init__(self, *args, **kwargs) -> None:
+                super().__init__(*args, **kwargs)
+                self._create_connection = lambda *a, **k: deadline.watched(socket.create_connection(*a, **k))
+
+        return Connection
+
+    def handlers(self, context: ssl.SSLContext) -> list[urllib.request.BaseHandler]:
+        deadline = self
+
+        class HTTP(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(deadline.connection(http.client.HTTPConnection), req)
+
+        class HTTPS(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(deadline.connection(http.client.HTTPSConnection), req, context=self._context)
+
+        return [HTTP(), HTTPS(context=context)]
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+    except OSError:
+        pass
+
+
 def _origin(url: str) -> tuple[str, str, int | None]:
     try:
         u = urllib.parse.urlsplit(url)
@@ -189,8 +256,8 @@ class ModelStore:
         self.incoming.mkdir(parents=True, exist_ok=True)
         room = p.incoming_quota - self._incoming_bytes()
         deadline = time.monotonic() + p.timeout_s
-        opener = urllib.request.build_opener(_SameOriginRedirects(url), urllib.request.HTTPSHandler(
-            context=ssl.create_default_context()))
+        whole = _Deadline(deadline, cancel)
+        opener = urllib.request.build_opener(_SameOriginRedirects(url), *whole.handlers(ssl.create_default_context()))
         fd, tmp = tempfile.mkstemp(dir=self.incoming, suffix=".download")
         digest = hashlib.sha256()
         try:
@@ -207,6 +274,8 @@ class ModelStore:
                                                 f"= {p.timeout_s:g} s: refused")
                     chunk = r.read1(1 << 16)  # one socket read: a slow drip cannot hold it past a read
                     if not chunk:
+                        if whole.expired:  # the watcher shut the socket: that is not the end of the file
+                            raise OSError("deadline")
                         break
                     total += len(chunk)
                     _check_size(url, total, p.max_bytes, room)
@@ -219,10 +288,17 @@ class ModelStore:
             raise
         except (OSError, ValueError, http.client.HTTPException) as e:
             Path(tmp).unlink(missing_ok=True)
+            if whole.expired and cancel is not None and cancel.is_set():
+                raise ModelInstallError(f"url {url}: download cancelled (shutting down)") from None
+            if whole.expired:
+                raise ModelInstallError(f"url {url}: took longer than model.download_timeout_s "
+                                        f"= {p.timeout_s:g} s (the whole request, headers too): refused") from None
             raise ModelInstallError(f"url {url}: download failed: {_reason(e)}") from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        finally:
+            whole.close()
         log.info("downloaded %s from %s:%d (%d bytes)", Path(tmp).name, host, port, total)
         return Path(tmp)
 

@@ -112,6 +112,20 @@ def disk_full(folder: Path, e: BaseException) -> bool:
         return False
 
 
+class _Damaged(Exception):
+    """The database file is not a sound SQLite database (corrupt, or not a database at all)."""
+
+
+def damaged(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return any(w in str(e) for w in ("malformed", "not a database"))
+
+
+ROOM_BYTES = 64 * 1024  # free space kept for the next record (one event, a few WAL pages, with margin)
+
+
 class EventLog:
     def __init__(self, path: str | Path, outbox: bool = False, reserve_bytes: int = 0,
                  on_disk_full: Callable[[int], int] | None = None):
@@ -120,6 +134,8 @@ class EventLog:
         self.error = ""
         self.pending: list[Event] = []
         self.unsaved = 0  # events that could not be written by close(): the CLI exits non-zero
+        self.damaged = ""  # set when a damaged log was moved aside (edge/record/guard.py raises the fault)
+        self.on_damaged: Callable[[str], None] | None = None
         # (bytes wanted) -> bytes freed; the capture store evicts photos (set by build_sorter)
         self.on_disk_full = on_disk_full
         self.reserve = self.path.parent / ".disk-reserve"
@@ -184,6 +200,44 @@ class EventLog:
             return True
         return False
 
+    def room(self) -> bool:
+        """Is there room for the next record, made if need be by evicting photos? False on a
+        read-only disk, or a full one that no photo of ours can free: the bin must not sort an item
+        it could not record (edge/record/guard.py holds). The reserve file is not spent here: it
+        stays for the item already moving when the room ran out (append releases it)."""
+        for _ in range(4):
+            try:
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return False
+            if st.f_flag & os.ST_RDONLY:
+                return False
+            if st.f_bavail * st.f_frsize >= ROOM_BYTES:
+                return True
+            try:
+                freed = self.on_disk_full(2 * ROOM_BYTES) if self.on_disk_full is not None else 0
+            except Exception:
+                log.exception("making room for events failed")
+                freed = 0
+            if not freed:
+                return False
+            log.warning("disk full: evicted %d kB of photos to record events", freed // 1024)
+        return False
+
+    def retry(self) -> bool:
+        """Write what waits in memory; True when nothing waits any more."""
+        with self._lock:
+            if not self.pending:
+                return True
+            try:
+                self._write_pending()
+            except (sqlite3.Error, OSError) as e:
+                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+                return False
+            self.error = ""
+            log.warning("event log %s writable again: waiting events written", self.path)
+            return True
+
     def _short_wal(self) -> None:
         """Space is short (the reserve is gone): fold the WAL into the database after each commit, so
         what is left grows by the size of the events, not by whole WAL pages per commit."""
@@ -206,7 +260,14 @@ class EventLog:
                 self._ensure_open()
                 self._flush()
                 return
+            except _Damaged as e:  # found damaged on a (re)open: _open set it aside; try the new one
+                log.error("event log: %s", e)
             except (sqlite3.Error, OSError) as e:
+                if isinstance(e, sqlite3.Error) and damaged(e) and self._db is not None:
+                    self._db.close()  # damaged under the running bin: set aside, a new log next try
+                    self._db = None
+                    self._set_aside(str(e))
+                    continue
                 if not self._make_room(e):
                     raise
         self._ensure_open()
@@ -214,21 +275,55 @@ class EventLog:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = connect(self.path)
-        ok = db.execute("PRAGMA quick_check").fetchone()[0]
-        if ok != "ok":  # never write into a damaged file: keep it for forensics, start afresh
-            db.close()
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            log.error("event log %s failed its integrity check (%s); moved to %s", self.path, ok, aside)
-            db = connect(self.path)
-        db.executescript(SCHEMA)
-        have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
-        for column, decl in MIGRATIONS.items():
-            if column not in have:
-                db.execute(f"ALTER TABLE events ADD COLUMN {column} {decl}")
+        try:
+            db = self._connect_checked()
+        except _Damaged as e:  # never write into a damaged file: keep it for inspection, start afresh
+            self._set_aside(str(e))
+            db = self._connect_checked()
         self._db = db
         self._inode = os.stat(self.path).st_ino
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        """Open, check and migrate; _Damaged if the file is not a sound SQLite database."""
+        db = None
+        try:
+            db = connect(self.path)
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise _Damaged(f"failed its integrity check: {ok[:200]}")
+            db.executescript(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+            for column, decl in MIGRATIONS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE events ADD COLUMN {column} {decl}")
+            return db
+        except (sqlite3.Error, _Damaged) as e:
+            if db is not None:
+                db.close()
+            if isinstance(e, sqlite3.Error) and damaged(e):
+                raise _Damaged(str(e)) from None
+            raise
+
+    def _set_aside(self, reason: str) -> None:
+        """Move the damaged file (and its WAL and shared memory) to events.db.damaged-<UTC time>,
+        kept for inspection; tell the machine (a fault the page and MQTT show)."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.path.with_name(f"{self.path.name}.damaged-{stamp}-{n}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, f"{aside}{suffix}")
+        self.damaged = f"{self.path.name} was damaged ({reason}); kept as {aside.name}, a new log started"
+        log.error("event log %s", self.damaged)
+        if self.on_damaged is not None:
+            try:
+                self.on_damaged(self.damaged)
+            except Exception:
+                log.exception("reporting the damaged event log failed")
 
     def _ensure_open(self) -> None:
         if self._db is None:

@@ -9,8 +9,11 @@ to `_unlabeled/`, which training ignores, so a retrained model never learns its 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import os
 import re
-import shutil
+import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -22,6 +25,11 @@ CSV_COLUMNS = ("photo", "id", "time", "bin_id", "model_sha256", "predicted", "co
                "true_label", "labeled_by", "labeled_at", "flagged", "uncertain", "compartment", "routed_to")
 _DURATION = re.compile(r"(\d+)\s*(s|m|h|d|w)")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+# The export's own record of what it wrote (path -> sha256): --replace removes these and nothing else.
+RECORD = ".ecosorter-export.json"
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)  # no bin recorded anything before: a typo
+# A cell a spreadsheet would run as a formula (CSV injection): written with a leading apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class ExportError(EcoSorterError):
@@ -37,12 +45,16 @@ def parse_since(text: str, now: datetime | None = None) -> str:
         return ""
     now = now or datetime.now(timezone.utc)
     if _DURATION.fullmatch(text) or re.fullmatch(r"(\d+\s*[smhdw]\s*)+", text):
-        delta = timedelta()
-        for n, unit in _DURATION.findall(text):
-            delta += timedelta(**{_UNITS[unit]: int(n)})
-        return _iso(now - delta)
+        try:
+            delta = timedelta()
+            for n, unit in _DURATION.findall(text):
+                delta += timedelta(**{_UNITS[unit]: int(n)})
+            return _iso(_plausible(text, now - delta, now))
+        except (OverflowError, ValueError):  # timedelta beyond 999,999,999 days, or before year 1
+            raise ExportError(f"--since {text[:40]!r} reaches back before {EARLIEST.year}; "
+                              "no bin recorded anything then") from None
     if re.fullmatch(r"\d{9,11}(\.\d+)?", text):
-        return _iso(datetime.fromtimestamp(float(text), timezone.utc))
+        return _iso(_plausible(text, datetime.fromtimestamp(float(text), timezone.utc), now))
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -50,24 +62,124 @@ def parse_since(text: str, now: datetime | None = None) -> str:
                           "(2026-11-01T08:00:00+07:00, or epoch seconds) or a duration (7d, 12h, 30m)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=timezone.utc)
+    return _iso(_plausible(text, t, now))
+
+
+def _plausible(text: str, t: datetime, now: datetime) -> datetime:
+    """A date in the future or before 2000 would silently export nothing (or everything): refused."""
     if t > now:
-        raise ExportError(f"--since {text!r} is in the future (now {_iso(now)})")
-    return _iso(t)
+        raise ExportError(f"--since {text[:40]!r} is in the future ({_iso(t)}; now {_iso(now)})")
+    if t < EARLIEST:
+        raise ExportError(f"--since {text[:40]!r} is {t.year}, before {EARLIEST.year}; no bin recorded anything then")
+    return t
 
 
 def _iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_record(out: Path) -> dict[str, str]:
+    path = out / RECORD
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise ExportError(f"export --replace: {path} is not a regular file; not touching {out}")
+        d = json.loads(path.read_text())
+        files = d["files"]
+        if not (isinstance(files, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())):
+            raise TypeError("files must map paths to sha256")
+        return files
+    except FileNotFoundError:
+        raise ExportError(f"export --replace: {out} has no {RECORD} (the record an export keeps of what it "
+                          "wrote), so nothing in it is known to be an export; nothing removed. Use an empty "
+                          "folder, or empty this one yourself") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ExportError(f"export --replace: {path} is unreadable ({e}); nothing removed from {out}") from None
+
+
 def _clear_export(out: Path) -> None:
-    """Only what an export writes: class folders of photos and labels.csv. Anything else stops it."""
-    for child in out.iterdir():
-        if child.name == "labels.csv":
-            child.unlink()
-        elif child.is_dir() and all(f.suffix == ".jpg" for f in child.iterdir()):
-            shutil.rmtree(child)
-        else:
-            raise EcoSorterError(f"export --replace: {child} is not part of an export; not touching {out}")
+    """Remove exactly what the earlier export's record lists, unchanged; first check that nothing
+    else is there (a person's own file or folder, a changed file, a symlink), and if anything is,
+    remove nothing and name it. Symlinks are never followed and never removed."""
+    written = _read_record(out)
+    foreign: list[str] = []
+    ours_files: list[Path] = []
+    ours_dirs: list[Path] = []
+    for top, dirs, files in os.walk(out, followlinks=False):
+        here = Path(top)
+        for name in sorted(dirs):
+            p = here / name
+            rel = p.relative_to(out).as_posix()
+            if p.is_symlink():
+                foreign.append(f"{rel} (a symbolic link)")
+            elif not any(f.startswith(rel + "/") for f in written):
+                foreign.append(f"{rel}/ (a folder the export did not write)")
+            else:
+                ours_dirs.append(p)
+        for name in sorted(files):
+            p = here / name
+            rel = p.relative_to(out).as_posix()
+            if rel == RECORD:
+                continue
+            mode = os.lstat(p).st_mode
+            if not stat.S_ISREG(mode):
+                foreign.append(f"{rel} ({'a symbolic link' if stat.S_ISLNK(mode) else 'not a regular file'})")
+            elif rel not in written:
+                foreign.append(f"{rel} (not written by the export)")
+            elif _sha256(p) != written[rel]:
+                foreign.append(f"{rel} (changed since the export)")
+            else:
+                ours_files.append(p)
+    if foreign:
+        more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        raise ExportError(f"export --replace: {out} holds what the earlier export did not write: "
+                          f"{'; '.join(foreign[:10])}{more}. Nothing removed; move them away first")
+    for p in ours_files:
+        p.unlink()
+    for p in sorted(ours_dirs, key=lambda d: len(d.parts), reverse=True):
+        p.rmdir()
+    (out / RECORD).unlink()
+
+
+def _class_folder(out: Path, folder: str) -> Path:
+    """out/<folder>, made if missing; one that is a symlink or a file is an error, never written through."""
+    d = out / folder
+    try:
+        os.mkdir(d, 0o755)
+    except FileExistsError:
+        mode = os.lstat(d).st_mode
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+            raise ExportError(f"export: {d} is {what}; an export writes only into folders it makes") from None
+    return d
+
+
+def _copy_new(src: Path, dst: Path) -> str:
+    """Copy into a new file (never an existing one, never through a symlink); returns its sha256."""
+    h = hashlib.sha256()
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise ExportError(f"export: {dst} already exists; not overwriting it") from None
+    with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+            out.write(block)
+    return h.hexdigest()
+
+
+def _cell(v: object) -> object:
+    """CSV injection: text a spreadsheet would evaluate (=, +, -, @, tab, CR first) gets a leading '."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
 
 
 def folder_for(predicted: str, true_label: str, flagged: bool) -> str:
@@ -79,9 +191,11 @@ def folder_for(predicted: str, true_label: str, flagged: bool) -> str:
 def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = False, replace: bool = False,
            warn=lambda msg: None) -> int:
     since_iso = parse_since(since)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"export: {out} is not a folder")
     if out.exists() and any(out.iterdir()):
         if not replace:
-            raise EcoSorterError(f"export: {out} is not empty; an old export there would leave photos in the "
+            raise ExportError(f"export: {out} is not empty; an old export there would leave photos in the "
                                  "wrong class folders. Use an empty folder, or --replace to clear it first")
         _clear_export(out)
     events = EventLog(state_dir / "events.db")
@@ -96,23 +210,39 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
         warn(f"{len(lost)} labelled items have no photo (labelled after their photo was gone) and are not "
              f"exported: {', '.join(r['id'] for r in lost[:5])}{' ...' if len(lost) > 5 else ''}")
     out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
     n = 0
-    with open(out / "labels.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
-        for r in rows:
-            if labeled_only and not r["true_label"]:
-                continue
-            src = captures / r["image"]
-            if not src.exists():
-                continue  # evicted by the quota
-            flagged = bool(r["flagged"]) or r["image"] in flagged_files
-            folder = folder_for(r["label"], r["true_label"], flagged)
-            dst = out / folder / src.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            w.writerow([f"{folder}/{src.name}", r["id"], r["time"], r["bin_id"], r["model_sha256"], r["label"],
-                        f"{r['confidence']:.4f}", r["probabilities"], r["true_label"], r["labeled_by"],
-                        r["labeled_at"], int(flagged), int(r["uncertain"]), r["compartment"], r["routed_to"]])
-            n += 1
+    try:
+        fd = os.open(out / "labels.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise ExportError(f"export: {out / 'labels.csv'} already exists; not overwriting it") from None
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            written["labels.csv"] = ""
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            for r in rows:
+                if labeled_only and not r["true_label"]:
+                    continue
+                src = captures / r["image"]
+                if not src.exists():
+                    continue  # evicted by the quota
+                flagged = bool(r["flagged"]) or r["image"] in flagged_files
+                folder = folder_for(r["label"], r["true_label"], flagged)
+                written[f"{folder}/{src.name}"] = _copy_new(src, _class_folder(out, folder) / src.name)
+                w.writerow([_cell(v) for v in (
+                    f"{folder}/{src.name}", r["id"], r["time"], r["bin_id"], r["model_sha256"], r["label"],
+                    f"{r['confidence']:.4f}", r["probabilities"], r["true_label"], r["labeled_by"],
+                    r["labeled_at"], int(flagged), int(r["uncertain"]), r["compartment"], r["routed_to"])])
+                n += 1
+    finally:  # even a failed export records what it wrote, so --replace can remove it
+        written["labels.csv"] = _sha256(out / "labels.csv")
+        _write_record(out, written)
     return n
+
+
+def _write_record(out: Path, written: dict[str, str]) -> None:
+    tmp = out / f"{RECORD}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.write_text(json.dumps({"format": 1, "files": written}, indent=0, sort_keys=True))
+    os.replace(tmp, out / RECORD)

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import csv
 import getpass
+import io
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
 from ecosorter.edge.record.events import EventLog, check_label
 
 MAX_REPORTED = 20
+# An import is an edited export: a year of a busy bin is ~100k rows of ~400 bytes. Anything bigger
+# (or /dev/zero, a log file given by mistake) is refused before it is read whole into memory.
+MAX_IMPORT_BYTES = 64 * 1024 * 1024
+MAX_IMPORT_ROWS = 500_000
 
 
 class LabelError(EcoSorterError):
@@ -63,15 +68,29 @@ def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
     labels = known_labels(state_dir)
     who = _who(by)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = reader.fieldnames or []
-            column = "true_label" if "true_label" in fields else "label" if "label" in fields else None
-            if "id" not in fields or column is None:
-                raise LabelError(f"{path}: needs a header with columns id and true_label (or label); "
-                                 f"found {', '.join(fields) or 'no header'}")
-            rows = [(reader.line_num, r) for r in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        with open(path, "rb") as f:
+            data = f.read(min(1 << 20, MAX_IMPORT_BYTES + 1))  # bounded: /dev/zero or a pipe never ends
+            if b"\0" not in data and len(data) <= MAX_IMPORT_BYTES:
+                data += f.read(MAX_IMPORT_BYTES + 1 - len(data))
+    except OSError as e:
+        raise LabelError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_IMPORT_BYTES:
+        raise LabelError(f"{path}: larger than {MAX_IMPORT_BYTES >> 20} MB; not a labels CSV (split it)")
+    if b"\0" in data:
+        raise LabelError(f"{path}: contains NUL bytes; not a text CSV")
+    try:
+        reader = csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+        fields = reader.fieldnames or []
+        column = "true_label" if "true_label" in fields else "label" if "label" in fields else None
+        if "id" not in fields or column is None:
+            raise LabelError(f"{path}: needs a header with columns id and true_label (or label); "
+                             f"found {', '.join(f[:40] for f in fields[:20]) or 'no header'}")
+        rows = []
+        for r in reader:
+            if len(rows) >= MAX_IMPORT_ROWS:
+                raise LabelError(f"{path}: more than {MAX_IMPORT_ROWS} rows; split it")
+            rows.append((reader.line_num, r))
+    except (UnicodeDecodeError, csv.Error) as e:
         raise LabelError(f"{path}: cannot read as CSV: {e}") from None
     errors: list[str] = []
     items: list[tuple[str, str, str]] = []

@@ -7,6 +7,7 @@ logged and never stops the machine.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -34,13 +35,19 @@ class MachineLog:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        self._ino = -1
 
     def record(self, entry: dict, state: str, who: str, t: float) -> None:
         with self._lock:
             try:
+                ino = os.stat(self.path).st_ino if self.path.exists() else -1
+                if self._db is not None and ino != self._ino:  # the event log was set aside or recreated
+                    self._db.close()
+                    self._db = None
                 if self._db is None:
                     self._db = connect(self.path)
                     self._db.executescript(SCHEMA)
+                    self._ino = os.stat(self.path).st_ino
                 self._db.execute("INSERT INTO machine_log (time, kind, name, compartment, state, detail, who) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?)", (t, entry["kind"], entry["name"],
                                                                   entry["compartment"], state, entry["detail"], who))

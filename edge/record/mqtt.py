@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import ssl
 import threading
@@ -120,13 +121,19 @@ class MqttLink:
 
     def _drain(self) -> None:
         db: sqlite3.Connection | None = None
+        db_ino = -1
         while not self._stop.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
             if not self.connected.is_set():
                 continue
             try:
-                db = db or connect(self.db_path)
+                ino = os.stat(self.db_path).st_ino
+                if db is not None and ino != db_ino:  # the log was set aside (damaged) or recreated
+                    db.close()
+                    db = None
+                if db is None:
+                    db, db_ino = connect(self.db_path), ino
                 self._send_batch(db)
             except (sqlite3.Error, OSError) as e:
                 log.error("outbox %s: %s", self.db_path, e)

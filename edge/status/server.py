@@ -96,9 +96,13 @@ class StatusServer(ThreadingHTTPServer):
     conn_limit_s = 10.0  # a whole connection, however it trickles
 
     def __init__(self, address: tuple[str, int], board: StatusBoard, on_flag=None, on_label=None,
-                 on_clear_fault=None, token: str | None = None):
-        super().__init__(address, Handler)
+                 on_clear_fault=None, token: str | None = None, public_read: bool = False,
+                 bind_and_activate: bool = True):
+        super().__init__(address, Handler, bind_and_activate)
         self.board = board
+        self.public_read = public_read  # status.public_read: reads need no token from the network
+        self.bound = bind_and_activate
+        self._stop = threading.Event()
         self.on_flag: Callable[[str], bool] | None = on_flag
         self.on_label: Callable[[str, str, str], bool] | None = on_label
         self.on_clear_fault: Callable[[str], bool] | None = on_clear_fault
@@ -141,8 +145,28 @@ class StatusServer(ThreadingHTTPServer):
     def handle_error(self, request, client_address) -> None:  # a client that went away: not news
         log.debug("status page: request from %s failed", client_address, exc_info=True)
 
+    def bind_with_retry(self) -> None:
+        """The port is taken (an old instance still exiting, another service): retry with back-off
+        in this thread, one log line per try, until bound or shut down; sorting never waits."""
+        delay = 1.0
+        while not self._stop.wait(delay):
+            try:
+                self.server_bind()
+                self.server_activate()
+            except OSError as e:
+                delay = min(delay * 2, 60.0)
+                log.warning("status page: %s:%d still unavailable (%s); next try in %g s",
+                            *self.server_address[:2], e.strerror or e, delay)
+                continue
+            self.bound = True
+            log.warning("status page started on %s:%d after the port was free again", *self.server_address[:2])
+            self.serve_forever()
+            return
+
     def shutdown(self) -> None:
-        super().shutdown()
+        self._stop.set()
+        if self.bound:
+            super().shutdown()
         self._reaper.stop()
         self.server_close()
 
@@ -167,6 +191,40 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args) -> None:  # keep the journal for what matters
         log.debug("%s " + fmt, self.address_string(), *args)
 
+    def parse_request(self) -> bool:
+        """Headers later parsed as URLs (Host, Origin, Referer) must parse: `Host: [` is a 400, not a
+        dropped connection."""
+        if not super().parse_request():
+            return False
+        for name in ("Host", "Origin", "Referer"):
+            try:
+                _ = urlsplit(("//" if name == "Host" else "") + self.headers.get(name, "")).port
+            except ValueError:
+                self.send_error(400, f"bad {name} header")
+                return False
+        return True
+
+    def _read_refused(self) -> bool:
+        """Reads (status, metrics, photos) from the network need the token unless status.public_read;
+        a loopback bind and the kiosk's own screen need none. Also `Authorization: Bearer <token>`
+        (a Prometheus scrape config's `authorization` block)."""
+        s = self.server
+        if s.public_read or _loopback(s.server_address[0]) or self._kiosk():
+            return False
+        given = self.headers.get(TOKEN_HEADER, "")
+        auth = self.headers.get("Authorization", "")
+        if not given and auth[:7].lower() == "bearer ":
+            given = auth[7:].strip()
+        if s.token and hmac.compare_digest(given.encode(), s.token.encode()):
+            return False
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="ecosorter"')
+        self.send_header("Content-Length", "0")
+        for k, v in SECURITY_HEADERS.items():
+            self.send_header(k, v)
+        self.end_headers()
+        return True
+
     def _send(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -183,6 +241,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         board = self.server.board
         path = self.path.split("?", 1)[0]
+        reads = path in ("/api/status", "/api/last.jpg", "/metrics") or path.startswith("/api/photo/")
+        if reads and self._read_refused():
+            return
         if path == "/":
             self._send(200, self._page(), "text/html; charset=utf-8")
         elif path in STATIC:
@@ -404,8 +465,9 @@ def metrics_registry(board: StatusBoard):
 
 
 def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int = 8080, on_flag=None,
-                        on_label=None, on_clear_fault=None, token: str | None = None):
-    """Serve in a daemon thread; None (and a warning) if the port is taken: sorting goes on.
+                        on_label=None, on_clear_fault=None, token: str | None = None, public_read: bool = False):
+    """Serve in a daemon thread. If the port is taken, a warning, and the same thread retries with
+    back-off (`server.bound` tells); None only if the address itself is unusable. Sorting goes on.
 
     `token` guards the page's actions. Without one a random token is made for this run: the
     kiosk's own browser (loopback) still gets it in the page, remote browsers cannot act.
@@ -414,9 +476,18 @@ def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int =
         raise ConfigError("status.token", "16-128 characters from A-Z a-z 0-9 . _ ~ -")
     try:
         server = StatusServer((bind, port), board, on_flag, on_label, on_clear_fault,
-                              token or secrets.token_urlsafe(24))
+                              token or secrets.token_urlsafe(24), public_read, bind_and_activate=False)
     except OSError as e:
-        log.warning("status page not started on %s:%d: %s (status.port)", bind, port, e)
+        log.warning("status page not started on %s:%d: %s (status.bind)", bind, port, e)
         return None
-    threading.Thread(target=server.serve_forever, name="status http", daemon=True).start()
+    try:
+        server.server_bind()
+        server.server_activate()
+        server.bound = True
+        run = server.serve_forever
+    except OSError as e:  # EADDRINUSE: retried; the socket object stays the same
+        log.warning("status page not started on %s:%d: %s (status.port); retrying with back-off",
+                    bind, port, e.strerror or e)
+        run = server.bind_with_retry
+    threading.Thread(target=run, name="status http", daemon=True).start()
     return server

@@ -40,8 +40,9 @@ class Calls:
         return self.ok
 
 
-def serve(board, calls: Calls, bind: str = "127.0.0.1"):
-    server = start_status_server(board, bind, 0, calls.flag, calls.label, calls.clear, token=TOKEN)
+def serve(board, calls: Calls, bind: str = "127.0.0.1", public_read: bool = False):
+    server = start_status_server(board, bind, 0, calls.flag, calls.label, calls.clear, token=TOKEN,
+                                 public_read=public_read)
     return server, f"http://{bind}:{server.server_port}"
 
 
@@ -199,7 +200,7 @@ def test_a_remote_browser_enters_the_token_once(tmp_path):
     if addr is None:
         pytest.skip("no non-loopback address on this machine")
     board, calls = normal(), Calls()
-    server, base = serve(board, calls, bind=addr)
+    server, base = serve(board, calls, bind=addr, public_read=True)  # a LAN browser reads without the token
     browser = Browser(tmp_path / "remote")
     try:
         meta = re.search(r'name="ecosorter-token" content="([^"]*)"', request(base + "/")[1].decode())

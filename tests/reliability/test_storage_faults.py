@@ -40,13 +40,14 @@ def test_read_only_state_folder_then_writable_again(small_disk):
     decided = []
     try:
         with build_sorter(cfg(**{"record.capture": "uncertain"}), state_dir=small_disk) as sorter:
-            sorter.run(max_items=5, on_event=decided.append)  # sorting goes on
+            sorter.run(max_items=5, on_event=decided.append)  # decided, but held: nothing sorted unrecorded
+            assert sorter.machine.active("disk") and not any(e.routed_ok for e in decided)
             health = sorter.board.snapshot()["health"]["disk"]
             assert health["ok"] is False and "read-only" in health["detail"].lower().replace("readonly", "read-only")
             assert len(sorter.events.pending) == 5
             subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
             sorter.run(max_items=6, on_event=decided.append)
-            assert sorter.board.snapshot()["health"]["disk"]["ok"] is True
+            assert sorter.board.snapshot()["health"]["disk"]["ok"] is True and not sorter.machine.active("disk")
             stored = [r["id"] for r in sorter.events.query("SELECT id FROM events ORDER BY seq")]
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True)

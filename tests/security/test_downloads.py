@@ -161,3 +161,33 @@ def test_sigterm_during_a_slow_download_stops_the_bin_within_5_s(mosquitto, tmp_
                 p.kill()
                 p.wait()
         attacker.close()
+
+
+def test_slow_response_headers_are_cut_off_by_one_deadline_for_the_whole_request(tmp_path):
+    """Issue 18 item 14: a header line a second (each read well inside READ_TIMEOUT_S) held the
+    worker ~150 s; the request as a whole now ends at model.download_timeout_s."""
+    stop = threading.Event()
+
+    def trickle(h) -> None:
+        h.send_response(200)
+        for i in range(60):  # a minute of headers unless the client goes away
+            if stop.is_set():
+                return
+            h.send_header(f"X-Slow-{i}", "x")
+            h.flush_headers()
+            time.sleep(1.0)
+        h.end_headers()
+
+    s = Server({"/slow.tflite": trickle})
+    store = ModelStore(tmp_path / "state", downloads=DownloadPolicy(
+        hosts=(f"127.0.0.1:{s.port}",), allow_http=True, timeout_s=3.0))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(ModelInstallError, match="took longer than model.download_timeout_s = 3 s"):
+            store.fetch(s.url("/slow.tflite"), "0" * 64)
+        took = time.monotonic() - t0
+        assert took < 3.0 + 3.0, f"{took:.1f} s"  # the deadline plus slack for a loaded CI machine
+        assert not list(store.incoming.iterdir())
+    finally:
+        stop.set()
+        s.close()
