@@ -29,9 +29,9 @@ def cfg_for(state: Path, **over):
 def test_an_installed_model_changed_on_disk_is_refused_at_load_and_the_bin_rolls_back(tmp_path):
     state = tmp_path / "state"
     store = ModelStore(state)
-    store.install(DEMO)
+    store.install(DEMO, allow_unsigned=True)
     v3 = versioned_model(tmp_path, 3)
-    store.install(v3)
+    store.install(v3, allow_unsigned=True)
     installed = store.current.resolve()
     assert installed.name == f"sha-{sha(v3)}.tflite"
     installed.write_bytes(versioned_model(tmp_path, 4).read_bytes())  # a valid model, but not the one verified
