@@ -36,7 +36,7 @@ def discovery(bin_id: str, base: str, labels: dict[str, str], compartments: dict
 
     def add(component: str, object_id: str, payload: dict) -> None:
         out.append((f"{PREFIX}/{component}/{node}/{object_id}/config",
-                    {"unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}", **payload, **common}))
+                    {"unique_id": f"{node}_{object_id}", **payload, **common}))
 
     for label, name in labels.items():
         add("sensor", label, {"name": f"{name} today", "state_topic": state,
