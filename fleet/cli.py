@@ -59,7 +59,10 @@ def add_parser(sub) -> None:
 
     p = fsub.add_parser("pool", help="one training folder from many bins' exports, de-duplicated by event id")
     p.add_argument("out", type=Path)
-    p.add_argument("exports", type=Path, nargs="+", help="`ecosorter export` folders (e.g. from a USB stick)")
+    p.add_argument("exports", type=Path, nargs="*", help="`ecosorter export` folders (e.g. from a USB stick)")
+    p.add_argument("--ssh", action="append", default=[], metavar="USER@HOST",
+                   help="also fetch a bin's labelled photos over SSH (its own `ecosorter export`); repeatable")
+    p.add_argument("--since", default="", help="with --ssh: only items since (7d, 2026-11-01)")
     p.set_defaults(fn=cmd_pool)
 
 
@@ -203,9 +206,12 @@ def format_rollout(st: dict) -> str:
 # ------------------------------------------------------------------------ pool
 
 def cmd_pool(args) -> int:
-    from ecosorter.fleet.pool import pool
+    from ecosorter.fleet.pool import pool_online
 
-    n = pool(args.out, args.exports, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    if not args.exports and not args.ssh:
+        raise FleetError("pool needs export folders and/or --ssh USER@HOST")
+    n = pool_online(args.out, args.ssh, args.exports, args.since,
+                    warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     print(f"{n['photos']} photos from {n['bins']} bins in {args.out} ({n['duplicates']} duplicates skipped); "
           f"train with: ecosorter-train {args.out} -o model.keras")
     return 0
