@@ -85,6 +85,7 @@ class FleetView:
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.bad = 0  # messages that were not a bin's (logged once each kind)
+        self.received = 0
 
     def start(self, settle_s: float = 0.5) -> FleetView:
         self.broker.connect(self.client)
@@ -93,18 +94,28 @@ class FleetView:
         self.sync(settle_s)
         return self
 
-    def sync(self, settle_s: float = 0.5) -> None:
-        """Wait until the retained messages have arrived: a QoS 1 publish to a topic no one reads is
-        acknowledged after the broker has sent what it queued before it, then a short settle."""
+    def sync(self, settle_s: float = 0.5, quiet_s: float = 0.2, limit_s: float = 30.0) -> None:
+        """Wait until the retained messages have arrived. The broker sends a subscription's retained
+        messages before it acknowledges a later QoS 1 publish (they are QoS 0: no in-flight window
+        holds them back); then until nothing has come for `quiet_s`, then `settle_s`."""
         info = self.client.publish(f"{self.broker.prefix}/_fleet/sync", b"", qos=1)
         info.wait_for_publish(10)
+        end = time.monotonic() + limit_s
+        seen = -1
+        while seen != self.received and time.monotonic() < end:
+            seen = self.received
+            time.sleep(quiet_s)
         time.sleep(settle_s)
 
     def _on_connect(self, client, userdata, flags, rc, props) -> None:
         p = self.broker.prefix
-        client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/availability", 1), (f"{p}/+/cmd/result", 1)])
+        # state and availability at QoS 0: retained ones come at once (a QoS 1 subscription gets them
+        # through the broker's in-flight window, 20 at a time); a missed live state is replaced by the
+        # next. Command results at QoS 1: a rollout must not miss one.
+        client.subscribe([(f"{p}/+/state", 0), (f"{p}/+/availability", 0), (f"{p}/+/cmd/result", 1)])
 
     def _on_message(self, client, userdata, msg) -> None:
+        self.received += 1
         try:  # nothing from the broker is trusted; an exception here would end paho's thread
             parts = msg.topic.split("/")
             bin_id, kind = parts[-2] if parts[-1] != "result" else parts[-3], parts[-1]

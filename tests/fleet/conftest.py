@@ -59,10 +59,14 @@ def versioned_model(out: Path, version: int, content: bytes | None = None) -> Pa
 def uncertain_model(out: Path, version: int) -> Path:
     """The demo model with its last layer's weights and bias zeroed: it loads, its output is a
     probability vector (the self-test passes), and every item gets 1/7 on every class (uncertain)."""
+    import warnings
+
     from ai_edge_litert.interpreter import Interpreter
 
     content = DEMO.read_bytes()
-    it = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
+    with warnings.catch_warnings():  # "for debugging purposes only": reading constant tensors is what it's for
+        warnings.simplefilter("ignore", UserWarning)
+        it = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
     it.allocate_tensors()
     fc = [op for op in it._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"][-1]
     flat = bytearray(content)
