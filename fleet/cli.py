@@ -127,13 +127,13 @@ def cmd_rollout(args) -> int:
         else:
             print(format_rollout(st))
         return 0
-    unfinished = db.execute("SELECT id FROM rollouts WHERE state NOT IN (?, ?)", ro.FINISHED).fetchone()
+    unfinished = db.execute("SELECT id FROM rollouts WHERE state NOT IN (?, ?, ?)", ro.FINISHED).fetchone()
     if args.abandon:
         if unfinished is None:
             print("no unfinished rollout")
             return 0
-        db.execute("UPDATE rollouts SET state = 'abandoned', reason = 'abandoned by hand', updated = ? "
-                   "WHERE id = ?", (time.time(), unfinished["id"]))
+        db.execute("UPDATE rollouts SET state = ?, reason = 'abandoned by hand', updated = ? WHERE id = ?",
+                   (ro.ABANDONED, time.time(), unfinished["id"]))
         print(f"rollout {unfinished['id']} abandoned as it stands (`--status` shows which bins had it)")
         return 0
     if args.key is None:

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS targets (
 CREATE TABLE IF NOT EXISTS log (rollout INTEGER NOT NULL, t REAL NOT NULL, bin_id TEXT NOT NULL, what TEXT NOT NULL);
 """
 RUNNING, DONE, ROLLING_BACK, ROLLED_BACK = "running", "done", "rolling back", "rolled back"
-FINISHED = (DONE, ROLLED_BACK)
+ABANDONED = "abandoned"
+FINISHED = (DONE, ROLLED_BACK, ABANDONED)
 # a target's phases: pending -> sent -> installed -> ok; failed; rollback_sent -> rolled_back
 # (rollback_failed); cancelled (never changed: the rollout stopped before it got the model)
 CHANGED = ("installed", "ok", "rollback_sent")
@@ -209,7 +210,7 @@ class Rollout:
     def create(cls, db: sqlite3.Connection, view: FleetView, model: Path, params: Params, url: str,
                serve: str, version: int | None) -> int:
         sha = sha256_of(model)
-        open_ = db.execute("SELECT id, sha256 FROM rollouts WHERE state NOT IN (?, ?)", FINISHED).fetchone()
+        open_ = db.execute("SELECT id, sha256 FROM rollouts WHERE state NOT IN (?, ?, ?)", FINISHED).fetchone()
         if open_ is not None:
             if open_["sha256"] == sha:
                 return int(open_["id"])  # the same model again: resume it
