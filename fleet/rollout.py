@@ -105,9 +105,11 @@ def _fault_names(state: dict) -> set[str]:
 
 
 def _drifting(state: dict) -> bool:
-    """A drift alert, if the bin's state has one (edge/decide's drift watch publishes `drift`)."""
+    """The drift watch's alarm, if the bin has one: a `model_drift` hold (edge/decide's drift watch
+    raises it on the machine), or a `drift` object with a true `alert` in the state."""
+    holds = (state.get("machine") or {}).get("holds") or []
     d = state.get("drift")
-    return isinstance(d, dict) and any(bool(d.get(k)) for k in ("alert", "drifting", "flag"))
+    return any(h.get("name") == "model_drift" for h in holds) or (isinstance(d, dict) and bool(d.get("alert")))
 
 
 def judge(before: dict, base: dict, now: dict, p: Params) -> tuple[str, str]:

@@ -15,12 +15,11 @@ P = Params(min_items=10, max_uncertain_rise=0.15, max_wrong_rise=0.10)
 
 
 def state(items: int, uncertain: int, wrong: int = 0, faults: tuple[str, ...] = (), drift: bool = False) -> dict:
-    s = {"totals": {"counts": {"kaca": items}, "uncertain": uncertain}, "items_today": items, "wrong_today": wrong,
-         "uncertain_share": uncertain / items if items else None,
-         "machine": {"faults": [{"name": f, "reason_en": f"{f} words"} for f in faults]}}
-    if drift:
-        s["drift"] = {"alert": True}
-    return s
+    # the drift watch's alarm is a hold on the machine (edge/decide's drift watch)
+    holds = [{"name": "model_drift", "reason_en": "drift"}] if drift else []
+    return {"totals": {"counts": {"kaca": items}, "uncertain": uncertain}, "items_today": items, "wrong_today": wrong,
+            "uncertain_share": uncertain / items if items else None,
+            "machine": {"faults": [{"name": f, "reason_en": f"{f} words"} for f in faults], "holds": holds}}
 
 
 BEFORE = state(100, 10, 1)  # its own figures before: 10 % uncertain, 1 % wrong
