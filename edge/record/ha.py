@@ -34,19 +34,21 @@ def discovery(bin_id: str, base: str, labels: dict[str, str], compartments: dict
               "payload_available": "online", "payload_not_available": "offline"}
     out: list[tuple[str, dict]] = []
 
-    def add(component: str, object_id: str, payload: dict) -> None:
+    def add(component: str, object_id: str, payload: dict, unique: str = "") -> None:
         out.append((f"{PREFIX}/{component}/{node}/{object_id}/config",
-                    {"unique_id": f"{node}_{object_id}", **payload, **common}))
+                    {"unique_id": f"{node}_{unique or object_id}", **payload, **common}))
 
+    # unique ids are what HA keys its entities on: the per-label ones keep their first form
+    # (`<label>_today`), and no other id ends in `_today`, so no label can collide with them
     for label, name in labels.items():
-        add("sensor", label, {"name": f"{name} today", "state_topic": state,
-                              "value_template": f"{{{{ value_json.today.counts.{label} | default(0) }}}}",
-                              "state_class": "total_increasing", "unit_of_measurement": "items"})
+        add("sensor", label, unique=f"{label}_today", payload={
+            "name": f"{name} today", "state_topic": state, "state_class": "total_increasing",
+            "unit_of_measurement": "items", "value_template": f"{{{{ value_json.today.counts.{label} | default(0) }}}}"})
     add("sensor", "last", {"name": "Last item", "state_topic": state,
                            "value_template": "{{ value_json.last.label if value_json.last else 'none' }}"})
     add("binary_sensor", "health", {"name": "Health", "device_class": "problem", "state_topic": state,
                                     "value_template": "{{ 'OFF' if value_json.healthy else 'ON' }}"})
-    add("sensor", "items_today", {"name": "Items today", "state_topic": state, "state_class": "total_increasing",
+    add("sensor", "items", {"name": "Items today", "state_topic": state, "state_class": "total_increasing",
                                   "unit_of_measurement": "items",
                                   "value_template": "{{ value_json.items_today | default(0) }}"})
     add("sensor", "uncertain_share", {"name": "Uncertain share today", "state_topic": state,
@@ -70,7 +72,7 @@ def discovery(bin_id: str, base: str, labels: dict[str, str], compartments: dict
             "name": f"Compartment {c} full", "device_class": "problem", "state_topic": state,
             "value_template": (f"{{{{ 'ON' if (value_json.compartments | selectattr('index', 'equalto', {c}) "
                                "| selectattr('full') | list) else 'OFF' }}")})
-        add("sensor", f"compartment_{c}_today", {
+        add("sensor", f"compartment_{c}_items", {
             "name": f"Compartment {c} today", "state_topic": state, "state_class": "total_increasing",
             "unit_of_measurement": "items",
             "value_template": (f"{{% set x = value_json.compartments | selectattr('index', 'equalto', {c}) | list %}}"

@@ -20,7 +20,9 @@ import logging
 import sqlite3
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ecosorter.edge.commands import CommandError, parse_command
@@ -145,9 +147,6 @@ class MqttLink:
 
     def _count_wrong(self, db: sqlite3.Connection) -> None:
         """Items flagged "wrong" today (the fleet's rollouts compare it before/after), every 30 s."""
-        import time
-        from datetime import datetime, timezone
-
         if time.monotonic() - self._wrong_at < 30.0:
             return
         self._wrong_at = time.monotonic()

@@ -74,7 +74,8 @@ def test_discovery_payloads_are_what_home_assistant_needs_and_the_button_clears_
                 else:
                     assert p["state_topic"] == "ecosorter/site2-bin7/state"
                     assert render(p["value_template"], state) not in ("", "None")
-            by_id = {p["unique_id"].removeprefix("ecosorter_site2-bin7_"): p for p in disc.values()}
+            by_id = {TOPIC.fullmatch(t)[3]: p for t, p in disc.items()}  # by object id
+            assert by_id["kaca"]["unique_id"] == "ecosorter_site2-bin7_kaca_today"  # as before: HA keeps it
 
             # holds and faults: one binary sensor per name in the machine's registry, with the words
             for name, cond in CONDITIONS.items():
@@ -88,8 +89,8 @@ def test_discovery_payloads_are_what_home_assistant_needs_and_the_button_clears_
             # fill and items per compartment, today's items, uncertain share, model version
             assert render(by_id["full_2"]["value_template"], state) == "ON"
             assert render(by_id["full_0"]["value_template"], state) == "OFF"
-            per_comp = sum(int(render(by_id[f"compartment_{i}_today"]["value_template"], state)) for i in range(7))
-            assert per_comp + state["unrouted"] == int(render(by_id["items_today"]["value_template"], state)) == 13
+            per_comp = sum(int(render(by_id[f"compartment_{i}_items"]["value_template"], state)) for i in range(7))
+            assert per_comp + state["unrouted"] == int(render(by_id["items"]["value_template"], state)) == 13
             assert 0.0 <= float(render(by_id["uncertain_share"]["value_template"], state)) <= 100.0
             assert render(by_id["model_version"]["value_template"], state) == str(s.model.manifest.version)
             assert json.loads(render(by_id["model_version"]["json_attributes_template"], state))["sha256"] == \
