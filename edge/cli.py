@@ -502,6 +502,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, with_model=False)
     p.set_defaults(fn=cmd_bench)
 
+    from ecosorter.fleet.cli import add_parser as add_fleet_parser  # fleet/: many bins on one broker
+
+    add_fleet_parser(sub)
+
     p = sub.add_parser("safe", help="put the hardware in its safe state (systemd runs it after every stop)")
     p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
     p.add_argument("--state-dir", type=Path, help="where the last good hardware config is kept (default /var/lib/ecosorter)")

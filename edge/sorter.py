@@ -362,7 +362,8 @@ class Sorter:
                 now = self.clock.monotonic()
                 if self.board is not None and now - self._last_state_t > 2.0:
                     self._last_state_t = now
-                    self.mqtt.publish_state(self.board.snapshot())
+                    self.mqtt.publish_state(self.board.snapshot(), {"sha256": self.model.sha256,
+                                                                     "version": self.model.manifest.version})
             if self._swap_to is not None and self._item_frame is None and self.pending is None:
                 self._swap_model(self._swap_to)
         except Exception:
@@ -575,7 +576,8 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
         events.on_disk_full = captures.make_room  # photos make room for events on a full disk
-        mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names) if cfg.mqtt.enabled else None
+        mqtt = MqttLink(cfg.mqtt, cfg.bin_id, events.path, names, compartments=cfg.hardware.compartments,
+                        trusted=frozenset(cfg.commands.trust_broker_for)) if cfg.mqtt.enabled else None
         if source is None:
             source = open_source(cfg.camera, on_bad_image=lambda e: log.warning("%s", e))
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,

@@ -2,7 +2,9 @@
 
 Topics under <prefix>/<bin_id>/:
     event          QoS 1, one JSON event per item, at-least-once, in order, stable `id` for de-dup
-    state          retained: today's counts, health, last item
+    state          retained: today's counts, health, last item, machine, compartments, and for the
+                   fleet (ecosorter fleet): model sha256/version, items_today, uncertain_share,
+                   wrong_today (items flagged "wrong" today), totals since start
     availability   retained "online" / "offline" (the broker publishes "offline" as our last will)
     cmd            subscribed: commands, handed to edge/commands.py (schema, signatures, worker);
                    retained messages there are ignored and cleared
@@ -19,7 +21,9 @@ import os
 import sqlite3
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ecosorter.edge.commands import CommandError, parse_command
@@ -34,7 +38,8 @@ __all__ = ["CommandError", "MqttLink", "parse_command"]
 class MqttLink:
     def __init__(self, cfg: MqttConfig, bin_id: str, db_path: Path, labels: dict[str, str],
                  on_command: Callable[[bytes, bool], None] | None = None, client_id: str | None = None,
-                 on_link: Callable[[str, str], None] | None = None):
+                 on_link: Callable[[str, str], None] | None = None,
+                 compartments: dict[str, int] | None = None, trusted: frozenset[str] = frozenset()):
         import paho.mqtt.client as mqtt
 
         from ecosorter.edge.secrets import read_secret
@@ -49,6 +54,9 @@ class MqttLink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_state = b""
+        self.compartments, self.trusted = compartments, frozenset(trusted)  # for HA discovery
+        self.wrong_today = 0  # counted by the outbox thread from the event log, never on the loop
+        self._wrong_at = -1e9
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"ecosorter-{bin_id}",
                         clean_session=True)
         if cfg.username:
@@ -134,6 +142,7 @@ class MqttLink:
                     db = None
                 if db is None:
                     db, db_ino = connect(self.db_path), ino
+                self._count_wrong(db)
                 self._send_batch(db)
             except (sqlite3.Error, OSError) as e:
                 log.error("outbox %s: %s", self.db_path, e)
@@ -142,6 +151,16 @@ class MqttLink:
                 db = None
         if db is not None:
             db.close()
+
+    def _count_wrong(self, db: sqlite3.Connection) -> None:
+        """Items flagged "wrong" today (the fleet's rollouts compare it before/after), every 30 s."""
+        if time.monotonic() - self._wrong_at < 30.0:
+            return
+        self._wrong_at = time.monotonic()
+        midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        since = midnight.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+        self.wrong_today = db.execute("SELECT COUNT(*) FROM events WHERE time >= ? AND flagged = 1",
+                                      (since,)).fetchone()[0]
 
     def _send_batch(self, db: sqlite3.Connection) -> None:
         db.row_factory = sqlite3.Row
@@ -167,14 +186,24 @@ class MqttLink:
             self._wake.set()
 
     # --------------------------------------------------------------- state, discovery, commands
-    def publish_state(self, snapshot: dict) -> None:
+    def publish_state(self, snapshot: dict, model: dict | None = None) -> None:
+        """`model`: the running model's {"sha256", "version"} (the fleet's rollouts read it)."""
         if not self.connected.is_set():
             return
-        keys = ("today", "total", "health", "healthy", "last", "machine", "compartments", "unrouted", "model")
-        body = json.dumps({k: snapshot[k] for k in keys if k in snapshot},
-                          separators=(",", ":")).encode()
-        if body != self._last_state:
-            self.client.publish(f"{self.base}/state", body, qos=1, retain=True)
+        keys = ("today", "total", "totals", "health", "healthy", "last", "machine", "compartments", "unrouted")
+        state = {k: snapshot[k] for k in keys if k in snapshot}
+        today = snapshot.get("today") or {}
+        items = sum((today.get("counts") or {}).values())
+        # the board's trust words (signed, verified) and the running file's sha/version in one object
+        state.update({"model": {**(snapshot.get("model") or {}), **(model or {})} or None,
+                      "items_today": items, "wrong_today": self.wrong_today,
+                      "uncertain_share": round(today.get("uncertain", 0) / items, 4) if items else None})
+        body = json.dumps(state, separators=(",", ":")).encode()
+        if body != self._last_state:  # "at" (when it changed: the fleet's "last seen") is not compared
+            from ecosorter.edge.record.event import wall_iso
+
+            self.client.publish(f"{self.base}/state", body[:-1] + b',"at":"' + wall_iso().encode() + b'"}',
+                                qos=1, retain=True)
             self._last_state = body
 
     def publish_machine(self, entry: dict, state: str, who: str) -> None:
@@ -185,23 +214,10 @@ class MqttLink:
                                                                    separators=(",", ":")), qos=1)
 
     def _discovery(self) -> None:
-        device = {"identifiers": [f"ecosorter_{self.bin_id}"], "name": f"EcoSorter {self.bin_id}",
-                  "manufacturer": "EcoSorter Edge"}
-        avail = {"availability_topic": f"{self.base}/availability"}
-        for label, name in self.labels.items():
-            cfg = {"name": f"{name} today", "unique_id": f"ecosorter_{self.bin_id}_{label}_today",
-                   "state_topic": f"{self.base}/state", "value_template": f"{{{{ value_json.today.counts.{label} }}}}",
-                   "state_class": "total_increasing", "unit_of_measurement": "items", "device": device, **avail}
-            self.client.publish(f"homeassistant/sensor/ecosorter_{self.bin_id}/{label}/config", json.dumps(cfg),
-                                qos=1, retain=True)
-        last = {"name": "Last item", "unique_id": f"ecosorter_{self.bin_id}_last", "state_topic": f"{self.base}/state",
-                "value_template": "{{ value_json.last.label if value_json.last else 'none' }}", "device": device, **avail}
-        self.client.publish(f"homeassistant/sensor/ecosorter_{self.bin_id}/last/config", json.dumps(last), qos=1, retain=True)
-        health = {"name": "Health", "unique_id": f"ecosorter_{self.bin_id}_health", "device_class": "problem",
-                  "state_topic": f"{self.base}/state", "value_template": "{{ 'OFF' if value_json.healthy else 'ON' }}",
-                  "device": device, **avail}
-        self.client.publish(f"homeassistant/binary_sensor/ecosorter_{self.bin_id}/health/config", json.dumps(health),
-                            qos=1, retain=True)
+        from ecosorter.edge.record.ha import discovery
+
+        for topic, payload in discovery(self.bin_id, self.base, self.labels, self.compartments, self.trusted):
+            self.client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=True)
 
     def _on_message(self, client, userdata, msg) -> None:
         if not msg.payload:
