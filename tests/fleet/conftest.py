@@ -95,7 +95,7 @@ class Fleet:
 
         d = self.state_dir(bin_id)
         d.mkdir()
-        ModelStore(d).install(self.v1)
+        ModelStore(d).install(self.v1, allow_unsigned=True)  # as `model install --allow-unsigned`
         (d / "config.toml").write_text(f"""bin_id = "{bin_id}"
 [camera]
 fps = 16.0
