@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -23,8 +24,10 @@ from ecosorter.convert.images import (
 )
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
+from ecosorter.convert.thresholds import plot_curve
+from ecosorter.convert.thresholds import report as thresholds_report
 from ecosorter.convert.train import read_sidecar, sidecar_path
-from ecosorter.convert.verify import BinRules, format_outcome, format_table, verify
+from ecosorter.convert.verify import BinRules, bin_outcome, format_outcome, format_table, gate_lines, verify
 from ecosorter.edge.backends import open_classifier
 from ecosorter.edge.errors import BackendError, EcoSorterError
 from ecosorter.edge.model.manifest import DEFAULT_LABELS, Label, Manifest
@@ -59,7 +62,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int = 0, gate: str = "outcome",
-            bin_rules: BinRules | None = None, per_channel: bool = True) -> ConversionResult:
+            bin_rules: BinRules | None = None, per_channel: bool = True,
+            contamination: float | None = None, guarantee: str = "crc") -> ConversionResult:
     if not 0 <= model_version < 2**53:
         raise ConversionError(f"--model-version {model_version}: must be a whole number >= 0")
     if quantize not in MODES:
@@ -142,23 +146,53 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
 
     if bin_rules is None:  # the bin's defaults (decision.threshold 0.55, fallback khusus when it is a label)
         bin_rules = BinRules(fallback="khusus" if "khusus" in label_ids else None)
-    report = verify(src, classifier, prep, label_ids, verify_images, progress, rules=bin_rules)
+    arrays: dict = {}
+    report = verify(src, classifier, prep, label_ids, verify_images, progress,
+                    rules=None if contamination is not None else bin_rules, arrays=arrays)
     classifier.close()
+    decision, choice = None, None
+    if contamination is not None:
+        # The bin's rule for this model: chosen on what the converted model outputs, then judged
+        # (Keras vs TFLite) under those thresholds, as the bin will route.
+        from ecosorter.convert.decision import choose_block
+
+        known = arrays["truth"] >= 0
+        decision, choice = choose_block(arrays["tflite"][known], arrays["truth"][known], label_ids, contamination,
+                                        method=guarantee, fallback=bin_rules.fallback,
+                                        compartments=bin_rules.compartments, seed=seed, log=log)
+        bin_rules = dataclasses.replace(bin_rules, class_thresholds=dict(decision["thresholds"]),
+                                        temperature=decision["temperature"])
+        report["bin_outcome"] = bin_outcome(arrays["keras"][known], arrays["tflite"][known],
+                                            arrays["truth"][known], label_ids, bin_rules)
+        report["decision"] = thresholds_report(choice)
     sizes = {"source": _size(src.path), "tflite": len(tflite)}
     threshold = _min_agreement(quantize, min_agreement)
     report.update({"mode": quantize, "min_agreement": threshold, "file_size_bytes": sizes,
                    "runtime": {"name": runtime}, "float_layers": kept_float})
     log(format_table(report, sizes))
-    passed = report["agreement"] >= threshold
     outcome = report.get("bin_outcome")
     if outcome is not None:
         log(format_outcome(outcome))
-    if gate == "outcome" and outcome is not None and not outcome["passed"]:
+    # One gate, on the bin's outcome. Agreement gates only when asked for (--gate agreement or
+    # --min-agreement), or when no photo is labelled and there is no outcome to judge.
+    agreement_gates = gate == "agreement" or min_agreement is not None or outcome is None
+    passed = True
+    if gate == "outcome" and outcome is not None:
+        for line in gate_lines(outcome, quantize):
+            log(line)
+        passed = outcome["passed"]
+    if agreement_gates and report["agreement"] < threshold:
         passed = False
-        log(f"FAILED: the int8/float change in what the bin does is outside the gate (correct routing "
-            f"{100 * outcome['correct_routing']['change']:+.1f} pt, contamination "
-            f"{100 * outcome['contamination']['change']:+.1f} pt)")
+        log(f"FAILED: agreement rule: top-1 agreement {100 * report['agreement']:.1f}% is below --min-agreement "
+            f"{100 * threshold:.1f}%. Next: 1) more photos will not change an agreement this low; "
+            "2) mixed precision (--keep-float N); 3) --quantize float16")
+    if choice is not None and not choice.feasible:
+        passed = False
+        log(f"FAILED: decision rule: a {100 * contamination:g}% contamination budget cannot be certified with "
+            f"{choice.n} labelled photos. Next: 1) give at least {choice.photos_needed} labelled photos "
+            "(--validation DIR), or a larger --contamination")
     report["gate"] = gate if outcome is not None else "agreement"
+    report["agreement_gates"] = agreement_gates
     report["passed"] = passed
     if quantize == "int8" and (not passed or drift_rows):
         # Say where int8 loses the model, so the user can keep those ops in float (--keep-float).
@@ -174,13 +208,15 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         verification["correct_routing_change"] = outcome["correct_routing"]["change"]
         verification["contamination_change"] = outcome["contamination"]["change"]
         verification["compartment_agreement"] = outcome["compartment_agreement"]
+        verification["gate_verdict"] = outcome["verdict"]
     final = Manifest(labels=draft.labels, input=draft.input, preprocess=prep, output=draft.output,
-                     source=source, verification=verification, version=model_version)
+                     source=source, verification=verification, version=model_version, decision=decision)
     if report_path:
+        if choice is not None:
+            report["decision"]["curve_png"] = plot_curve(choice, Path(report_path).with_suffix(".png")).name
         _atomic_write(Path(report_path), json.dumps(report, indent=1).encode())
     if not passed and not force:
-        log(f"FAILED: agreement {100 * report['agreement']:.1f}% is below --min-agreement "
-            f"{100 * threshold:.1f}%; nothing written (use --force to write anyway)")
+        log("nothing written (the lines above say why; --force writes anyway)")
         return ConversionResult(False, output, report, final)
     content = embed_metadata(tflite, final.to_json())
     _check_final(content, runtime, quantize, final)  # the exact bytes written load and carry the manifest

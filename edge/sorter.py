@@ -24,7 +24,7 @@ from ecosorter.edge.commands import CommandProcessor, callbacks_for
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
 from ecosorter.edge.decide.vote import Decision
-from ecosorter.edge.errors import ConfigErrors, EcoSorterError, ModelError, SourceError
+from ecosorter.edge.errors import ConfigError, ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.check import label_errors
 from ecosorter.edge.hardware.inputs import Inputs
@@ -99,7 +99,7 @@ class Sorter:
         self.preprocessor = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
-        self.voter = Voter(cfg.decision, labels, self.route)
+        self.voter = Voter(cfg.decision, labels, self.route, model.manifest.decision)
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
         self.summary = Summary(counts=dict.fromkeys(labels, 0), routed=dict.fromkeys(range(self.route.count), 0))
@@ -371,11 +371,16 @@ class Sorter:
             if new.manifest.label_ids != self.model.manifest.label_ids:
                 new.close()
                 raise ModelError(path, "labels differ from the running model's")
+            try:  # its thresholds must meet the config's budget too
+                voter = Voter(self.cfg.decision, new.manifest.label_ids, self.route, new.manifest.decision)
+            except ConfigError as e:
+                new.close()
+                raise ModelError(path, str(e)) from None
         except EcoSorterError as e:  # keep sorting with the model we have
             log.error("model swap refused, keeping %s: %s", self.model.sha256[:12], e)
             self._health("model", True, f"{self.model.path.name} (update refused: {e})")
             return
-        old, self.model = self.model, new
+        old, self.model, self.voter = self.model, new, voter
         roi = self.preprocessor.roi
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
