@@ -175,7 +175,9 @@ def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray) -> 
     for i, (a, b) in enumerate(zip(g[:-1], g[1:], strict=True)):
         w = np.linspace(0, 1, (8 if i == 0 else 1) * INTERPOLATE + 1)[1:, None]
         steps.append(a + w * (b - a))
-    return -np.expm1(np.vstack(steps))
+    out = -np.expm1(np.vstack(steps))
+    out[0] = NEVER
+    return out
 
 
 INTERPOLATE = 24
