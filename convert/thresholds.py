@@ -297,9 +297,15 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
     calib = {"temperature": t, "ece_before": round(ece(raw_cert, truth[cert]), 4),
              "ece_after": round(ece(cal[cert], truth[cert]), 4),
              "nll_before": round(nll(raw_cert, truth[cert], 1.0), 4), "nll_after": round(nll(raw_cert, truth[cert], t), 4)}
+    top = cal[cert].max(1)
+    certify = {"routed_right": o["routed_right"], "contamination": o["contamination"],
+               "fallback_share": o["fallback"], "fallback_wrong": o["fallback_wrong"],
+               # for the bin's drift watch (edge/decide/drift.py): what these photos looked like
+               "mean_confidence": float(top.mean()), "confidence_sd": float(top.std(ddof=1)),
+               "top1_error": float((cal[cert].argmax(1) != truth[cert]).mean())}
     return Choice(budget=budget, method=method, delta=delta, temperature=t, thresholds=thresholds,
                   feasible=feasible, n=len(truth), n_fit=len(fit), n_certify=n, bound=float(bound),
-                  certify={k: o[k] for k in ("routed_right", "contamination", "fallback", "fallback_wrong")},
+                  certify=certify,
                   photos_needed=photos_needed(budget, method, delta, fit_fraction), curve=curve,
                   chosen_index=i, per_class=per_class, calibration=calib)
 
@@ -331,7 +337,7 @@ def format_choice(choice: Choice) -> str:
              f"  temperature {choice.temperature:g} (ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, "
              f"fit on {choice.n_fit} photos)",
              f"  on {choice.n_certify} certify photos: routed right {100 * c['routed_right']:.1f}%, contamination "
-             f"{100 * c['contamination']:.1f}%, fallback {100 * c['fallback']:.1f}% (not its compartment "
+             f"{100 * c['contamination']:.1f}%, fallback {100 * c['fallback_share']:.1f}% (not its compartment "
              f"{100 * c['fallback_wrong']:.1f}%), bound {100 * choice.bound:.2f}%"]
     if not choice.feasible:
         lines.append(f"  NOT CERTIFIABLE: {choice.n} photos are too few for a {100 * choice.budget:g}% budget "

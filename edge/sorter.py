@@ -23,6 +23,7 @@ from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.commands import CommandProcessor, callbacks_for
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
+from ecosorter.edge.decide.drift import DriftWatch, expected_from_manifest
 from ecosorter.edge.decide.vote import Decision
 from ecosorter.edge.errors import ConfigError, ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
@@ -100,6 +101,7 @@ class Sorter:
         self._tensor = self.preprocessor.new_buffer()
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
         self.voter = Voter(cfg.decision, labels, self.route, model.manifest.decision)
+        self.drift = DriftWatch(expected_from_manifest(model.manifest.decision, model.manifest.verification))
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
         self.summary = Summary(counts=dict.fromkeys(labels, 0), routed=dict.fromkeys(range(self.route.count), 0))
@@ -223,6 +225,7 @@ class Sorter:
             latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()}, "route": round(route_ms, 3),
                         "total": round(p.decided_ms, 3)})
         self._record(event, p.frame)
+        self._watch_model(event)
         self.last_event_id = event.id
         s = self.summary
         s.items += 1
@@ -256,10 +259,20 @@ class Sorter:
         if self.mqtt is not None:
             self.mqtt.record(event)
 
+    def _watch_model(self, event: Event) -> None:
+        """Rolling figures against the model's validation figures: a warning, never a stop."""
+        try:
+            self.drift.item(event.id, event.label, event.uncertain, event.confidence)
+            out, why = self.drift.check()
+            self.machine.set_hold("model_drift", out, why)
+        except Exception:
+            log.exception("drift watch failed; sorting goes on")
+
     # ------------------------------------------------------------------ between items
     def flag(self, event_id: str) -> bool:
         """A person says this item was sorted wrongly: keep its photo for retraining."""
         ok = self.events.flag(event_id) if self.events is not None else False
+        self.drift.wrong(event_id)
         if ok:
             self._keep_photo(event_id)
         if ok and self.board is not None:
@@ -272,6 +285,7 @@ class Sorter:
             return False
         ok = self.events.set_label(event_id, label, who)
         if ok:
+            self.drift.label(event_id, label)
             self._keep_photo(event_id)
         if ok and self.board is not None:
             self.board.labelled(event_id, label)
@@ -381,6 +395,8 @@ class Sorter:
             self._health("model", True, f"{self.model.path.name} (update refused: {e})")
             return
         old, self.model, self.voter = self.model, new, voter
+        self.drift = DriftWatch(expected_from_manifest(new.manifest.decision, new.manifest.verification))
+        self.machine.clear("model_drift", who="new model")
         roi = self.preprocessor.roi
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
