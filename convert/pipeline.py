@@ -82,6 +82,14 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         names = {lb.id: lb.name for lb in DEFAULT_LABELS}
         labels = [Label(i, names.get(i, i)) for i in trained["labels"]]
         log(f"labels and preprocessing ({preprocess}) from {sidecar_path(model).name}")
+    if contamination is None and trained and trained.get("decision"):
+        budget = trained["decision"].get("budget") if isinstance(trained["decision"], dict) else None
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < 1:
+            raise ConversionError(f"{sidecar_path(model)}: decision.budget {budget!r} must be a share between 0 "
+                                  "and 1; give --contamination SHARE instead")
+        contamination = float(budget)
+        log(f"decision rule: contamination budget {100 * contamination:g}% from {sidecar_path(model).name}, "
+            "thresholds chosen again on the converted model's outputs")
     prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
     src = load_source_model(model)
     labels = list(labels) if labels is not None else list(DEFAULT_LABELS)

@@ -135,7 +135,7 @@ def ece(probs: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
 LAMBDAS = np.unique(np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 120)]))
 
 
-def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray) -> np.ndarray:
+def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray, per_class: bool = True) -> np.ndarray:
     """(len(LAMBDAS) + 1, classes) thresholds; row 0 is "never confident", then t_c(lam) for each lam.
 
     t_c(lam): the lowest threshold at which, among the fit items whose top class is c and that reach
@@ -153,18 +153,22 @@ def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray) -> 
         # tied scores (int8 outputs saturate at 255/256) pass or fail together: a threshold can
         # only stop at the end of a tie, so the rate counts only there
         rate[:-1][s[1:] == s[:-1]] = np.inf
+        # the threshold sits halfway to the next lower score, so no photo lies exactly on it (a
+        # float/int8 difference of 1e-4 would otherwise decide that photo's side)
+        below = np.append(s[1:], max(0.0, s[-1] - 1e-3)) if len(s) else s
+        mid = (s + below) / 2
         out = np.full(len(LAMBDAS), NEVER)
         for i, lam in enumerate(LAMBDAS):
             ok = np.flatnonzero(rate <= lam + 1e-12)
             if len(ok):
-                out[i] = s[ok[-1]]
+                out[i] = mid[ok[-1]]
         return out
 
     pooled = lowest(conf, wrong) if len(conf) else np.full(len(LAMBDAS), NEVER)
     fam = np.empty((len(LAMBDAS), k))
     for c in range(k):
         mine = best == c
-        fam[:, c] = lowest(conf[mine], wrong[mine]) if mine.any() else pooled
+        fam[:, c] = lowest(conf[mine], wrong[mine]) if mine.any() and per_class else pooled
     fam = np.vstack([np.full((1, k), NEVER), fam])
     fam = fam[np.r_[True, (np.diff(fam, axis=0) != 0).any(axis=1)]]  # drop repeated rows, keep the order
     # The steps between shaped rows can be large (a whole class's confident items at once): fill
@@ -243,7 +247,7 @@ def photos_needed(budget: float, method: str, delta: float, fit_fraction: float)
 def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budget: float, *,
            method: str = "crc", delta: float = 0.05, fallback: str | None = "khusus",
            compartments: dict[str, int] | None = None, fit_fraction: float = FIT_FRACTION,
-           seed: int = 0, temperature: float | None = None) -> Choice:
+           seed: int = 0, temperature: float | None = None, per_class: bool = True) -> Choice:
     """Thresholds for `budget` from raw model probabilities on labelled photos (see the module doc)."""
     if method not in METHODS:
         raise ThresholdError(f"method {method!r}; allowed: {', '.join(METHODS)}")
@@ -264,7 +268,7 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
     raw_cert = probs[cert]
     t = fit_temperature(probs[fit], truth[fit]) if temperature is None else temperature
     cal = calibrate(probs, t)
-    fam = threshold_family(cal[fit], truth[fit], comp)
+    fam = threshold_family(cal[fit], truth[fit], comp, per_class)
     n = len(cert)
     curve, results = [], []
     for row in fam:

@@ -209,3 +209,39 @@ def test_demo_thresholds_meet_the_budget_on_photos_they_never_saw(tmp_path):
         # no evidence on the unseen half that contamination exceeds the budget (95% lower bound)
         assert th.lower_binomial(int(o["bad"].sum()), len(b)) <= budget, (budget, o["contamination"])
         assert c.feasible and o["routed_right"] > 0.5
+
+
+def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tmp_path, capsys):
+    out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
+    rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
+                       "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
+                       "--contamination", "0.3", "--quiet", "--max-routing-loss", "100",
+                       "--max-contamination-gain", "100"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "decision rule: budget 30% contamination" in text
+    r = json.loads(report.read_text())
+    assert r["decision"]["n"] == 36 and (tmp_path / r["decision"]["curve_png"]).is_file()
+    rules = r["bin_outcome"]["rules"]
+    with load_model(out) as m:
+        dec = m.manifest.decision
+        assert dec["budget"] == 0.3 and rules["class_thresholds"] == dec["thresholds"]
+        assert rules["temperature"] == dec["temperature"] and dec["n_certify"] == r["decision"]["n_certify"]
+
+
+def test_a_budget_from_ecosorter_train_is_chosen_again_by_convert(tiny_h5, tmp_path, capsys):
+    model = tmp_path / "m.h5"
+    shutil.copy(tiny_h5, model)
+    side = {"labels": LABELS7, "preprocess": "caffe", "decision": {"budget": 0.3}}
+    (tmp_path / "m.train.json").write_text(json.dumps(side))
+    out = tmp_path / "m.tflite"
+    args = [str(model), "-o", str(out), "--quantize", "float16", "--validation", str(DATA), "--quiet",
+            "--max-routing-loss", "100"]  # the budget's path is tested here, not the gate
+    assert convert_main(args) == 0
+    assert "contamination budget 30% from m.train.json" in capsys.readouterr().out
+    with load_model(out) as m:
+        assert m.manifest.decision["budget"] == 0.3
+    side["decision"]["budget"] = "lots"
+    (tmp_path / "m.train.json").write_text(json.dumps(side))
+    assert convert_main(args) == 2
+    assert "decision.budget 'lots'" in capsys.readouterr().err
