@@ -70,8 +70,8 @@ CONDITIONS: dict[str, Condition] = {
     "model_drift": Condition("warning", "none",
                              "Model tidak lagi cocok dengan bin ini: beri label barang dan latih ulang",
                              "The model no longer fits this bin: label items and retrain",
-                             "Beri label barang ('Apa ini?'), ekspor, latih ulang ({detail})",
-                             "Label items ('what was it?'), export, retrain: docs/training.md ({detail})"),
+                             "Beri label barang ('Apa ini?'), ekspor, latih ulang",
+                             "Label items ('what was it?'), export, retrain: {detail}"),
 }
 
 

@@ -23,7 +23,7 @@ from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.commands import CommandProcessor, callbacks_for
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
-from ecosorter.edge.decide.drift import DriftWatch, expected_from_manifest
+from ecosorter.edge.decide.drift import DriftWatch, expected_for
 from ecosorter.edge.decide.vote import Decision
 from ecosorter.edge.errors import ConfigError, ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
@@ -101,7 +101,7 @@ class Sorter:
         self._tensor = self.preprocessor.new_buffer()
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
         self.voter = Voter(cfg.decision, labels, self.route, model.manifest.decision)
-        self.drift = DriftWatch(expected_from_manifest(model.manifest.decision, model.manifest.verification))
+        self.drift = DriftWatch(expected_for(self.voter.rule, model.manifest.verification))
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
         self.summary = Summary(counts=dict.fromkeys(labels, 0), routed=dict.fromkeys(range(self.route.count), 0))
@@ -395,7 +395,7 @@ class Sorter:
             self._health("model", True, f"{self.model.path.name} (update refused: {e})")
             return
         old, self.model, self.voter = self.model, new, voter
-        self.drift = DriftWatch(expected_from_manifest(new.manifest.decision, new.manifest.verification))
+        self.drift = DriftWatch(expected_for(voter.rule, new.manifest.verification))
         self.machine.clear("model_drift", who="new model")
         roi = self.preprocessor.roi
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)

@@ -62,6 +62,16 @@ def expected_from_manifest(decision: dict | None, verification: dict | None) -> 
     return out
 
 
+def expected_for(rule, verification: dict | None) -> dict[str, float]:
+    """The figures for the rule the bin runs (edge/decide/thresholds.py DecisionRule): the model's
+    entry for the chosen budget; with the config overriding classes, the uncertain share and
+    routing it measured no longer apply, only its top-1 error and confidence."""
+    e = expected_from_manifest(rule.chosen or None, verification)
+    if rule.source != "model":
+        e = {k: v for k, v in e.items() if k not in ("uncertain", "routed_right")}
+    return e
+
+
 class DriftWatch:
     """Feed it every item, "wrong" press and label; `check()` says whether to raise or clear."""
 
@@ -132,4 +142,4 @@ class DriftWatch:
         return "; ".join(self.active.values())
 
 
-__all__ = ["DriftWatch", "expected_from_manifest", "wilson_lower"]
+__all__ = ["DriftWatch", "expected_for", "expected_from_manifest", "wilson_lower"]

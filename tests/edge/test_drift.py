@@ -117,3 +117,18 @@ def metric_warnings(board) -> dict:
     text = generate_latest(metrics_registry(board)).decode()
     fam = {f.name: f for f in text_string_to_metric_families(text)}["ecosorter_warnings"]
     return {s.labels["name"]: s.value for s in fam.samples}
+
+
+def test_expected_figures_follow_the_budget_the_bin_runs():
+    from ecosorter.edge.decide.drift import expected_for
+    from ecosorter.edge.decide.thresholds import decision_rule
+
+    labels = ["kaca", "khusus"]
+    block = {"budget": 0.02, "temperature": 2.0, "thresholds": {"kaca": 0.9, "khusus": 0.9}, "fallback_share": 0.4,
+             "top1_error": 0.1, "ladder": [{"budget": 0.05, "thresholds": {"kaca": 0.6, "khusus": 0.6},
+                                            "fallback_share": 0.15, "top1_error": 0.1}]}
+    assert expected_for(decision_rule(load_config().decision, labels, block), {})["uncertain"] == 0.4
+    cfg = load_config(overrides={"decision.contamination_budget": 0.05})
+    assert expected_for(decision_rule(cfg.decision, labels, block), {})["uncertain"] == 0.15
+    cfg = load_config(overrides={"decision.class_thresholds": {"kaca": 0.3}})
+    assert expected_for(decision_rule(cfg.decision, labels, block), {}) == {"top1_error": 0.1}
