@@ -462,7 +462,9 @@ class Sorter:
                 on_event(ev)
 
         self._on_event = deliver  # items routed from tick() when a hold ends, camera up or down
-        self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}")
+        rule = self.voter.rule  # which thresholds decide, so the page says it
+        budget = f", thresholds for {100 * rule.budget:g}% contamination ({rule.source})" if rule.budget else ""
+        self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}{budget}")
         self._health("camera", True, self.source.name)
         if self.events is not None:
             self._health("disk", True, str(self.events.path.parent))

@@ -245,3 +245,28 @@ def test_a_budget_from_ecosorter_train_is_chosen_again_by_convert(tiny_h5, tmp_p
     (tmp_path / "m.train.json").write_text(json.dumps(side))
     assert convert_main(args) == 2
     assert "decision.budget 'lots'" in capsys.readouterr().err
+
+
+def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
+    from ecosorter.edge.sorter import build_sorter
+
+    val, model = _photos(tmp_path), tmp_path / "t.tflite"
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--contamination", "0.05",
+                         "-o", str(model), "--quiet"]) == 0
+    cam = tmp_path / "camera"
+    shutil.copytree(SAMPLES, cam)
+    for budget, want in ((0.0, 0.05), (0.1, 0.1)):
+        cfg = load_config(overrides={"model.path": str(model), "camera.source": "folder", "camera.device": str(cam),
+                                     "hardware.pin_factory": "mock", "hardware.settle_s": 0.0,
+                                     "hardware.drop_s": 0.0, "decision.contamination_budget": budget})
+        with build_sorter(cfg, state_dir=tmp_path / f"s{budget}") as sorter:
+            rule = sorter.voter.rule
+            assert rule.budget == want and rule.source == "model" and rule.temperature != 1.0
+            sorter.run()
+            assert f"thresholds for {100 * want:g}% contamination" in sorter.board.snapshot()["health"]["model"]["detail"]
+            rows = sorter.events.query("SELECT label, confidence, uncertain, compartment FROM events")
+        assert len(rows) == 13
+        t = dict(zip(LABELS7, rule.thresholds, strict=True))
+        for r in rows:  # calibrated confidence against the class's threshold; uncertain to khusus
+            assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]] - 1e-9) or abs(r["confidence"] - t[r["label"]]) < 1e-6
+            assert r["compartment"] == (KHUSUS if r["uncertain"] else LABELS7.index(r["label"]))
