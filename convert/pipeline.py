@@ -192,10 +192,10 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     if agreement_gates and report["agreement"] < threshold:
         passed = False
         log(f"FAILED: agreement rule: top-1 agreement {100 * report['agreement']:.1f}% is below --min-agreement "
-            f"{100 * threshold:.1f}%. Next: 1) more photos will not change an agreement this low; "
-            "2) mixed precision (--keep-float N); 3) --quantize float16")
+            f"{100 * threshold:.1f}% (on {report['images']} photos). Next: 1) more verification photos, if the "
+            "estimate is near the minimum; 2) mixed precision (--keep-float N); 3) --quantize float16")
     if choice is not None and not choice.feasible:
-        passed = False
+        passed, decision = False, None  # never a rule that certifies nothing, even with --force
         log(f"FAILED: decision rule: a {100 * contamination:g}% contamination budget cannot be certified with "
             f"{choice.n} labelled photos. Next: 1) give at least {choice.photos_needed} labelled photos "
             "(--validation DIR), or a larger --contamination")

@@ -54,9 +54,9 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
     t = d.get("temperature", 1.0)
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0.01 <= t <= 100:
         raise ValueError(f"manifest decision.temperature must be a number in 0.01..100, got {t!r}")
-    entries = [("decision", d)] + [(f"decision.ladder[{i}]", e) for i, e in enumerate(d.get("ladder") or [])]
     if not isinstance(d.get("ladder", []), list):
         raise ValueError("manifest decision.ladder must be a list")
+    entries = [("decision", d)] + [(f"decision.ladder[{i}]", e) for i, e in enumerate(d.get("ladder") or [])]
     for where, e in entries:
         if not isinstance(e, dict):
             raise ValueError(f"manifest {where} must be an object")

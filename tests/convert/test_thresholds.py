@@ -270,3 +270,22 @@ def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
         for r in rows:  # calibrated confidence against the class's threshold; uncertain to khusus
             assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]] - 1e-9) or abs(r["confidence"] - t[r["label"]]) < 1e-6
             assert r["compartment"] == (KHUSUS if r["uncertain"] else LABELS7.index(r["label"]))
+
+
+@pytest.mark.parametrize("block, why", [
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "temperature": 0}, "temperature"),
+    ({"budget": 2, "thresholds": dict.fromkeys(LABELS7, 0.5)}, "budget"),
+    ({"budget": 0.02, "thresholds": {"kaca": 0.5}}, "one threshold for each label"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, "high")}, r"thresholds.kaca"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": 5}, "ladder must be a list"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": [{"budget": 0.05}]}, r"ladder\[0\]"),
+    ([1, 2], "must be an object"),
+])
+def test_a_bad_decision_block_is_refused_naming_the_field(block, why):
+    from ecosorter.edge.model.manifest import Manifest
+
+    with load_model(DEMO) as m:
+        d = m.manifest.to_dict()
+    d["decision"] = block
+    with pytest.raises(ValueError, match=why):
+        Manifest.from_json(json.dumps(d).encode())
