@@ -28,12 +28,13 @@ DEMO = ROOT / "edge" / "demo" / "demo_int8.tflite"
 SHARED = ROOT.parent / "shared" / "data" / "waste7"
 
 
-def measure(probs, truth, labels, budgets, method: str) -> dict:
+def measure(probs, truth, labels, budgets, methods: list[str]) -> dict:
     comp, fb = th.compartment_index(labels, None), labels.index("khusus")
     halves = th.split(truth, 0.5, seed=11)
     rows = {}
-    for name, budget, per_class in [("threshold 0.55 (old default)", None, True)] + \
-            [(f"{'per-class' if pc else 'one global'} @ {100 * b:g}%", b, pc) for b in budgets for pc in (True, False)]:
+    for name, budget, per_class, method in [("threshold 0.55 (old default)", None, True, "")] + \
+            [(f"{m} {'per-class' if pc else 'one global'} @ {100 * b:g}%", b, pc, m)
+             for m in methods for b in budgets for pc in (True, False)]:
         agg = {"n": 0, "right": 0, "bad": 0, "fallback": 0, "fallback_wrong": 0}
         folds = []
         for a, b in (halves, halves[::-1]):
@@ -54,7 +55,7 @@ def measure(probs, truth, labels, budgets, method: str) -> dict:
             folds.append({**info, "measured_on": n, "routed_right": o["routed_right"],
                           "contamination": o["contamination"], "fallback": o["fallback"]})
         n = agg["n"]
-        rows[name] = {"budget": budget, "per_class": per_class, "n": n, "routed_right": agg["right"] / n,
+        rows[name] = {"budget": budget, "per_class": per_class, "method": method, "n": n, "routed_right": agg["right"] / n,
                       "contamination": agg["bad"] / n, "contaminating": agg["bad"],
                       "contamination_upper_95": th.upper_binomial(agg["bad"], n),
                       "fallback": agg["fallback"] / n, "fallback_wrong": agg["fallback_wrong"] / n, "folds": folds}
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=DEMO)
     ap.add_argument("--data", type=Path, default=SHARED)
     ap.add_argument("--budgets", default="0.01,0.02,0.05")
-    ap.add_argument("--method", choices=th.METHODS, default="crc")
+    ap.add_argument("--methods", default="crc,ltt")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "decision_rule.json")
     args = ap.parse_args(argv)
     files = json.loads((DEMO.parent / "demo_training.json").read_text())["held_out"]["files"]
@@ -75,15 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         images = [LabelledImage(args.data / f, labels.index(f.split("/")[0])) for f in files]
         probs, truth, _ = edge_probs(m.classifier, m.manifest, images)
     budgets = [float(b) for b in args.budgets.split(",")]
-    rows = measure(probs, truth, labels, budgets, args.method)
+    methods = [m for m in args.methods.split(",") if m]
+    rows = measure(probs, truth, labels, budgets, methods)
     result = {"command": "python -m benchmarks.decision_rule" + (f" --model {args.model}" if args.model != DEMO else ""),
-              "model": args.model.name, "photos": len(truth), "method": args.method, "cpu": cpu_name(),
+              "model": args.model.name, "photos": len(truth), "methods": methods, "cpu": cpu_name(),
               "python": platform.python_version(), "rows": rows}
     args.out.write_text(json.dumps(result, indent=1))
     print(f"{len(truth)} held-out photos, 2 folds (choose on one half, measure on the other); {cpu_name()}")
-    print(f"{'rule':<30}{'routed right':>13}{'contamination':>15}{'(95% upper)':>12}{'fallback':>10}{'fb wrong':>10}")
+    print(f"{'rule':<34}{'routed right':>13}{'contamination':>15}{'(95% upper)':>12}{'fallback':>10}{'fb wrong':>10}")
     for name, r in rows.items():
-        print(f"{name:<30}{100 * r['routed_right']:>12.1f}%{100 * r['contamination']:>14.1f}%"
+        print(f"{name:<34}{100 * r['routed_right']:>12.1f}%{100 * r['contamination']:>14.1f}%"
               f"{100 * r['contamination_upper_95']:>11.1f}%{100 * r['fallback']:>9.1f}%{100 * r['fallback_wrong']:>9.1f}%")
     return 0
 
