@@ -17,6 +17,7 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from ecosorter.convert.quantize import IO_DTYPES, MODES
+    from ecosorter.convert.thresholds import METHODS
     from ecosorter.edge.preprocess.spec import PRESETS
 
     ap = argparse.ArgumentParser(prog="ecosorter-convert", epilog=EPILOG,
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="choose calibrated per-class thresholds on the labelled --validation photos so that at "
                          "most this share of items lands confidently in a wrong compartment (e.g. 0.02), and "
                          "write them into the model (docs/training.md)")
-    ap.add_argument("--guarantee", choices=["crc", "ltt"], default="crc",
+    ap.add_argument("--guarantee", choices=METHODS, default="crc",
                     help="for --contamination: crc, expected contamination <= budget (default); ltt, "
                          "contamination <= budget with 95%% probability")
     ap.add_argument("--bin-config", type=Path, help="the bin's config.toml: its threshold, class thresholds, "
