@@ -99,7 +99,7 @@ def bin_rules(args):
         cfg = load_config(args.bin_config)
         rules = {"threshold": cfg.decision.threshold, "fallback": cfg.decision.fallback,
                  "class_thresholds": dict(cfg.decision.class_thresholds),
-                 "compartments": dict(cfg.hardware.compartments)}
+                 "compartments": dict(cfg.hardware.compartments), "decision_config": cfg.decision}
     if args.threshold is not None:
         if not 0 <= args.threshold <= 1:
             raise EcoSorterError(f"--threshold {args.threshold}: must be between 0 and 1")

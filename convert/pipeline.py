@@ -168,8 +168,14 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         decision, choice = choose_block(arrays["tflite"][known], arrays["truth"][known], label_ids, contamination,
                                         method=guarantee, fallback=bin_rules.fallback,
                                         compartments=bin_rules.compartments, seed=seed, log=log)
-        bin_rules = dataclasses.replace(bin_rules, class_thresholds=dict(decision["thresholds"]),
-                                        temperature=decision["temperature"])
+        if bin_rules.decision_config is not None:  # the bin's config on top, exactly as its Voter combines them
+            from ecosorter.edge.decide.thresholds import decision_rule
+
+            rule = decision_rule(bin_rules.decision_config, label_ids, decision)
+            chosen = dict(zip(label_ids, rule.thresholds, strict=True)), rule.temperature
+        else:
+            chosen = dict(decision["thresholds"]), decision["temperature"]
+        bin_rules = dataclasses.replace(bin_rules, class_thresholds=chosen[0], temperature=chosen[1])
         report["bin_outcome"] = bin_outcome(arrays["keras"][known], arrays["tflite"][known],
                                             arrays["truth"][known], label_ids, bin_rules)
         report["decision"] = thresholds_report(choice)

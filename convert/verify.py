@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -146,6 +147,7 @@ class BinRules:
     max_routing_loss: float = 0.01  # correct-routing change must be >= -1 point
     max_contamination_gain: float = 0.005  # contamination change must be <= +0.5 point
     temperature: float = 1.0  # the model's calibration (its manifest's decision block)
+    decision_config: Any = None  # the bin's [decision] (--bin-config): how it combines its config and the model's
 
     def route(self, probs: np.ndarray, label_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(compartment, confident) per row, as the bin would route it."""

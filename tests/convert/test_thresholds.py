@@ -241,6 +241,15 @@ def test_a_budget_from_ecosorter_train_is_chosen_again_by_convert(tiny_h5, tmp_p
     assert "contamination budget 30% from m.train.json" in capsys.readouterr().out
     with load_model(out) as m:
         assert m.manifest.decision["budget"] == 0.3
+    # the gate judges under the bin's rule: its config's overrides on top of the model's thresholds
+    cfg, report = tmp_path / "bin.toml", tmp_path / "r.json"
+    cfg.write_text("[decision]\nclass_thresholds = { kaca = 0.123 }\n")
+    assert convert_main([*args, "--bin-config", str(cfg), "--report", str(report)]) == 0
+    rules = json.loads(report.read_text())["bin_outcome"]["rules"]
+    with load_model(out) as m:
+        assert rules["class_thresholds"] == {**m.manifest.decision["thresholds"], "kaca": 0.123}
+        assert rules["temperature"] == m.manifest.decision["temperature"]
+    capsys.readouterr()
     side["decision"]["budget"] = "lots"
     (tmp_path / "m.train.json").write_text(json.dumps(side))
     assert convert_main(args) == 2
@@ -270,6 +279,14 @@ def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
         for r in rows:  # calibrated confidence against the class's threshold; uncertain to khusus
             assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]] - 1e-9) or abs(r["confidence"] - t[r["label"]]) < 1e-6
             assert r["compartment"] == (KHUSUS if r["uncertain"] else LABELS7.index(r["label"]))
+
+    # a swap to a model that cannot keep the config's budget (no thresholds) is refused; sorting goes on
+    with build_sorter(cfg, state_dir=tmp_path / "swap") as sorter:
+        before = sorter.voter
+        sorter._swap_model(DEMO)
+        assert sorter.voter is before and sorter.model.path == model
+        assert "update refused" in sorter.board.snapshot()["health"]["model"]["detail"]
+        assert "contamination_budget" in sorter.board.snapshot()["health"]["model"]["detail"]
 
 
 @pytest.mark.parametrize("block, why", [
