@@ -11,11 +11,13 @@ from ecosorter.edge.errors import EcoSorterError
 
 EPILOG = """examples:
   ecosorter-convert model.h5 -o model_int8.tflite --quantize int8 --calibration data/ --report report.json
-  ecosorter-convert inspect model_int8.tflite"""
+  ecosorter-convert inspect model_int8.tflite
+  ecosorter-convert thresholds model_int8.tflite --validation held_out/ --contamination 0.02 -o model_t.tflite"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ecosorter.convert.quantize import IO_DTYPES, MODES
+    from ecosorter.convert.thresholds import METHODS
     from ecosorter.edge.preprocess.spec import PRESETS
 
     ap = argparse.ArgumentParser(prog="ecosorter-convert", epilog=EPILOG,
@@ -41,11 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="int8: one scale per weight tensor instead of per output channel (for comparison)")
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
                     help="runtime the bins use; the output must load in it (default litert)")
-    ap.add_argument("--min-agreement", type=float, help="default 0.98 for int8, 0.995 otherwise")
+    ap.add_argument("--min-agreement", type=float,
+                    help="also gate on top-1 agreement (reported, not a gate, unless given; the agreement gate's "
+                         "default is 0.98 for int8, 0.995 otherwise)")
     ap.add_argument("--gate", choices=["outcome", "agreement"], default="outcome",
-                    help="outcome (default): on labelled photos the int8/float model must also keep what the "
-                         "bin does: correct routing within --max-routing-loss, contamination within "
-                         "--max-contamination-gain; agreement: top-1 agreement only")
+                    help="outcome (default): on labelled photos the model must keep what the bin does: "
+                         "correct routing within --max-routing-loss, contamination within "
+                         "--max-contamination-gain, judged on 95%% bounds; agreement: top-1 agreement only")
+    ap.add_argument("--contamination", type=float, metavar="SHARE",
+                    help="choose calibrated per-class thresholds on the labelled --validation photos so that at "
+                         "most this share of items lands confidently in a wrong compartment (e.g. 0.02), and "
+                         "write them into the model (docs/training.md)")
+    ap.add_argument("--guarantee", choices=METHODS, default="crc",
+                    help="for --contamination: crc, expected contamination <= budget (default); ltt, "
+                         "contamination <= budget with 95%% probability")
     ap.add_argument("--bin-config", type=Path, help="the bin's config.toml: its threshold, class thresholds, "
                                                     "fallback and compartments judge the outcome")
     ap.add_argument("--threshold", type=float, help="decision threshold (default 0.55, or the bin config's)")
@@ -91,7 +102,7 @@ def bin_rules(args):
         cfg = load_config(args.bin_config)
         rules = {"threshold": cfg.decision.threshold, "fallback": cfg.decision.fallback,
                  "class_thresholds": dict(cfg.decision.class_thresholds),
-                 "compartments": dict(cfg.hardware.compartments)}
+                 "compartments": dict(cfg.hardware.compartments), "decision_config": cfg.decision}
     if args.threshold is not None:
         if not 0 <= args.threshold <= 1:
             raise EcoSorterError(f"--threshold {args.threshold}: must be between 0 and 1")
@@ -107,6 +118,10 @@ def bin_rules(args):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["thresholds"]:
+            from ecosorter.convert.decision import thresholds_main
+
+            return thresholds_main(argv[1:])
         if argv[:1] == ["inspect"]:
             if len(argv) != 2:
                 print("usage: ecosorter-convert inspect MODEL.tflite", file=sys.stderr)
@@ -125,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                          io_dtype=args.io_dtype, min_agreement=args.min_agreement, force=args.force,
                          runtime=args.runtime, keep_float=keep_float, report_path=args.report,
                          seed=args.seed, progress=not args.quiet, model_version=args.model_version,
-                         gate=args.gate, bin_rules=bin_rules(args), per_channel=not args.per_tensor)
+                         gate=args.gate, bin_rules=bin_rules(args), per_channel=not args.per_tensor,
+                         contamination=args.contamination, guarantee=args.guarantee)
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,9 +25,11 @@ from ecosorter.convert.images import (
 )
 from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
 from ecosorter.convert.source_model import load_source_model
+from ecosorter.convert.thresholds import plot_curve
+from ecosorter.convert.thresholds import report as thresholds_report
 from ecosorter.convert.train import PRESET as PRESET_OF
 from ecosorter.convert.train import read_sidecar, sidecar_path
-from ecosorter.convert.verify import BinRules, format_outcome, format_table, verify
+from ecosorter.convert.verify import BinRules, bin_outcome, format_outcome, format_table, gate_lines, verify
 from ecosorter.edge.backends import open_classifier
 from ecosorter.edge.errors import BackendError, EcoSorterError
 from ecosorter.edge.model.manifest import DEFAULT_LABELS, Label, Manifest
@@ -61,7 +64,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int | None = None, gate: str = "outcome",
-            bin_rules: BinRules | None = None, per_channel: bool = True) -> ConversionResult:
+            bin_rules: BinRules | None = None, per_channel: bool = True,
+            contamination: float | None = None, guarantee: str = "crc") -> ConversionResult:
     converted_at = datetime.now(timezone.utc)
     if model_version is None:  # monotonic by default: a later conversion is never a "downgrade"
         model_version = default_version(converted_at)
@@ -82,6 +86,14 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         names = {lb.id: lb.name for lb in DEFAULT_LABELS}
         labels = [Label(i, names.get(i, i)) for i in trained["labels"]]
         log(f"labels from {sidecar_path(model).name}")
+    if contamination is None and trained and trained.get("decision"):
+        budget = trained["decision"].get("budget") if isinstance(trained["decision"], dict) else None
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget < 1:
+            raise ConversionError(f"{sidecar_path(model)}: decision.budget {budget!r} must be a share between 0 "
+                                  "and 1; give --contamination SHARE instead")
+        contamination = float(budget)
+        log(f"decision rule: contamination budget {100 * contamination:g}% from {sidecar_path(model).name}, "
+            "thresholds chosen again on the converted model's outputs")
     src = load_source_model(model)
     preprocess, preprocess_from = choose_preprocess(src, preprocess, trained, log)
     prep = preset(preprocess) if isinstance(preprocess, str) else preprocess
@@ -149,23 +161,59 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
 
     if bin_rules is None:  # the bin's defaults (decision.threshold 0.55, fallback khusus when it is a label)
         bin_rules = BinRules(fallback="khusus" if "khusus" in label_ids else None)
-    report = verify(src, classifier, prep, label_ids, verify_images, progress, rules=bin_rules)
+    arrays: dict = {}
+    report = verify(src, classifier, prep, label_ids, verify_images, progress,
+                    rules=None if contamination is not None else bin_rules, arrays=arrays)
     classifier.close()
+    decision, choice = None, None
+    if contamination is not None:
+        # The bin's rule for this model: chosen on what the converted model outputs, then judged
+        # (Keras vs TFLite) under those thresholds, as the bin will route.
+        from ecosorter.convert.decision import choose_block
+
+        known = arrays["truth"] >= 0
+        decision, choice = choose_block(arrays["tflite"][known], arrays["truth"][known], label_ids, contamination,
+                                        method=guarantee, fallback=bin_rules.fallback,
+                                        compartments=bin_rules.compartments, seed=seed, log=log)
+        if bin_rules.decision_config is not None:  # the bin's config on top, exactly as its Voter combines them
+            from ecosorter.edge.decide.thresholds import decision_rule
+
+            rule = decision_rule(bin_rules.decision_config, label_ids, decision)
+            chosen = dict(zip(label_ids, rule.thresholds, strict=True)), rule.temperature
+        else:
+            chosen = dict(decision["thresholds"]), decision["temperature"]
+        bin_rules = dataclasses.replace(bin_rules, class_thresholds=chosen[0], temperature=chosen[1])
+        report["bin_outcome"] = bin_outcome(arrays["keras"][known], arrays["tflite"][known],
+                                            arrays["truth"][known], label_ids, bin_rules)
+        report["decision"] = thresholds_report(choice)
     sizes = {"source": _size(src.path), "tflite": len(tflite)}
     threshold = _min_agreement(quantize, min_agreement)
     report.update({"mode": quantize, "min_agreement": threshold, "file_size_bytes": sizes,
                    "runtime": {"name": runtime}, "float_layers": kept_float})
     log(format_table(report, sizes))
-    passed = report["agreement"] >= threshold
     outcome = report.get("bin_outcome")
     if outcome is not None:
         log(format_outcome(outcome))
-    if gate == "outcome" and outcome is not None and not outcome["passed"]:
+    # One gate, on the bin's outcome. Agreement gates only when asked for (--gate agreement or
+    # --min-agreement), or when no photo is labelled and there is no outcome to judge.
+    agreement_gates = gate == "agreement" or min_agreement is not None or outcome is None
+    passed = True
+    if gate == "outcome" and outcome is not None:
+        for line in gate_lines(outcome, quantize):
+            log(line)
+        passed = outcome["passed"]
+    if agreement_gates and report["agreement"] < threshold:
         passed = False
-        log(f"FAILED: the int8/float change in what the bin does is outside the gate (correct routing "
-            f"{100 * outcome['correct_routing']['change']:+.1f} pt, contamination "
-            f"{100 * outcome['contamination']['change']:+.1f} pt)")
+        log(f"FAILED: agreement rule: top-1 agreement {100 * report['agreement']:.1f}% is below --min-agreement "
+            f"{100 * threshold:.1f}% (on {report['images']} photos). Next: 1) more verification photos, if the "
+            "estimate is near the minimum; 2) mixed precision (--keep-float N); 3) --quantize float16")
+    if choice is not None and not choice.feasible:
+        passed, decision = False, None  # never a rule that certifies nothing, even with --force
+        log(f"FAILED: decision rule: a {100 * contamination:g}% contamination budget cannot be certified with "
+            f"{choice.n} labelled photos. Next: 1) give at least {choice.photos_needed} labelled photos "
+            "(--validation DIR), or a larger --contamination")
     report["gate"] = gate if outcome is not None else "agreement"
+    report["agreement_gates"] = agreement_gates
     report["passed"] = passed
     if quantize == "int8" and (not passed or drift_rows):
         # Say where int8 loses the model, so the user can keep those ops in float (--keep-float).
@@ -180,18 +228,20 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     # what the bin checks before running it: a --force'd model says so in its own manifest
     verification["verified"] = bool(passed)
     if not passed:
-        verification["failed"] = failed_rules(report, threshold, gate)
+        verification["failed"] = failed_rules(report, threshold, gate, agreement_gates)
     if outcome is not None:
         verification["correct_routing_change"] = outcome["correct_routing"]["change"]
         verification["contamination_change"] = outcome["contamination"]["change"]
         verification["compartment_agreement"] = outcome["compartment_agreement"]
+        verification["gate_verdict"] = outcome["verdict"]
     final = Manifest(labels=draft.labels, input=draft.input, preprocess=prep, output=draft.output,
-                     source=source, verification=verification, version=model_version)
+                     source=source, verification=verification, version=model_version, decision=decision)
     if report_path:
+        if choice is not None:
+            report["decision"]["curve_png"] = plot_curve(choice, Path(report_path).with_suffix(".png")).name
         _atomic_write(Path(report_path), json.dumps(report, indent=1).encode())
     if not passed and not force:
-        log(f"FAILED: agreement {100 * report['agreement']:.1f}% is below --min-agreement "
-            f"{100 * threshold:.1f}%; nothing written (use --force to write anyway)")
+        log("nothing written (the lines above say why; --force writes anyway)")
         return ConversionResult(False, output, report, final)
     content = embed_metadata(tflite, final.to_json())
     _check_final(content, runtime, quantize, final)  # the exact bytes written load and carry the manifest
@@ -233,14 +283,14 @@ def choose_preprocess(src, given: PreprocessSpec | str | None, trained: dict | N
     return given, how
 
 
-def failed_rules(report: dict, threshold: float, gate: str) -> list[str]:
+def failed_rules(report: dict, threshold: float, gate: str, agreement_gates: bool) -> list[str]:
     """Why the gate failed, one item per rule, for the manifest's `failed` list."""
     out = []
-    if report["agreement"] < threshold:
+    if agreement_gates and report["agreement"] < threshold:
         out.append(f"agreement {100 * report['agreement']:.1f}% < {100 * threshold:.1f}%")
     outcome = report.get("bin_outcome")
     if gate == "outcome" and outcome is not None and not outcome["passed"]:
-        out.append(f"bin outcome: correct routing {100 * outcome['correct_routing']['change']:+.1f} pt, "
+        out.append(f"bin outcome ({outcome['verdict']}): correct routing {100 * outcome['correct_routing']['change']:+.1f} pt, "
                    f"contamination {100 * outcome['contamination']['change']:+.1f} pt")
     return out or ["gate failed"]
 

@@ -347,7 +347,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
           classes: list[str] | None = None, epochs: int = 30, fine_tune: int = 0, fine_tune_epochs: int = 8,
           views: int = 3, val_split: float = 0.15, batch: int = 32, lr: float = 1e-3, fine_tune_lr: float = 2e-4,
           dropout: float = 0.2, balance: bool = True, seed: int = 0, progress: bool = True,
-          log=print) -> dict:
+          log=print, contamination: float | None = None) -> dict:
     t0 = time.time()
     data, output = Path(data), Path(output)
     if output.suffix not in (".h5", ".keras"):
@@ -425,7 +425,19 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         return model.predict(transform(rgb[idx], preset_name), batch_size=batch, verbose=0) if len(idx) else \
             np.zeros((0, len(ds.classes)), np.float32)
 
-    val = evaluate(predict(val_idx), ds.labels[val_idx], ds.classes)
+    val_probs = predict(val_idx)
+    val = evaluate(val_probs, ds.labels[val_idx], ds.classes)
+    decision = None
+    if contamination is not None:  # the validation split never trained: thresholds for the budget on it
+        from ecosorter.convert.decision import choose_block
+
+        try:
+            decision, _ = choose_block(val_probs, ds.labels[val_idx], ds.classes, contamination,
+                                       fallback="khusus" if "khusus" in ds.classes else None, seed=seed, log=log)
+            decision["chosen_on"] = "Keras probabilities on the validation split; ecosorter-convert chooses " \
+                                    "again on the converted model's outputs"
+        except EcoSorterError as e:  # too few photos: the model is still worth keeping
+            log(f"warning: no thresholds written: {e}")
     output.parent.mkdir(parents=True, exist_ok=True)
     save_atomically(model, output)
     from ecosorter.edge.preprocess.spec import preset
@@ -447,6 +459,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         "retrained_from": None if weights_path is None else {
             "file": weights_path.name, "classes": previous, "kept_as": kept_as.name if kept_as else None,
             "head_rows_kept": [ds.classes[i] for i in untouched]},
+        **({"decision": decision} if decision else {}),
     }
     tmp = sidecar_path(output).with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1))
@@ -551,6 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--no-class-weights", action="store_true", help="do not balance the classes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--contamination", type=float, metavar="SHARE",
+                    help="choose calibrated per-class thresholds for this contamination budget (e.g. 0.02) on the "
+                         "validation split; written to MODEL.train.json, and ecosorter-convert writes them into "
+                         "the model (chosen again on its outputs)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
 
@@ -562,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         train(args.data, args.output, backbone=args.backbone, weights=args.weights, classes=classes,
               epochs=args.epochs, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
               views=args.views, val_split=args.val_split, batch=args.batch_size, lr=args.lr,
-              balance=not args.no_class_weights, seed=args.seed, progress=not args.quiet)
+              balance=not args.no_class_weights, seed=args.seed, progress=not args.quiet,
+              contamination=args.contamination)
     except EcoSorterError as e:
         print(f"ecosorter-train: error: {e}", file=sys.stderr)
         return 2

@@ -6,23 +6,25 @@ will feed it (the same pixels through the edge Preprocessor, quantized when its 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ecosorter.convert.images import LabelledImage, progress_bar
 from ecosorter.convert.source_model import SourceModel
+from ecosorter.convert.thresholds import lower_binomial, upper_binomial
 from ecosorter.edge.backends import Classifier
+from ecosorter.edge.decide.thresholds import calibrate
 from ecosorter.edge.errors import ImageError
 from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
 
 
 def verify(src: SourceModel, classifier: Classifier, prep: PreprocessSpec, label_ids: Sequence[str],
            images: list[LabelledImage], progress: bool = True, batch: int = 16,
-           rules: BinRules | None = None) -> dict:
+           rules: BinRules | None = None, arrays: dict | None = None) -> dict:
     ref_prep = Preprocessor(prep, InputSpec(height=src.height, width=src.width))
     edge_prep = Preprocessor(prep, classifier.input)
     ref_probs, tfl_probs, kept, skipped, tfl_ms = [], [], [], [], []
@@ -53,6 +55,8 @@ def verify(src: SourceModel, classifier: Classifier, prep: PreprocessSpec, label
     tfl = np.stack(tfl_probs)
     report = summarize(ref, tfl, kept, label_ids, skipped, tfl_ms, keras_latency_ms(src, ref_prep, kept[:8]))
     truth = np.array([-1 if im.label is None else im.label for im in kept])
+    if arrays is not None:  # for the caller's own judgement (e.g. thresholds chosen on these photos)
+        arrays.update(keras=ref, tflite=tfl, truth=truth)
     if rules is not None and (truth >= 0).any():
         known = truth >= 0
         report["bin_outcome"] = bin_outcome(ref[known], tfl[known], truth[known], label_ids, rules)
@@ -142,9 +146,12 @@ class BinRules:
     compartments: dict[str, int] | None = None  # default: one compartment per label
     max_routing_loss: float = 0.01  # correct-routing change must be >= -1 point
     max_contamination_gain: float = 0.005  # contamination change must be <= +0.5 point
+    temperature: float = 1.0  # the model's calibration (its manifest's decision block)
+    decision_config: Any = None  # the bin's [decision] (--bin-config): how it combines its config and the model's
 
     def route(self, probs: np.ndarray, label_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(compartment, confident) per row, as the bin would route it."""
+        probs = calibrate(probs, self.temperature)
         comp = self.compartments or {lb: i for i, lb in enumerate(label_ids)}
         thresholds = np.array([self.class_thresholds.get(lb, self.threshold) for lb in label_ids])
         best = probs.argmax(1)
@@ -155,25 +162,47 @@ class BinRules:
         return routed, confident
 
 
-def upper_binomial(k: int, m: int, alpha: float = 0.05) -> float:
-    """One-sided (1 - alpha) Clopper-Pearson upper bound on p, having seen k of m."""
-    if m == 0 or k >= m:
-        return 1.0
-    lo, hi = k / m, 1.0
-    for _ in range(60):  # P(X <= k | m, p) falls as p rises: bisect for the p where it is alpha
-        mid = (lo + hi) / 2
-        tail = sum(math.comb(m, i) * mid ** i * (1 - mid) ** (m - i) for i in range(k + 1))
-        lo, hi = (mid, hi) if tail > alpha else (lo, mid)
-    return hi
-
-
 def _paired(worse: int, better: int, n: int) -> dict:
     """A paired change from discordant pairs: `worse` items the int8 model got worse, `better` ones
     it got better. Estimate (better - worse) / n; given the m = worse + better discordant items, the
     95% bound on the harm is (m / n) * (2 * p_up - 1), p_up the upper bound on worse / m."""
     m = worse + better
     harm_bound = (m / n) * (2 * upper_binomial(worse, m) - 1) if m else 0.0
-    return {"worse": worse, "better": better, "change": (better - worse) / n, "harm_bound_95": harm_bound}
+    harm_low = (m / n) * (2 * lower_binomial(worse, m) - 1) if m else 0.0
+    return {"worse": worse, "better": better, "change": (better - worse) / n, "harm_bound_95": harm_bound,
+            "harm_lower_95": harm_low}
+
+
+MAX_PHOTOS = 100_000
+
+
+def _verdict(worse: int, better: int, n: int, tolerance: float) -> dict:
+    """Judge one rule on its 95% bounds: pass (upper bound on the harm within the tolerance), fail
+    (lower bound beyond it), else n is too small: `unproven` when the estimate is within, `undecided`
+    when it is not. `photos_needed`: labelled photos with which, at the same rates, it would be told."""
+    p = _paired(worse, better, n)
+    harm = -p["change"]
+    if p["harm_bound_95"] <= tolerance:
+        verdict = "pass"
+    elif p["harm_lower_95"] > tolerance:
+        verdict = "fail"
+    else:
+        verdict = "unproven" if harm <= tolerance else "undecided"
+    needed = None
+    if verdict in ("unproven", "undecided"):
+        def told(m: int) -> bool:
+            q = _paired(round(worse * m / n), round(better * m / n), m)
+            return q["harm_bound_95"] <= tolerance if verdict == "unproven" else q["harm_lower_95"] > tolerance
+        hi = n
+        while hi < MAX_PHOTOS and not told(hi):
+            hi *= 2
+        if told(hi):
+            lo = hi // 2 if hi > n else n
+            while hi - lo > max(1, lo // 50):  # 2% is close enough for a photo count
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if told(mid) else (mid, hi)
+            needed = hi
+    return {**p, "tolerance": tolerance, "verdict": verdict, "photos_needed": needed}
 
 
 def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: Sequence[str],
@@ -187,18 +216,21 @@ def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: 
     k_ok, t_ok = k_comp == want, t_comp == want
     k_bad, t_bad = k_conf & ~k_ok, t_conf & ~t_ok
     n = len(truth)
-    routing = _paired(int((k_ok & ~t_ok).sum()), int((~k_ok & t_ok).sum()), n)
-    contamination = _paired(int((~k_bad & t_bad).sum()), int((k_bad & ~t_bad).sum()), n)
+    routing = _verdict(int((k_ok & ~t_ok).sum()), int((~k_ok & t_ok).sum()), n, rules.max_routing_loss)
+    contamination = _verdict(int((~k_bad & t_bad).sum()), int((k_bad & ~t_bad).sum()), n,
+                             rules.max_contamination_gain)
     contamination["change"] = -contamination["change"]  # a gain in contamination is the harm
     flips = np.flatnonzero(ref.argmax(1) != tfl.argmax(1))
     top2 = np.sort(ref, 1)[:, -2:]
     margins = [{"keras_top": float(top2[i, 1]), "keras_margin": float(top2[i, 1] - top2[i, 0]),
                 "same_compartment": bool(k_comp[i] == t_comp[i])} for i in flips]
-    passed = routing["change"] >= -rules.max_routing_loss and contamination["change"] <= rules.max_contamination_gain
+    verdicts = {routing["verdict"], contamination["verdict"]}
+    verdict = next(v for v in ("fail", "undecided", "unproven", "pass") if v in verdicts)
     return {
         "images": n,
         "rules": {"threshold": rules.threshold, "fallback": rules.fallback,
                   "class_thresholds": dict(rules.class_thresholds), "compartments": comp,
+                  "temperature": rules.temperature,
                   "max_routing_loss": rules.max_routing_loss,
                   "max_contamination_gain": rules.max_contamination_gain},
         "correct_routing": {"keras": float(k_ok.mean()), "tflite": float(t_ok.mean()), **routing},
@@ -210,9 +242,11 @@ def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: 
             "below_threshold": sum(f["keras_top"] < rules.threshold for f in margins),
             "same_compartment": sum(f["same_compartment"] for f in margins),
             "flips": sorted(margins, key=lambda f: -f["keras_top"])[:25]},
-        "bound_method": "estimates gate; 95% one-sided Clopper-Pearson bound from the discordant pairs "
-                        "reported beside them (harm_bound_95)",
-        "passed": bool(passed),
+        "bound_method": "95% one-sided Clopper-Pearson bounds from the discordant pairs (harm_bound_95, "
+                        "harm_lower_95): pass when the upper bound is within the gate, fail when the lower bound "
+                        "is beyond it, otherwise n is too small to tell (unproven / undecided)",
+        "verdict": verdict,
+        "passed": verdict in ("pass", "unproven"),
     }
 
 
@@ -220,16 +254,55 @@ def format_outcome(o: dict) -> str:
     r, c = o["correct_routing"], o["contamination"]
     fm = o["flip_margins"]
     top = "-" if fm["max_keras_top"] is None else f"{fm['max_keras_top']:.2f}"
+    rules = o["rules"]
+    rule = f"threshold {rules['threshold']:g}" if not rules["class_thresholds"] else \
+        f"per-class thresholds, temperature {rules.get('temperature', 1.0):g}"
     return "\n".join([
-        f"{'bin outcome':<22}threshold {o['rules']['threshold']:g}, fallback {o['rules']['fallback']}",
+        f"{'bin outcome':<22}{rule}, fallback {rules['fallback']}; {o['images']} labelled photos",
         f"{'correct routing':<22}{100 * r['keras']:.1f}% -> {100 * r['tflite']:.1f}% "
-        f"({100 * r['change']:+.1f} pt; {r['worse']} worse, {r['better']} better; 95% bound "
-        f"{-100 * r['harm_bound_95']:+.1f} pt; gate >= {-100 * o['rules']['max_routing_loss']:.1f} pt)",
+        f"({100 * r['change']:+.1f} pt; {r['worse']} worse, {r['better']} better; 95% range "
+        f"{-100 * r['harm_bound_95']:+.1f}..{-100 * r['harm_lower_95']:+.1f} pt; gate >= "
+        f"{-100 * rules['max_routing_loss']:.1f} pt: {r['verdict']})",
         f"{'contamination':<22}{100 * c['keras']:.1f}% -> {100 * c['tflite']:.1f}% "
-        f"({100 * c['change']:+.1f} pt; 95% bound {100 * c['harm_bound_95']:+.1f} pt; "
-        f"gate <= +{100 * o['rules']['max_contamination_gain']:.1f} pt)",
+        f"({100 * c['change']:+.1f} pt; {c['worse']} worse, {c['better']} better; 95% range "
+        f"{100 * c['harm_lower_95']:+.1f}..{100 * c['harm_bound_95']:+.1f} pt; "
+        f"gate <= +{100 * rules['max_contamination_gain']:.1f} pt: {c['verdict']})",
         f"{'same compartment':<22}{100 * o['compartment_agreement']:.1f}%",
         f"{'top-1 flips':<22}{o['top1_flips']} (Keras top prob max "
         f"{top}, {fm['below_threshold']} below "
         f"threshold, {fm['same_compartment']} to the same compartment)",
     ])
+
+
+RULES = (("correct_routing", "correct-routing rule", "max_routing_loss", -1),
+         ("contamination", "contamination rule", "max_contamination_gain", 1))
+
+
+def gate_lines(o: dict, mode: str) -> list[str]:
+    """One line per rule not passed: what failed, by how much, and the next steps in order."""
+    lines = []
+    for key, name, tol_key, sign in RULES:
+        r = o[key]
+        v = r["verdict"]
+        if v == "pass":
+            continue
+        lo, hi = sorted((sign * 100 * r["harm_lower_95"], sign * 100 * r["harm_bound_95"]))
+        what = (f"{name}: {mode} changes {key.replace('_', ' ')} by {100 * r['change']:+.1f} pt on {o['images']} "
+                f"photos (95% range {lo:+.1f}..{hi:+.1f} pt), gate {'>=' if sign < 0 else '<='} "
+                f"{sign * 100 * o['rules'][tol_key]:+.1f} pt")
+        need = r["photos_needed"]
+        more = (f"about {need:,} labelled photos (--validation DIR) would tell at these rates"
+                if need else f"more photos would not tell (even {MAX_PHOTOS:,} would not at these rates)")
+        steps = (f"Next: 1) {more}; 2) mixed precision: keep the ops that add the most int8 error in float "
+                 "(--keep-float N); 3) --quantize float16")
+        if v == "fail":
+            lines.append(f"FAILED: {what}: the model changes what the bin does. Next: 1) more photos will not "
+                         "change this (the bound is already outside); 2) mixed precision (--keep-float N); "
+                         "3) --quantize float16")
+        elif v == "undecided":
+            lines.append(f"UNDECIDED: {what}: n is too small to judge either way (not proven bad, not proven "
+                         f"good); nothing written. {steps}")
+        else:
+            lines.append(f"NOTE: {what}: within the gate on the estimate, but n is too small to prove it; "
+                         f"{more}")
+    return lines

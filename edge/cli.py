@@ -46,6 +46,7 @@ def cmd_classify(args) -> int:
     with _load(args) as model:
         prep = Preprocessor(model.manifest.preprocess, model.manifest.input)
         names = {lb.id: lb.name for lb in model.labels}
+        decide = _decider(args, model)
         for image in args.images:
             try:
                 p = predict(model, prep, decode_image(image), "rgb")
@@ -57,10 +58,35 @@ def cmd_classify(args) -> int:
                     print(f"{image}: error: {e}", file=sys.stderr)
                 continue
             if args.json:
-                print(json.dumps({"image": str(image), **p.to_dict()}))
+                extra = {"decision": decide(p)} if decide is not None else {}
+                print(json.dumps({"image": str(image), **p.to_dict(), **extra}))
             else:
                 print(f"{image}: {p.label} ({names[p.label]}) {100 * p.confidence:.1f}%  [{p.latency_ms:.1f} ms]")
     return 1 if failures else 0
+
+
+def _decider(args, model):
+    """What the bin would do with one photo: the model's thresholds under --config's [decision]
+    and compartments (defaults without one); None when the labels have no fallback to route to."""
+    import numpy as np
+
+    from ecosorter.edge.config import Config, load_config
+    from ecosorter.edge.decide import CompartmentMap, Voter
+
+    ids = model.manifest.label_ids
+    cfg = load_config(args.config) if args.config else Config()
+    comps = dict(cfg.hardware.compartments) if args.config or set(ids) == set(cfg.hardware.compartments) \
+        else {lb: i for i, lb in enumerate(ids)}
+    if not args.config and cfg.decision.fallback not in ids:
+        return None
+    voter = Voter(cfg.decision, ids, CompartmentMap(comps, ids, cfg.decision.fallback), model.manifest.decision)
+
+    def decide(p) -> dict:
+        voter.reset()
+        d = voter.add(np.array([p.probabilities[lb] for lb in ids], np.float32)) or voter.flush()
+        return {"label": cfg.decision.fallback if d.uncertain else d.label, "compartment": d.compartment,
+                "uncertain": d.uncertain, "confidence": round(d.confidence, 6)}
+    return decide
 
 
 def _config(args, simulate: bool):
@@ -472,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", help="classify image files")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, with the bin's decision")
+    p.add_argument("--config", type=Path, help="the bin's config.toml: its [decision] and compartments "
+                                               "decide (default: the defaults and the model's thresholds)")
     _model_args(p)
     p.set_defaults(fn=cmd_classify)
 

@@ -89,7 +89,15 @@ class DecisionConfig:
     frames: int = opt(3, min=1, max=30, doc="frames averaged when the first is not confident")
     early_confidence: float = opt(0.90, min=0.0, max=1.0, doc="decide on one frame at or above this")
     threshold: float = opt(0.55, min=0.0, max=1.0, doc="below it the item is uncertain")
-    class_thresholds: dict[str, float] = opt(factory=dict, doc="per-class thresholds, e.g. kaca = 0.7")
+    class_thresholds: dict[str, float] = opt(factory=dict, doc="per-class thresholds, e.g. kaca = 0.7; "
+                                             "they override the model's for those classes")
+    model_thresholds: bool = opt(True, doc="use the calibrated per-class thresholds a model carries "
+                                           "(ecosorter-convert --contamination); false = threshold and "
+                                           "class_thresholds only")
+    contamination_budget: float = opt(0.0, min=0.0, max=1.0,
+                                      doc="share of items allowed confidently into a wrong compartment: 0 = the "
+                                          "budget the model's thresholds were chosen for; else the strictest "
+                                          "of the model's budgets at or below it (docs/training.md)")
     fallback: str = opt("khusus", doc="label whose compartment takes uncertain items")
 
 

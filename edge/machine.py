@@ -4,7 +4,8 @@ Two kinds of stop, from one registry:
 - holds clear by themselves when their cause ends (lid open, a compartment full, camera down,
   power failing, the pause after the lid closes);
 - faults latch until a person acts (a jam, a move over its budget, a servo or pin error):
-  the clear button held 3 s, the page, MQTT `clear_fault`, or a restart.
+  the clear button held 3 s, the page, MQTT `clear_fault`, or a restart;
+- warnings stop nothing and clear by themselves (the model no longer fits the bin).
 
 Every raise and clear goes to the listeners (log, event log, MQTT, page, simulator timeline)
 with the words a person at the bin needs, in Indonesian and English.
@@ -24,9 +25,9 @@ log = logging.getLogger("ecosorter.machine")
 
 @dataclass(frozen=True)
 class Condition:
-    kind: str  # "hold" | "fault"
+    kind: str  # "hold" | "fault" | "warning"
     # "all": nothing moves; "compartment": only items bound there wait; "intake": no new items;
-    # "none": shown and logged, stops nothing
+    # "none": shown and logged, stops nothing (a warning, the damaged-log fault)
     scope: str
     reason_id: str
     reason_en: str
@@ -75,6 +76,12 @@ CONDITIONS: dict[str, Condition] = {
                                 "Check the Pi's load and power supply (ecosorter doctor)")),
     "servo": Condition("fault", "all", "Kesalahan servo atau pin", "Servo or pin error: {detail}",
                        *_clear("Periksa kabel servo", "Check the servo wiring")),
+    # edge/decide/drift.py: rolling figures left the model's validation band. Sorting goes on.
+    "model_drift": Condition("warning", "none",
+                             "Model tidak lagi cocok dengan bin ini: beri label barang dan latih ulang",
+                             "The model no longer fits this bin: label items and retrain",
+                             "Beri label barang ('Apa ini?'), ekspor, latih ulang",
+                             "Label items ('what was it?'), export, retrain: {detail}"),
 }
 
 
@@ -253,10 +260,11 @@ class Machine:
         entries = self.entries()
         if any(e.condition.kind == "fault" for e in entries):
             return "fault"
-        return "held" if entries else "ready"
+        return "held" if any(e.condition.kind == "hold" for e in entries) else "ready"
 
     def snapshot(self) -> dict:
         entries = sorted(self.entries(), key=lambda e: e.since)
         return {"state": self.state,
                 "holds": [e.to_dict() for e in entries if e.condition.kind == "hold"],
-                "faults": [e.to_dict() for e in entries if e.condition.kind == "fault"]}
+                "faults": [e.to_dict() for e in entries if e.condition.kind == "fault"],
+                "warnings": [e.to_dict() for e in entries if e.condition.kind == "warning"]}

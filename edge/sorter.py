@@ -22,8 +22,9 @@ from ecosorter.edge.clock import SYSTEM_CLOCK, Clock
 from ecosorter.edge.commands import CommandProcessor, callbacks_for
 from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
+from ecosorter.edge.decide.drift import DriftWatch, expected_for
 from ecosorter.edge.decide.vote import Decision
-from ecosorter.edge.errors import ConfigErrors, EcoSorterError, ModelError, SourceError
+from ecosorter.edge.errors import ConfigError, ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.check import label_errors
 from ecosorter.edge.hardware.inputs import Inputs
@@ -101,7 +102,8 @@ class Sorter:
         self.preprocessor = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
-        self.voter = Voter(cfg.decision, labels, self.route)
+        self.voter = Voter(cfg.decision, labels, self.route, model.manifest.decision)
+        self.drift = DriftWatch(expected_for(self.voter.rule, model.manifest.verification))
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
         self.summary = Summary(counts=dict.fromkeys(labels, 0), routed=dict.fromkeys(range(self.route.count), 0))
@@ -227,6 +229,7 @@ class Sorter:
             latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()}, "route": round(route_ms, 3),
                         "total": round(p.decided_ms, 3)})
         self._record(event, p.frame)
+        self._watch_model(event)
         self.last_event_id = event.id
         s = self.summary
         s.items += 1
@@ -262,10 +265,20 @@ class Sorter:
         if self.mqtt is not None:
             self.mqtt.record(event)
 
+    def _watch_model(self, event: Event) -> None:
+        """Rolling figures against the model's validation figures: a warning, never a stop."""
+        try:
+            self.drift.item(event.id, event.label, event.uncertain, event.confidence)
+            out, why = self.drift.check()
+            self.machine.set_hold("model_drift", out, why)
+        except Exception:
+            log.exception("drift watch failed; sorting goes on")
+
     # ------------------------------------------------------------------ between items
     def flag(self, event_id: str) -> bool:
         """A person says this item was sorted wrongly: keep its photo for retraining."""
         ok = self.events.flag(event_id) if self.events is not None else False
+        self.drift.wrong(event_id)
         if ok:
             self._keep_photo(event_id)
         if ok and self.board is not None:
@@ -278,6 +291,7 @@ class Sorter:
             return False
         ok = self.events.set_label(event_id, label, who)
         if ok:
+            self.drift.label(event_id, label)
             self._keep_photo(event_id)
         if ok and self.board is not None:
             self.board.labelled(event_id, label)
@@ -384,11 +398,18 @@ class Sorter:
             except EcoSorterError:
                 new.close()
                 raise
+            try:  # its thresholds must meet the config's budget too
+                voter = Voter(self.cfg.decision, new.manifest.label_ids, self.route, new.manifest.decision)
+            except ConfigError as e:
+                new.close()
+                raise ModelError(path, str(e)) from None
         except EcoSorterError as e:  # keep sorting with the model we have
             log.error("model swap refused, keeping %s: %s", self.model.sha256[:12], e)
             self._health("model", True, f"{self.model.path.name} (update refused: {e})")
             return
-        old, self.model = self.model, new
+        old, self.model, self.voter = self.model, new, voter
+        self.drift = DriftWatch(expected_for(voter.rule, new.manifest.verification))
+        self.machine.clear("model_drift", who="new model")
         roi = self.preprocessor.roi
         self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
@@ -461,7 +482,9 @@ class Sorter:
                 on_event(ev)
 
         self._on_event = deliver  # items routed from tick() when a hold ends, camera up or down
-        self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}")
+        rule = self.voter.rule  # which thresholds decide, so the page says it
+        budget = f", thresholds for {100 * rule.budget:g}% contamination ({rule.source})" if rule.budget else ""
+        self._health("model", True, f"{self.model.path.name} on {self.model.classifier.runtime}{budget}")
         self._health("camera", True, self.source.name)
         if self.events is not None:
             self._health("disk", True, str(self.events.path.parent))

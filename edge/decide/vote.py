@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecosorter.edge.config import DecisionConfig
+from ecosorter.edge.decide.thresholds import calibrate, decision_rule
 from ecosorter.edge.errors import ConfigError
 
 
@@ -44,18 +45,22 @@ class CompartmentMap:
 
 
 class Voter:
-    """Average up to K frames; a confident first frame decides at once (one inference)."""
+    """Average up to K frames; a confident first frame decides at once (one inference).
 
-    def __init__(self, cfg: DecisionConfig, labels: Sequence[str], route: CompartmentMap):
-        for lb in cfg.class_thresholds:
-            if lb not in labels:
-                raise ConfigError(f"decision.class_thresholds.{lb}", f"not a label of the model ({', '.join(labels)})")
+    Each frame's probabilities are first calibrated with the model's temperature (when its manifest
+    has a decision block), so thresholds and `early_confidence` compare calibrated probabilities."""
+
+    def __init__(self, cfg: DecisionConfig, labels: Sequence[str], route: CompartmentMap,
+                 model_decision: dict | None = None):
         self.cfg, self.labels, self.route = cfg, list(labels), route
-        self._thresholds = np.array([cfg.class_thresholds.get(lb, cfg.threshold) for lb in labels], np.float32)
+        self.rule = decision_rule(cfg, labels, model_decision)
+        self._thresholds = self.rule.vector()
+        self._temperature = self.rule.temperature
         self._sum: np.ndarray | None = None
         self._n = 0
 
     def add(self, probs: np.ndarray) -> Decision | None:
+        probs = calibrate(probs, self._temperature)
         if self._n == 0 and float(probs.max()) >= self.cfg.early_confidence:
             self._sum, self._n = probs.astype(np.float64), 1
             return self._decide()
@@ -72,7 +77,7 @@ class Voter:
 
     def _decide(self) -> Decision:
         assert self._sum is not None
-        mean = (self._sum / self._n).astype(np.float32)
+        mean = self._sum / self._n
         best = int(mean.argmax())
         uncertain = bool(mean[best] < self._thresholds[best])
         label = self.labels[best]

@@ -99,7 +99,8 @@ def _reconcile(path: Path, manifest: Manifest | None, classifier: Classifier,
         manifest = Manifest(labels=tuple(labels) if labels else manifest.labels,
                             input=manifest.input, preprocess=preprocess or manifest.preprocess,
                             output=manifest.output, source=manifest.source,
-                            verification=manifest.verification, version=manifest.version)
+                            verification=manifest.verification, version=manifest.version,
+                            decision=None if labels else manifest.decision)  # thresholds are per label
     if len(manifest.labels) != classifier.output_size:
         raise ModelError(path, f"{len(manifest.labels)} labels but the model has "
                                f"{classifier.output_size} outputs")
@@ -110,4 +111,4 @@ def _reconcile(path: Path, manifest: Manifest | None, classifier: Classifier,
     # The tensor's own quantization is the truth the table must be built from.
     return Manifest(labels=manifest.labels, input=actual, preprocess=manifest.preprocess,
                     output=manifest.output, source=manifest.source, verification=manifest.verification,
-                    version=manifest.version)
+                    version=manifest.version, decision=manifest.decision)

@@ -77,6 +77,9 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     version: int = 0  # monotonic (ecosorter-convert --model-version): a bin refuses a lower one
+    # calibration and per-class thresholds for a contamination budget (convert/thresholds.py);
+    # optional: older models have none and the bin uses its config's thresholds
+    decision: dict[str, Any] | None = None
 
     @property
     def label_ids(self) -> list[str]:
@@ -92,6 +95,7 @@ class Manifest:
             "source": self.source,
             "verification": self.verification,
             "version": self.version,
+            **({"decision": self.decision} if self.decision else {}),
         }
 
     def to_json(self) -> bytes:
@@ -131,9 +135,14 @@ class Manifest:
         ids = [lb.id for lb in labels]
         if len(set(ids)) != len(ids):
             raise ValueError("manifest has duplicate label ids")
+        decision = None
+        if d.get("decision") is not None:
+            from ecosorter.edge.decide.thresholds import check_decision_block
+
+            decision = check_decision_block(d["decision"], ids)
         return cls(labels=labels, input=inp, preprocess=prep, output=dict(d.get("output") or {}),
                    source=dict(d.get("source") or {}), verification=dict(d.get("verification") or {}),
-                   version=version)
+                   version=version, decision=decision)
 
 
 MAX_LABELS = 1000

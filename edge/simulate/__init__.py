@@ -124,7 +124,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
     record({"t": clock.monotonic(), "kind": "exit", "code": 0})
     timeline.sort(key=lambda r: r["t"])  # stable: same-instant records keep their causal order
     raised = Counter((r["kind"], r["name"].rstrip("0123456789")) for r in timeline
-                     if r["kind"] in ("hold", "fault") and r["state"] == "raised")
+                     if r["kind"] in ("hold", "fault", "warning") and r["state"] == "raised")
     placed = [i for i in world.items if i.placed is not None]
     result = {
         "virtual_s": round(clock.monotonic(), 3), "wall_s": round(time.perf_counter() - wall0, 3),
@@ -138,6 +138,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
                          "landed": {str(c): n for c, n in sorted(Counter(c for _, _, c in world.drops).items())}},
         "holds": {name: n for (kind, name), n in sorted(raised.items()) if kind == "hold"},
         "faults": {name: n for (kind, name), n in sorted(raised.items()) if kind == "fault"},
+        "warnings": {name: n for (kind, name), n in sorted(raised.items()) if kind == "warning"},
         "exit": 0,
     }
     return SimResult(timeline, result)

@@ -23,7 +23,7 @@ RAW_KEPT = 3  # frames kept by reference until the server thread makes their JPE
 THUMB_MAX_PX = 480  # longest side of a kept photo
 # Decision latency histogram (seconds); cumulative since start, as Prometheus expects.
 LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
-READY = {"state": "ready", "holds": [], "faults": []}
+READY = {"state": "ready", "holds": [], "faults": [], "warnings": []}
 
 
 class StatusBoard:
@@ -51,6 +51,7 @@ class StatusBoard:
         self.machine: dict = copy.deepcopy(READY)
         self.seen_holds: set[str] = set()  # every hold/fault name seen: /metrics keeps them at 0
         self.seen_faults: set[str] = set()
+        self.seen_warnings: set[str] = set()
         self.health: dict[str, dict] = {}
         self.model: dict = {}  # edge/model/trust.py's describe_running: version, signed or UNSIGNED, verified
         self.latency_buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # last one: +Inf
@@ -107,6 +108,7 @@ class StatusBoard:
             self.machine = snap
             self.seen_holds.update(e.get("name", "") for e in snap.get("holds", []))
             self.seen_faults.update(e.get("name", "") for e in snap.get("faults", []))
+            self.seen_warnings.update(e.get("name", "") for e in snap.get("warnings", []))
 
     def set_fill(self, full: dict[int, bool]) -> None:
         with self._lock:
@@ -167,7 +169,8 @@ class StatusBoard:
 
     def seen_names(self) -> dict[str, set[str]]:
         with self._lock:
-            return {"holds": set(self.seen_holds), "faults": set(self.seen_faults)}
+            return {"holds": set(self.seen_holds), "faults": set(self.seen_faults),
+                    "warnings": set(self.seen_warnings)}
 
     @property
     def last_jpeg(self) -> bytes:

@@ -45,11 +45,12 @@ function drawBanners(machine) {
   if (!changed("banners", [machine, [...actions]])) return;
   const box = $("banners");
   box.replaceChildren();
-  const entries = [...(machine.faults || []).map((e) => ["fault", e]), ...(machine.holds || []).map((e) => ["hold", e])];
+  const entries = [...(machine.faults || []).map((e) => ["fault", e]), ...(machine.holds || []).map((e) => ["hold", e]),
+    ...(machine.warnings || []).map((e) => ["warning", e])];
   if (!entries.length && machine.state === "fault") entries.push(["fault", {}]);
   if (!entries.length && machine.state === "held") entries.push(["hold", {}]);
   for (const [kind, e] of entries) {
-    const badge = kind === "fault" ? "Gangguan · Fault" : "Tunggu · Hold";
+    const badge = {fault: "Gangguan · Fault", hold: "Tunggu · Hold", warning: "Peringatan · Warning"}[kind];
     const reasonId = e.reason_id || (kind === "fault" ? "Bin berhenti" : "Bin menunggu");
     const reasonEn = e.reason_en || (kind === "fault" ? "The bin has stopped" : "The bin is waiting");
     const b = el("div", `banner ${kind}`,

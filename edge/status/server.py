@@ -441,7 +441,7 @@ class BoardCollector:
         yield family(GaugeMetricFamily, "ecosorter_machine_state", "1 for the machine's current state.",
                      ("state",), [(st, int(machine.get("state") == st)) for st in ("ready", "held", "fault")])
         seen = board.seen_names()
-        for kind in ("holds", "faults"):
+        for kind in ("holds", "faults", "warnings"):
             active = [e.get("name", "") for e in machine.get(kind, [])]
             yield family(GaugeMetricFamily, f"ecosorter_{kind}", f"Active {kind} by name (0: seen since start).",
                          ("name",), [(n, active.count(n)) for n in sorted(seen[kind] | set(active))])

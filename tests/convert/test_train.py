@@ -37,10 +37,13 @@ def test_lite0_fine_tuned_on_tiny_set_converts_with_its_labels_and_preset(data, 
     out = tmp_path / "m.h5"
     rc = train_main([str(data), "-o", str(out), "--backbone", "efficientnet-lite0", "--epochs", "2",
                      "--fine-tune", "1", "--fine-tune-epochs", "1", "--views", "2", "--val-split", "0.34",
-                     "--classes", ",".join(LABELS7), "--seed", "3", "--quiet"])
+                     "--classes", ",".join(LABELS7), "--seed", "3", "--quiet", "--contamination", "0.05"])
     assert rc == 0, capsys.readouterr().err
-    assert "class 'organik' has no photos" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "class 'organik' has no photos" in text
+    assert "no thresholds written" in text and "too few" in text  # 12 validation photos: the model is kept
     rep = json.loads((tmp_path / "m.train.json").read_text())
+    assert "decision" not in rep
     assert rep["labels"] == LABELS7 and rep["preprocess"] == "tf" and rep["backbone"] == "efficientnet-lite0"
     assert rep["class_counts"]["organik"] == 0 and rep["class_counts"]["kaca"] == 6  # _unlabeled ignored
     assert len(rep["split"]["validation"]) == 12 and len(rep["split"]["train"]) == 24

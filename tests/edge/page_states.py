@@ -115,5 +115,12 @@ def camera_down() -> StatusBoard:
     return board
 
 
+def model_drift() -> StatusBoard:
+    board = base()
+    item(board, "plastik", 0.62)
+    board.set_machine(machine(("model_drift", "uncertain 38 per 100 items (expected 12)", None)))
+    return board
+
+
 STATES = {"normal": normal, "uncertain": uncertain, "lid-open": lid_open, "full": full, "jam": jam,
-          "camera-down": camera_down}
+          "camera-down": camera_down, "model-drift": model_drift}

@@ -23,7 +23,8 @@ def test_classify_json_lines(capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["image"] for x in lines] == [str(p) for p in photos]
     for x in lines:
-        assert set(x) == {"image", "label", "confidence", "probabilities", "latency_ms"}
+        assert set(x) == {"image", "label", "confidence", "probabilities", "latency_ms", "decision"}
+        assert set(x["decision"]) == {"label", "compartment", "uncertain", "confidence"}
         assert x["label"] == max(x["probabilities"], key=x["probabilities"].get)
         assert abs(sum(x["probabilities"].values()) - 1) < 0.02 and x["latency_ms"] > 0
         assert list(x["probabilities"]) == ["kaca", "kardus", "kertas", "khusus", "logam", "organik", "plastik"]

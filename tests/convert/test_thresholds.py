@@ -1,0 +1,308 @@
+"""Per-class thresholds for a contamination budget: the guarantee holds, the bin uses them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ecosorter.convert import thresholds as th
+from ecosorter.convert.cli import main as convert_main
+from ecosorter.edge.cli import main as edge_main
+from ecosorter.edge.config import load_config
+from ecosorter.edge.decide import CompartmentMap, Voter
+from ecosorter.edge.decide.thresholds import calibrate
+from ecosorter.edge.errors import ConfigError
+from ecosorter.edge.model import load_model
+from tests.conftest import DATA, LABELS7, SAMPLES, SHARED
+
+DEMO = SAMPLES.parent / "demo_int8.tflite"
+COMP = th.compartment_index(LABELS7, None)
+KHUSUS = LABELS7.index("khusus")
+
+
+def synth(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """An overconfident 7-class model: classes of unequal difficulty, logits scaled up 2.5x."""
+    y = rng.integers(0, 7, n)
+    z = rng.normal(0, 1, (n, 7))
+    z[np.arange(n), y] += np.array([3.0, 2.5, 1.2, 1.5, 2.8, 3.5, 1.8])[y]
+    z *= 2.5
+    p = np.exp(z - z.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True), y
+
+
+def test_outcome_definitions():
+    p = np.full((4, 7), 0.01)
+    p[0, 0] = p[1, 4] = p[2, 4] = p[3, 1] = 0.94
+    p[2, 4], p[3, 1] = 0.5, 0.5
+    truth = np.array([0, 0, 0, KHUSUS])
+    o = th.outcome(p, truth, np.full(7, 0.6), COMP, KHUSUS)
+    # right; confident metal for glass (contamination); uncertain glass (fallback, not its own); uncertain khusus (right)
+    assert o["routed_right"] == 0.5 and o["contamination"] == 0.25
+    assert o["fallback"] == 0.5 and o["fallback_wrong"] == 0.25
+
+
+def test_temperature_fixes_overconfidence():
+    p, y = synth(3000, np.random.default_rng(0))
+    t = th.fit_temperature(p, y)
+    assert t > 1.2  # the logits were scaled up
+    assert th.nll(p, y, t) < th.nll(p, y, 1.0) and th.ece(calibrate(p, t), y) < th.ece(p, y) / 2
+
+
+def test_crc_keeps_the_expected_contamination_within_the_budget():
+    test_p, test_y = synth(20000, np.random.default_rng(1))
+    seen, right = [], []
+    for seed in range(60):
+        p, y = synth(300, np.random.default_rng(100 + seed))
+        c = th.choose(p, y, LABELS7, 0.05)
+        assert c.feasible and c.n_certify == 300 - c.n_fit
+        o = th.outcome(calibrate(test_p, c.temperature), test_y, np.array(list(c.thresholds.values())), COMP, KHUSUS)
+        seen.append(o["contamination"])
+        right.append(o["routed_right"])
+    # E[contamination] <= 0.05; the mean of 60 draws has a standard error of about 0.003
+    assert np.mean(seen) <= 0.05 + 0.006, np.mean(seen)
+    assert np.mean(right) > 0.55  # and it is not bought by sending everything to the fallback
+
+
+def test_ltt_keeps_the_budget_with_high_probability():
+    test_p, test_y = synth(20000, np.random.default_rng(2))
+    over = 0
+    for seed in range(40):
+        p, y = synth(400, np.random.default_rng(200 + seed))
+        c = th.choose(p, y, LABELS7, 0.05, method="ltt", delta=0.05)
+        o = th.outcome(calibrate(test_p, c.temperature), test_y, np.array(list(c.thresholds.values())), COMP, KHUSUS)
+        over += o["contamination"] > 0.05
+    assert over <= 5  # P(contamination > budget) <= 5%: expect about 2 of 40 at most
+
+
+def test_too_few_photos_say_how_many_are_needed():
+    p, y = synth(60, np.random.default_rng(3))
+    c = th.choose(p, y, LABELS7, 0.01)
+    assert not c.feasible and c.photos_needed == 142  # 1/(n+1) <= 0.01 needs 99 certify photos, 70% of all
+    assert set(c.thresholds.values()) == {th.NEVER}  # everything uncertain: nothing certified
+    assert "NOT CERTIFIABLE" in th.format_choice(c) and "142" in th.format_choice(c)
+    assert th.photos_needed(0.02, "ltt", 0.05, 0.3) == 213  # (0.98)^m <= 0.05: m = 149
+    with pytest.raises(th.ThresholdError, match="between 0 and 1"):
+        th.choose(p, y, LABELS7, 2.0)
+
+
+def test_tied_saturated_scores_pass_or_fail_together():
+    # int8 softmax outputs saturate at 255/256: a threshold cannot split a tie
+    p = np.zeros((40, 7))
+    y = np.array([0] * 40)
+    p[:, 0] = 255 / 256
+    p[:, 1] = 1 / 256
+    p[:4, 0], p[:4, 4] = 1 / 256, 255 / 256  # four tied, confident metal answers for glass
+    fam = th.threshold_family(p, y, COMP)
+    for row in fam:
+        confident = p.max(1) >= row[p.argmax(1)]
+        assert confident[:4].all() or not confident[:4].any()
+        assert confident[4:].all() or not confident[4:].any()
+    assert (np.diff(fam, axis=0) <= 1e-12).all()  # thresholds only fall along the family
+
+
+def test_plot_and_report(tmp_path):
+    p, y = synth(500, np.random.default_rng(4))
+    block, c = th.decision_block(p, y, LABELS7, 0.05)
+    assert [e["budget"] for e in block["ladder"]] == [b for b in th.LADDER if b != 0.05]
+    png = th.plot_curve(c, tmp_path / "r.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    r = th.report(c)
+    assert r["curve"][r["chosen_index"]]["contamination"] == c.certify["contamination"]
+    assert set(r["per_class"]) == set(LABELS7)
+
+
+class _OneFrame(Voter):
+    def add(self, probs):  # one photo: decide on it alone, as classify does
+        return super().add(probs) or self.flush()
+
+
+def _voter(cfg_over: dict, decision: dict | None) -> Voter:
+    cfg = load_config(overrides=cfg_over)
+    return _OneFrame(cfg.decision, LABELS7, CompartmentMap(cfg.hardware.compartments, LABELS7, "khusus"), decision)
+
+
+def test_voter_uses_the_model_thresholds_and_the_config_overrides():
+    block = {"budget": 0.02, "temperature": 2.0, "thresholds": dict.fromkeys(LABELS7, 0.5) | {"kaca": 0.9},
+             "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3)}]}
+    p = np.full(7, 0.02, np.float32)
+    p[0] = 0.88  # glass at 0.88 raw, 0.55 calibrated at T = 2
+    d = _voter({}, block).add(p.copy())
+    assert d.uncertain and d.compartment == KHUSUS and 0.5 < d.confidence < 0.6
+    assert not _voter({"decision.contamination_budget": 0.05}, block).add(p.copy()).uncertain  # the ladder's 0.3
+    assert not _voter({"decision.class_thresholds": {"kaca": 0.5}}, block).add(p.copy()).uncertain
+    assert not _voter({"decision.model_thresholds": False}, block).add(p.copy()).uncertain  # 0.88 >= 0.55
+    with pytest.raises(ConfigError, match=r"decision.contamination_budget.*0.02, 0.05"):
+        _voter({"decision.contamination_budget": 0.01}, block)
+    with pytest.raises(ConfigError, match="carries no thresholds"):
+        _voter({"decision.contamination_budget": 0.01}, None)
+
+
+def _photos(tmp_path):
+    """All committed photos in class folders: tests/data (36) and the demo samples (13)."""
+    d = tmp_path / "val"
+    shutil.copytree(DATA, d)
+    for p in SAMPLES.glob("*.jpg"):
+        (d / p.name.split("-")[1]).mkdir(exist_ok=True)
+        shutil.copy(p, d / p.name.split("-")[1] / p.name)
+    return d
+
+
+def test_thresholds_into_a_converted_model_and_classify_uses_them(tmp_path, capsys):
+    val, out, report = _photos(tmp_path), tmp_path / "t.tflite", tmp_path / "t.json"
+    rc = convert_main(["thresholds", str(DEMO), "--validation", str(val), "--contamination", "0.05",
+                       "-o", str(out), "--report", str(report), "--quiet"])
+    assert rc == 0, capsys.readouterr().out
+    r = json.loads(report.read_text())["decision"]
+    assert r["n"] == 49 and r["feasible"] and (tmp_path / "t.png").exists()
+    with load_model(out) as m:
+        dec = m.manifest.decision
+        assert dec["budget"] == 0.05 and dec["method"] == "crc" and set(dec["thresholds"]) == set(LABELS7)
+        assert dec["n"] == 49 and dec["bound"] <= 0.05 and dec["temperature"] == r["calibration"]["temperature"]
+    capsys.readouterr()
+    assert edge_main(["classify", "--json", "--model", str(out), *map(str, sorted(SAMPLES.glob("*.jpg")))]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 13
+    for row in rows:
+        d = row["decision"]
+        top = row["label"]
+        if abs(d["confidence"] - dec["thresholds"][top]) > 1e-5:  # confidence is printed to 6 places
+            assert d["uncertain"] == (d["confidence"] < dec["thresholds"][top])
+        assert d["label"] == ("khusus" if d["uncertain"] else top) and d["compartment"] == LABELS7.index(d["label"])
+    # a config routing glass and metal together, with the model's thresholds overridden for glass
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[decision]\nclass_thresholds = { kaca = 0.0 }\n[hardware]\nprofile = "none"\n'
+                   'compartments = { kaca = 0, kardus = 1, kertas = 2, khusus = 3, logam = 0, organik = 4, plastik = 5 }\n')
+    assert edge_main(["classify", "--json", "--model", str(out), "--config", str(cfg),
+                      str(SAMPLES / "01-kaca-trashnet-glass1.jpg"), str(SAMPLES / "05-logam-trashnet-metal120.jpg")]) == 0
+    a, b = (json.loads(line)["decision"] for line in capsys.readouterr().out.splitlines() if line.startswith("{"))
+    assert a == {**a, "label": "kaca", "compartment": 0, "uncertain": False}
+    assert b["compartment"] == (3 if b["uncertain"] else 0)
+
+
+def test_a_budget_too_small_for_the_photos_writes_nothing(tmp_path, capsys):
+    val, out = _photos(tmp_path), tmp_path / "t.tflite"
+    rc = convert_main(["thresholds", str(DEMO), "--validation", str(val), "--contamination", "0.01",
+                       "-o", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 1 and not out.exists()
+    assert "cannot be certified with 49 photos" in text and "at least 142" in text
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/waste7 (not in a fresh clone)")
+def test_demo_thresholds_meet_the_budget_on_photos_they_never_saw(tmp_path):
+    """Choose on half of the demo's held-out photos, check on the other half."""
+    from ecosorter.convert.decision import edge_probs
+    from ecosorter.convert.images import LabelledImage
+
+    files = json.loads((SAMPLES.parent / "demo_training.json").read_text())["held_out"]["files"]
+    images = [LabelledImage(SHARED / f, LABELS7.index(f.split("/")[0])) for f in files]
+    with load_model(DEMO) as m:
+        probs, truth, _ = edge_probs(m.classifier, m.manifest, images)
+    a, b = th.split(truth, 0.5, seed=11)
+    for budget in (0.05, 0.1):
+        c = th.choose(probs[a], truth[a], LABELS7, budget)
+        o = th.outcome(calibrate(probs[b], c.temperature), truth[b], np.array(list(c.thresholds.values())),
+                       COMP, KHUSUS)
+        # no evidence on the unseen half that contamination exceeds the budget (95% lower bound)
+        assert th.lower_binomial(int(o["bad"].sum()), len(b)) <= budget, (budget, o["contamination"])
+        assert c.feasible and o["routed_right"] > 0.5
+
+
+def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tmp_path, capsys):
+    out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
+    rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
+                       "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
+                       "--contamination", "0.3", "--quiet", "--max-routing-loss", "100",
+                       "--max-contamination-gain", "100"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "decision rule: budget 30% contamination" in text
+    r = json.loads(report.read_text())
+    assert r["decision"]["n"] == 36 and (tmp_path / r["decision"]["curve_png"]).is_file()
+    rules = r["bin_outcome"]["rules"]
+    with load_model(out) as m:
+        dec = m.manifest.decision
+        assert dec["budget"] == 0.3 and rules["class_thresholds"] == dec["thresholds"]
+        assert rules["temperature"] == dec["temperature"] and dec["n_certify"] == r["decision"]["n_certify"]
+
+
+def test_a_budget_from_ecosorter_train_is_chosen_again_by_convert(tiny_h5, tmp_path, capsys):
+    model = tmp_path / "m.h5"
+    shutil.copy(tiny_h5, model)
+    side = {"labels": LABELS7, "preprocess": "caffe", "decision": {"budget": 0.3}}
+    (tmp_path / "m.train.json").write_text(json.dumps(side))
+    out = tmp_path / "m.tflite"
+    args = [str(model), "-o", str(out), "--quantize", "float16", "--validation", str(DATA), "--quiet",
+            "--max-routing-loss", "100"]  # the budget's path is tested here, not the gate
+    assert convert_main(args) == 0
+    assert "contamination budget 30% from m.train.json" in capsys.readouterr().out
+    with load_model(out) as m:
+        assert m.manifest.decision["budget"] == 0.3
+    # the gate judges under the bin's rule: its config's overrides on top of the model's thresholds
+    cfg, report = tmp_path / "bin.toml", tmp_path / "r.json"
+    cfg.write_text("[decision]\nclass_thresholds = { kaca = 0.123 }\n")
+    assert convert_main([*args, "--bin-config", str(cfg), "--report", str(report)]) == 0
+    rules = json.loads(report.read_text())["bin_outcome"]["rules"]
+    with load_model(out) as m:
+        assert rules["class_thresholds"] == {**m.manifest.decision["thresholds"], "kaca": 0.123}
+        assert rules["temperature"] == m.manifest.decision["temperature"]
+    capsys.readouterr()
+    side["decision"]["budget"] = "lots"
+    (tmp_path / "m.train.json").write_text(json.dumps(side))
+    assert convert_main(args) == 2
+    assert "decision.budget 'lots'" in capsys.readouterr().err
+
+
+def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
+    from ecosorter.edge.sorter import build_sorter
+
+    val, model = _photos(tmp_path), tmp_path / "t.tflite"
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--contamination", "0.05",
+                         "-o", str(model), "--quiet"]) == 0
+    cam = tmp_path / "camera"
+    shutil.copytree(SAMPLES, cam)
+    for budget, want in ((0.0, 0.05), (0.1, 0.1)):
+        cfg = load_config(overrides={"model.path": str(model), "camera.source": "folder", "camera.device": str(cam),
+                                     "hardware.pin_factory": "mock", "hardware.settle_s": 0.0,
+                                     "hardware.drop_s": 0.0, "decision.contamination_budget": budget})
+        with build_sorter(cfg, state_dir=tmp_path / f"s{budget}") as sorter:
+            rule = sorter.voter.rule
+            assert rule.budget == want and rule.source == "model" and rule.temperature != 1.0
+            sorter.run()
+            assert f"thresholds for {100 * want:g}% contamination" in sorter.board.snapshot()["health"]["model"]["detail"]
+            rows = sorter.events.query("SELECT label, confidence, uncertain, compartment FROM events")
+        assert len(rows) == 13
+        t = dict(zip(LABELS7, rule.thresholds, strict=True))
+        for r in rows:  # calibrated confidence against the class's threshold; uncertain to khusus
+            assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]] - 1e-9) or abs(r["confidence"] - t[r["label"]]) < 1e-6
+            assert r["compartment"] == (KHUSUS if r["uncertain"] else LABELS7.index(r["label"]))
+
+    # a swap to a model that cannot keep the config's budget (no thresholds) is refused; sorting goes on
+    with build_sorter(cfg, state_dir=tmp_path / "swap") as sorter:
+        before = sorter.voter
+        sorter._swap_model(DEMO)
+        assert sorter.voter is before and sorter.model.path == model
+        assert "update refused" in sorter.board.snapshot()["health"]["model"]["detail"]
+        assert "contamination_budget" in sorter.board.snapshot()["health"]["model"]["detail"]
+
+
+@pytest.mark.parametrize("block, why", [
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "temperature": 0}, "temperature"),
+    ({"budget": 2, "thresholds": dict.fromkeys(LABELS7, 0.5)}, "budget"),
+    ({"budget": 0.02, "thresholds": {"kaca": 0.5}}, "one threshold for each label"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, "high")}, r"thresholds.kaca"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": 5}, "ladder must be a list"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": [{"budget": 0.05}]}, r"ladder\[0\]"),
+    ([1, 2], "must be an object"),
+])
+def test_a_bad_decision_block_is_refused_naming_the_field(block, why):
+    from ecosorter.edge.model.manifest import Manifest
+
+    with load_model(DEMO) as m:
+        d = m.manifest.to_dict()
+    d["decision"] = block
+    with pytest.raises(ValueError, match=why):
+        Manifest.from_json(json.dumps(d).encode())
