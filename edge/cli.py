@@ -108,6 +108,7 @@ def run_until_signalled(sorter, **kw):
 
 
 def cmd_run(args) -> int:
+    from ecosorter.edge.machine import compartment_label
     from ecosorter.edge.sorter import build_sorter, percentiles
 
     simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
@@ -131,7 +132,8 @@ def cmd_run(args) -> int:
 
         def show(ev) -> None:
             flag = " UNCERTAIN" if ev.uncertain else ""
-            where = f"compartment {ev.routed_to}" if ev.routed_ok else f"NOT ROUTED ({ev.note})"
+            where = (f"compartment {compartment_label(ev.routed_to, cfg.hardware.compartment_names)}"
+                     if ev.routed_ok else f"NOT ROUTED ({ev.note})")
             print(f"[{sorter.summary.items:3d}] {ev.source_name or ev.time[11:23]}  id {ev.id}\n      {ev.label:<8} "
                   f"{names[ev.label]:<24} {100 * ev.confidence:5.1f}%{flag} -> {where} "
                   f"({ev.frames} frame{'s' if ev.frames > 1 else ''}, {ev.latency_ms['total']:.0f} ms)", flush=True)
@@ -143,7 +145,7 @@ def cmd_run(args) -> int:
         lat = percentiles(s.latency_ms)
         print(f"\n{s.items} items in {time.monotonic() - t0:.1f} s, {s.uncertain} uncertain, "
               f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
-        print(format_counts(s, names, cfg.hardware.compartments))
+        print(format_counts(s, names, cfg.hardware.compartments, cfg.hardware.compartment_names))
         if simulate:
             print(f"events and photos kept in {args.state_dir}: `ecosorter label ID LABEL` and "
                   "`ecosorter export OUT/` find them there")
@@ -154,14 +156,16 @@ def cmd_run(args) -> int:
     return 0
 
 
-def format_counts(s, names: dict[str, str], compartments: dict[str, int]) -> str:
-    """What physically went where (per compartment), then per predicted label."""
+def format_counts(s, names: dict[str, str], compartments: dict[str, int], shown: list[str] | None = None) -> str:
+    """What physically went where (per compartment, by the name printed on the bin), then per predicted label."""
+    from ecosorter.edge.machine import compartment_label
+
     by_comp: dict[int, list[str]] = {}
     for label, c in compartments.items():
         by_comp.setdefault(c, []).append(label)
     lines = ["  per compartment (what went where):"]
     for c in sorted(s.routed):
-        lines.append(f"    {c}  {'/'.join(by_comp.get(c, [])):<16} {s.routed[c]}")
+        lines.append(f"    {compartment_label(c, shown or ()):<3} {'/'.join(by_comp.get(c, [])):<16} {s.routed[c]}")
     lines.append(f"    rerouted {s.rerouted} (counted where they went), not routed {s.unrouted}, "
                  f"waited on a hold {s.held}")
     lines.append("  per label (what the model said):")

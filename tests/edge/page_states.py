@@ -54,8 +54,8 @@ def machine(*raise_: tuple) -> dict:
     return m.snapshot()
 
 
-def base(bin_id: str = "kantin-lt2") -> StatusBoard:
-    board = StatusBoard(bin_id, LABELS, COMPARTMENTS)
+def base(bin_id: str = "kantin-lt2", **kw) -> StatusBoard:
+    board = StatusBoard(bin_id, LABELS, COMPARTMENTS, **kw)
     for part, detail in (("model", "demo_int8.tflite on litert"), ("pins", "chute"), ("disk", "/var/lib/ecosorter")):
         board.set_health(part, True, detail)
     board.set_health("camera", True, "7.9 fps")
@@ -93,10 +93,10 @@ def lid_open() -> StatusBoard:
 
 
 def full() -> StatusBoard:
-    board = base()
+    board = base(fill_sensors=(2, 4))  # two compartments have a fill sensor: the page shows their fill
     item(board, "kertas", 0.88)
     board.set_fill({4: True})
-    board.set_machine(machine(("full", "", 4)))
+    board.set_machine(machine(("full", "", 4)))  # the fifth compartment: "5" on the bin
     return board
 
 
