@@ -123,7 +123,8 @@ def cmd_run(args) -> int:
 
             server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag,
                                          on_label=sorter.label, on_clear_fault=sorter.clear_fault,
-                                         token=read_secret("page_token", cfg.status.token_file) or None)
+                                         token=read_secret("page_token", cfg.status.token_file) or None,
+                                         history=history_for(sorter, cfg))
             if server is not None:
                 print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
         if simulate:
@@ -154,6 +155,20 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 3
     return 0
+
+
+def history_for(sorter, cfg):
+    """The /history page's data: this sorter's event log and photos, and the model it runs now."""
+    from ecosorter.edge.machine import compartment_label
+    from ecosorter.edge.status.history import History, model_panel
+
+    if sorter.events is None:
+        return None
+    captures = sorter.captures.root if sorter.captures is not None else sorter.events.path.parent / "captures"
+    names = cfg.hardware.compartment_names
+    return History(sorter.events.path, captures, sorter.board.labels,
+                   model=lambda: model_panel(sorter.model, sorter.model.classifier.runtime),
+                   compartment_name=lambda c: compartment_label(c, names))
 
 
 def format_counts(s, names: dict[str, str], compartments: dict[str, int], shown: list[str] | None = None) -> str:
