@@ -376,7 +376,7 @@ def cmd_calibrate(args) -> int:
 
     cfg = load_config(args.config)
     with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as actuator:
-        return 0 if calibrate(args.config, actuator) else 1
+        return 0 if calibrate(args.config, actuator, names=cfg.hardware.compartment_names) else 1
 
 
 def cmd_safe(args) -> int:
