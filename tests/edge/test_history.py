@@ -185,7 +185,7 @@ def test_history_page_in_chromium_filters_and_labels(served, sorted_bin, size, t
         assert "demo_int8.tflite" in panel and "349 foto / photos" in panel and "Keras 89.4%" in panel
         assert "Verified" in panel and "tidak tercatat / not recorded" in panel
         assert browser.js(OVERFLOW_JS), "the history page overflows sideways"
-        browser.screenshot(SHOTS / ("history.png" if size == "1024x600" else f"history-{size}.png"))
+        browser.screenshot(SHOTS / "history.png" if size == "1024x600" else tmp_path / "history.png")
         # "wrong only": the flagged and the mislabelled item
         browser.js("{ const w = document.getElementById('wrong'); w.checked = true; w.onchange(); }")
         assert browser.wait("document.body.dataset.loaded === '2' && location.search") == "?wrong=1"
