@@ -79,6 +79,8 @@ def _config(args, simulate: bool):
                           "hardware.trapdoor_closed_switch_pin": -1})
         if args.state_dir is None:  # kept, so `ecosorter label` and `export` find this run afterwards
             args.state_dir = simulate_state_dir()
+        if args.config is None:  # the demo: every photo kept (within 200 MB), so `export` has them all
+            overrides.update({"record.capture": "all", "record.capture_quota_mb": 200.0})
     elif args.source:
         overrides.update({"camera.source": "folder", "camera.device": str(args.source)})
     if getattr(args, "model", None):

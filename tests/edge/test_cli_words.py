@@ -108,10 +108,9 @@ def test_newcomer_run_simulate_then_label_then_export(tmp_path):
     assert str(state) in export.stdout
     with open(out / "labels.csv", newline="") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
-    # the labelled item is exported under its true label, if its photo was kept (uncertain or sampled)
-    assert set(rows) <= set(ids)
-    if ids[1] in rows:
-        assert rows[ids[1]]["true_label"] == "kaca"
+    # the demo keeps every photo: all four items exported, the labelled one under its true label
+    assert set(rows) == set(ids)
+    assert rows[ids[1]]["true_label"] == "kaca" and (out / rows[ids[1]]["photo"]).is_file()
     # a second run adds to the same log: the first run's ids are still there to label
     again = subprocess.run([tool("ecosorter"), "label", ids[0], "kertas"], capture_output=True, text=True, env=env,
                            timeout=120)
