@@ -215,15 +215,19 @@ function drawChips(s) {
     chips.push(chip(cls, `${id} ${sid}`, `${en}: ${sen}${detail}`));
     chips[chips.length - 1].dataset.link = name;
   }
-  const good = [], health = [];  // the bin's own parts, beside the state word
+  // The bin's own parts: one chip beside the state word; what failed, in full, on a strip below it.
+  const good = [], bad = [];
   for (const [part, h] of Object.entries(s.health)) {
     if (part in s.links) continue;  // its link chip says it, with the detail
     if (h.ok) good.push(part);
-    else health.push(chip("bad", `${part} rusak`, `${part}: ${h.detail || "failing"}`));
+    else bad.push([part, h.detail || "rusak / failing"]);
   }
-  if (good.length) health.push(chip("ok", "Sistem ✓", `OK: ${good.join(" · ")}`));
+  const health = [];
+  if (bad.length) health.push(chip("bad", "Sistem rusak", `System failing: ${bad.map(([p]) => p).join(", ")}`));
+  else if (good.length) health.push(chip("ok", "Sistem ✓", `OK: ${good.join(" · ")}`));
   $("chips").replaceChildren(...chips);
   $("health").replaceChildren(...health);
+  $("parts").replaceChildren(...bad.map(([part, detail]) => el("div", "strip", el("b", "", `${part}: `), detail)));
 }
 
 // ------------------------------------------------------------------ what was it? (true labels)

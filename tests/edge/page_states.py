@@ -115,5 +115,17 @@ def camera_down() -> StatusBoard:
     return board
 
 
+def parts_failing() -> StatusBoard:
+    """The worst header: two of the bin's own parts failing, the lid open, MQTT down, long details."""
+    board = base()
+    item(board, "logam", 0.87)
+    board.set_health("model", False, "demo_int8.tflite: self-test failed after the update (rolled back)")
+    board.set_health("disk", False, "/var/lib/ecosorter 97% full: photos are being evicted")
+    board.set_link("lid", "open")
+    board.set_link("mqtt", "disconnected", "broker.example.org:8883: connection refused")
+    board.set_machine(machine(("lid", "", None)))
+    return board
+
+
 STATES = {"normal": normal, "uncertain": uncertain, "lid-open": lid_open, "full": full, "jam": jam,
-          "camera-down": camera_down}
+          "camera-down": camera_down, "parts-failing": parts_failing}

@@ -24,7 +24,7 @@ if not SHOTS.is_absolute():
     SHOTS = ROOT / SHOTS
 # The README's five states (and the others) by file name; 1024x600 keeps the names docs/ always had.
 SHOT_NAMES = {"normal": "ready", "lid-open": "hold", "jam": "fault", "full": "full", "uncertain": "uncertain",
-              "camera-down": "camera-down"}
+              "camera-down": "camera-down", "parts-failing": "parts-failing"}
 MIN_READABLE_PX = 28  # the state word and the chips, read from 2 m on a 7-inch screen
 
 
@@ -63,6 +63,10 @@ EXPECT = {
     "jam": lambda d: ("Jammed: chute did not reach 0 deg" in part(d, 'class="banner fault"', "</div></div>")
                       and "Fixed: resume" in d and text(d, "dest") == "TIDAK DISORTIR / NOT ROUTED"
                       and "chute did not reach home" in text(d, "why") and text(d, "word") == "Berhenti / Fault"),
+    "parts-failing": lambda d: ("Sistem rusak" in d and "System failing: model, disk" in d
+                                and "self-test failed after the update" in part(d, 'id="parts"', "<main>")
+                                and "97% full" in part(d, 'id="parts"', "<main>")
+                                and "connection refused" in d and text(d, "word") == "Tunggu / Hold"),
     "camera-down": lambda d: (text(d, "english") == "Camera not working" and "The camera is not working" in d
                               and 'data-shown="idle"' in d and 'id="photo" alt="">' in d),
 }
@@ -82,7 +86,7 @@ LAYOUT_JS = """(() => {
     if (r.left < -1 || r.right > vw + 1) bad.push(`${name(e)}: x ${r.left.toFixed(0)}..${r.right.toFixed(0)} outside 0..${vw}`);
     if (!panel && r.bottom > vh + 1) bad.push(`${name(e)}: bottom ${r.bottom.toFixed(0)} below ${vh}`);
   }
-  for (const e of document.querySelectorAll('#item, .bin, .chip, .banner, #kinds, #top, #word')) {
+  for (const e of document.querySelectorAll('#item, .bin, .chip, .banner, .strip, #kinds, #top, #word')) {
     if (e.getClientRects().length && e.scrollHeight > e.clientHeight + 1)
       bad.push(`${name(e)}: scrollHeight ${e.scrollHeight} > clientHeight ${e.clientHeight}`);
   }
