@@ -552,7 +552,8 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
         board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments),
-                            compartment_names=hw.compartment_names, fill_sensors=map(int, hw.full_sensor_pins))
+                            compartment_names=hw.compartment_names,
+                            fill_sensors=[int(c) for c in hw.full_sensor_pins if c.isascii() and c.isdigit()])
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)
         events.on_disk_full = captures.make_room  # photos make room for events on a full disk

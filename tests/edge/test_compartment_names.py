@@ -70,3 +70,18 @@ def test_run_prints_the_names(tmp_path, capsys):
     shown = re.findall(r"-> compartment (\S+)", out)
     assert len(shown) == 3 and set(shown) <= set(NAMES), out
     assert any(f"    {n:<3} " in out for n in NAMES), out
+
+
+def test_the_sorter_wires_names_and_fill_sensors_to_the_board_and_the_machine(tmp_path):
+    from ecosorter.edge.sorter import build_sorter
+    from tests.conftest import SAMPLES
+
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES), "hardware.pin_factory": "mock",
+                                 "hardware.compartment_names": NAMES, "hardware.full_sensor_pins": {"2": 22},
+                                 "hardware.full_confirm_s": 0.0, "status.enabled": False})
+    with build_sorter(cfg, state_dir=tmp_path) as sorter:
+        comps = sorter.board.snapshot()["compartments"]
+        assert [c["name"] for c in comps] == NAMES and [c["index"] for c in comps if c["sensor"]] == [2]
+        sorter.machine.raise_("full", "", 2)
+        hold = sorter.board.snapshot()["machine"]["holds"][0]
+        assert hold["compartment_name"] == "B1" and hold["reason_en"] == "Compartment B1 is full"
