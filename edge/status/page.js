@@ -207,15 +207,15 @@ function chip(cls, id, en) {
 
 function drawChips(s) {
   if (!changed("chips", [s.links, s.health])) return;
-  const chips = [];
+  const chips = [], details = [];
   for (const [name, link] of Object.entries(s.links)) {
     const [id, en, states] = own(LINKS, name) || [name, name, {}];
     const [sid, sen, cls] = own(states, link.state) || [String(link.state), String(link.state), "warn"];
-    const detail = link.detail && cls !== "ok" ? ` — ${link.detail}` : "";
-    chips.push(chip(cls, `${id} ${sid}`, `${en}: ${sen}${detail}`));
+    chips.push(chip(cls, `${id} ${sid}`, `${en}: ${sen}`));
     chips[chips.length - 1].dataset.link = name;
+    if (link.detail && cls !== "ok") details.push([en, link.detail]);  // in full on the strip, not in the chip
   }
-  // The bin's own parts: one chip beside the state word; what failed, in full, on a strip below it.
+  // The bin's own parts: one chip beside the state word; what failed, in full, on one strip below.
   const good = [], bad = [];
   for (const [part, h] of Object.entries(s.health)) {
     if (part in s.links) continue;  // its link chip says it, with the detail
@@ -227,7 +227,9 @@ function drawChips(s) {
   else if (good.length) health.push(chip("ok", "Sistem ✓", `OK: ${good.join(" · ")}`));
   $("chips").replaceChildren(...chips);
   $("health").replaceChildren(...health);
-  $("parts").replaceChildren(...bad.map(([part, detail]) => el("div", "strip", el("b", "", `${part}: `), detail)));
+  const all = [...bad, ...details];
+  $("parts").replaceChildren(...(all.length ? [el("div", "strip", ...all.flatMap(([part, detail], i) =>
+    [...(i ? [" · "] : []), el("b", "", `${part}: `), String(detail)]))] : []));
 }
 
 // ------------------------------------------------------------------ what was it? (true labels)

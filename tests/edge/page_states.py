@@ -127,5 +127,17 @@ def parts_failing() -> StatusBoard:
     return board
 
 
+def everything_at_once() -> StatusBoard:
+    """A jam, a full compartment, the lid open and two parts failing: the banners take the room and
+    the item's words give way (hidden, never cut)."""
+    board = parts_failing()
+    item(board, "kardus", 0.9, routed_to=-1, note="jam: chute did not reach home (switch open)")
+    board.set_fill({4: True})
+    board.set_machine(machine(("jam", "chute did not reach 0 deg (position switch)", None), ("full", "", 4),
+                              ("lid", "", None)))
+    return board
+
+
 STATES = {"normal": normal, "uncertain": uncertain, "lid-open": lid_open, "full": full, "jam": jam,
-          "camera-down": camera_down, "parts-failing": parts_failing}
+          "camera-down": camera_down, "parts-failing": parts_failing,
+          "everything-at-once": everything_at_once}

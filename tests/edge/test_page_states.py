@@ -24,7 +24,8 @@ if not SHOTS.is_absolute():
     SHOTS = ROOT / SHOTS
 # The README's five states (and the others) by file name; 1024x600 keeps the names docs/ always had.
 SHOT_NAMES = {"normal": "ready", "lid-open": "hold", "jam": "fault", "full": "full", "uncertain": "uncertain",
-              "camera-down": "camera-down", "parts-failing": "parts-failing"}
+              "camera-down": "camera-down", "parts-failing": "parts-failing",
+              "everything-at-once": "everything-at-once"}
 MIN_READABLE_PX = 28  # the state word and the chips, read from 2 m on a 7-inch screen
 
 
@@ -67,6 +68,8 @@ EXPECT = {
                                 and "self-test failed after the update" in part(d, 'id="parts"', "<main>")
                                 and "97% full" in part(d, 'id="parts"', "<main>")
                                 and "connection refused" in d and text(d, "word") == "Tunggu / Hold"),
+    "everything-at-once": lambda d: (d.count('class="banner ') == 3 and "Sistem rusak" in d
+                                     and text(d, "word") == "Berhenti / Fault"),
     "camera-down": lambda d: (text(d, "english") == "Camera not working" and "The camera is not working" in d
                               and 'data-shown="idle"' in d and 'id="photo" alt="">' in d),
 }
