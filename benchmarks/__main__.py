@@ -1,8 +1,9 @@
-"""python -m benchmarks: the performance report (docs/performance.md, docs/latency.png).
+"""python -m benchmarks (make bench): every performance figure the docs quote, in one run on one machine.
 
-Everything in one run on one machine, reported as ratios against a baseline measured in the
-same run: Keras model.predict for inference, a bare LiteRT invoke() for the edge loop, a bare
-LiteRT + OpenCV process for memory and start-up.
+Writes docs/performance.json, docs/latency.png, and renders docs/performance.md and the quoted
+blocks of README.md and other docs from that JSON (benchmarks/figures.py). Reported as ratios against
+baselines measured in the same run: Keras model.predict and the seed ResNet50 int8 for inference, a
+bare LiteRT invoke() for the edge loop, a bare LiteRT + OpenCV process for memory and start-up.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "tests" / "data" / "waste6"
 SAMPLES = ROOT / "edge" / "demo" / "samples"
+DEMO = ROOT / "edge" / "demo" / "demo_int8.tflite"
 
 
 def cpu_name() -> str:
@@ -105,16 +107,41 @@ print(json.dumps({"rss_mb": peak_rss_mb()}))
 """
 
 
+def interleaved(a, b, n: int, warmup: int = 3) -> tuple[float, float]:
+    """Medians of a() and b() called in turn, so that noise from other jobs hits both alike."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append((t1 - t0) * 1000)
+        tb.append((t2 - t1) * 1000)
+    return float(np.median(ta)), float(np.median(tb))
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks",
+                                 description="Measure everything once; write docs/performance.json and render the docs")
+    ap.add_argument("--iterations", type=int, default=30, help="timed runs per measure (default 30)")
+    ap.add_argument("--modes", default="int8", help="seed ResNet50 modes: int8 (default) or a comma list of "
+                                                    "float32,float16,dynamic,int8 (each converted once, cached)")
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench", help="converted models are cached here")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="where performance.json/.md and latency.png go")
+    ap.add_argument("--load", default="", help="what else ran on the machine (written beside the figures)")
     args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()[0]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
     import tf_keras
 
+    from benchmarks.figures import write_docs
+    from benchmarks.status_page import measure as status_page
     from ecosorter.convert import convert
     from ecosorter.convert.demo.seed_model import build_seed_model
     from ecosorter.convert.images import TrainingTransform
@@ -122,65 +149,95 @@ def main(argv=None) -> int:
     from ecosorter.edge.model import load_model
     from ecosorter.edge.preprocess import Preprocessor, decode_image
     from ecosorter.edge.preprocess.spec import PRESETS
+    from ecosorter.edge.simulate import run_scenario
 
     args.work.mkdir(parents=True, exist_ok=True)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if "int8" not in modes:
+        modes.append("int8")  # the Lite0 comparison needs it
     n = args.iterations
     cores = os.cpu_count() or 1
     model = build_seed_model(tf_keras)
     h5 = args.work / "seed.h5"
     model.save(h5)
-    x = TrainingTransform(PRESETS["caffe"], 224, 224)(sorted(PHOTOS.glob("*/*.jpg"))[0])[None]
-    r: dict = {"machine": f"{platform.machine()}, {cores} cores, Python {platform.python_version()}",
-               "cpu": cpu_name(),
-               "tensorflow": tf.__version__, "date": time.strftime("%Y-%m-%d"), "iterations": n,
-               "latency_ms": {}, "size_mb": {"keras .h5": h5.stat().st_size / 1e6}}
-    lat = r["latency_ms"]
-    lat["keras model.predict"] = timeit(lambda: model.predict(x, verbose=0), n)
+    photo_path = sorted(PHOTOS.glob("*/*.jpg"))[0]
+    x = TrainingTransform(PRESETS["caffe"], 224, 224)(photo_path)[None]
+    r: dict = {"cpu": cpu_name(), "machine": f"{platform.machine()}, {cores} cores", "cores": cores,
+               "python": platform.python_version(), "tensorflow": tf.__version__,
+               "litert": _version("ai-edge-litert"), "date": time.strftime("%Y-%m-%d"), "iterations": n,
+               "inference_ms": {}, "size_mb": {"keras .h5 (resnet50)": round(h5.stat().st_size / 1e6, 1)}}
+    lat = r["inference_ms"]
+    lat["keras model.predict (resnet50)"] = timeit(lambda: model.predict(x, verbose=0), n)
     fn = tf.function(lambda t: model(t, training=False), autograph=False)
-    lat["keras tf.function"] = timeit(lambda: fn(x), n)
+    lat["keras tf.function (resnet50)"] = timeit(lambda: fn(x), n)
 
-    for mode in ("float32", "float16", "dynamic", "int8"):
+    tensors: dict[str, np.ndarray] = {}
+    files = {"lite0": DEMO}
+    for mode in modes:
         out = args.work / f"seed_{mode}.tflite"
         if not out.exists():
             convert(h5, out, mode, calibration=PHOTOS, calibration_size=36, validation=PHOTOS, validation_size=12,
-                    force=True, min_agreement=0.0, progress=False, log=lambda *a: None)
-        r["size_mb"][f"tflite {mode}"] = out.stat().st_size / 1e6
-        with load_model(out) as m:
-            prep = Preprocessor(m.manifest.preprocess, m.manifest.input)
-            t = prep(decode_image(sorted(PHOTOS.glob("*/*.jpg"))[0]), "rgb")
-        for threads in sorted({1, cores}):
-            c = open_classifier(out.read_bytes(), "litert", threads)
-            lat[f"litert {mode} ({threads} thr)"] = timeit(lambda c=c, t=t: c.classify(t), n)
+                    force=True, min_agreement=0.0, gate="agreement", progress=False, log=lambda *a: None)
+        files[f"resnet50 {mode}"] = out
+    for name, path in files.items():
+        r["size_mb"][f"tflite {name}" + (" int8" if name == "lite0" else "")] = round(path.stat().st_size / 1e6, 1)
+        with load_model(path) as m:
+            tensors[name] = Preprocessor(m.manifest.preprocess, m.manifest.input)(decode_image(photo_path), "rgb")
+    for threads in sorted({1, cores}):
+        for mode in modes:
+            if mode == "int8":
+                continue
+            c = open_classifier(files[f"resnet50 {mode}"].read_bytes(), "litert", threads)
+            lat[f"litert resnet50 {mode} ({threads} thr)"] = timeit(lambda c=c, m=mode: c.classify(tensors[f"resnet50 {m}"]), n)
             c.close()
-    base = lat["keras model.predict"]
-    r["speedup_vs_predict"] = {k: round(base / v, 2) for k, v in lat.items()}
+        a = open_classifier(DEMO.read_bytes(), "litert", threads)
+        b = open_classifier(files["resnet50 int8"].read_bytes(), "litert", threads)
+        la, lb = interleaved(lambda a=a: a.classify(tensors["lite0"]),
+                             lambda b=b: b.classify(tensors["resnet50 int8"]), n)
+        a.close()
+        b.close()
+        lat[f"litert resnet50 int8 ({threads} thr)"], lat[f"litert lite0 int8 ({threads} thr)"] = lb, la
 
     # preprocessing a 640x480 camera frame, and the whole loop per item vs a bare invoke()
     import cv2
 
     frames = [cv2.resize(np.ascontiguousarray(decode_image(p)[..., ::-1]), (640, 480))
               for p in sorted(SAMPLES.glob("*.jpg"))]
-    int8 = args.work / "seed_int8.tflite"
-    with load_model(int8, num_threads=cores) as m:
+    with load_model(DEMO, num_threads=cores) as m:
         prep = Preprocessor(m.manifest.preprocess, m.manifest.input)
         r["preprocess_640x480_ms"] = timeit(lambda: prep(frames[0], "bgr"), 200)
-    r["loop"] = loop_overhead(int8, frames, max(n, 40))
+    r["loop"] = {"lite0": loop_overhead(DEMO, frames, max(n, 40)),
+                 "resnet50": loop_overhead(files["resnet50 int8"], frames, max(n, 40))}
 
     # memory and start-up: edge process vs bare LiteRT+OpenCV vs TensorFlow
-    bare_p = child(BARE, str(int8), "5")
-    edge_p = child(EDGE, str(int8), "3", str(SAMPLES))
-    tf_p = child(TF_PROC, str(h5))
-    r["process"] = {"bare_litert_opencv": bare_p, "ecosorter_edge": edge_p, "tensorflow_keras": tf_p}
+    r["process"] = {"bare_litert_opencv": child(BARE, str(DEMO), "5"),
+                    "ecosorter_edge": child(EDGE, str(DEMO), "3", str(SAMPLES)),
+                    "tensorflow_keras": child(TF_PROC, str(h5))}
+    r["idle"] = idle_cpu(DEMO)  # an empty tray: CPU use, and no inference at all
 
-    # an empty tray: CPU use, and no inference at all
-    r["idle"] = idle_cpu(int8)
+    day = run_scenario(ROOT / "benchmarks" / "day24h.toml").summary
+    r["day24h"] = {k: day[k] for k in ("virtual_s", "wall_s", "items", "holds", "faults")}
+    r["status_page"] = status_page()
+    r["wall_s"] = round(time.perf_counter() - t_start, 1)
+    r["load"] = args.load or (f"a shared machine: other jobs ran during this run (1-minute load average "
+                              f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on {cores} cores); "
+                              "figures move by 10% or more between runs")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "performance.json").write_text(json.dumps(r, indent=1))
+    (args.out / "performance.json").write_text(json.dumps(r, indent=1) + "\n")
     plot(r, args.out / "latency.png")
-    (args.out / "performance.md").write_text(report(r))
-    print(report(r))
+    write_docs(r)
+    print((args.out / "performance.md").read_text())
     return 0
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def loop_overhead(model: Path, frames: list, n: int) -> dict:
@@ -244,78 +301,15 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    items = sorted(r["latency_ms"].items(), key=lambda kv: kv[1])
+    items = sorted(r["inference_ms"].items(), key=lambda kv: kv[1])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.barh([k for k, _ in items], [v for _, v in items], color=["#2e7d32" if "litert" in k else "#9e9e9e" for k, _ in items])
     ax.set_xlabel("ms per image (median)")
-    ax.set_title(f"Seed ResNet50 per image, {r['machine']}")
+    ax.set_title(f"Per image, {r['cpu']} ({r['machine']}), {r['date']}")
     for i, (_, v) in enumerate(items):
         ax.text(v, i, f" {v:.0f}", va="center")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def report(r: dict) -> str:
-    lat, spd = r["latency_ms"], r["speedup_vs_predict"]
-    rows = "\n".join(f"| {k} | {v:.1f} | {spd[k]:.1f}x |" for k, v in lat.items())
-    sizes = "\n".join(f"| {k} | {v:.1f} |" for k, v in r["size_mb"].items())
-    p = r["process"]
-    return f"""# Performance
-
-Measured by `python -m benchmarks` ({r['date']}, {r['machine']}, TensorFlow {r['tensorflow']}), the
-seed architecture (ResNet50 + Flatten + Dense(7)) with random weights: latency does not depend on
-the weights. Medians of {r['iterations']} runs after warm-up. Re-run it to reproduce; figures move
-by about 10% between runs on a shared 2-core machine.
-
-![latency per mode](latency.png)
-
-## Inference per image (batch 1)
-
-| path | ms | speed-up vs `model.predict` |
-|---|---|---|
-{rows}
-
-## File size
-
-| file | MB |
-|---|---|
-{sizes}
-
-## The edge loop
-
-| what | measured | goal |
-|---|---|---|
-| preprocess a 640x480 BGR frame (int8 table) | {r['preprocess_640x480_ms']:.2f} ms | <= 2 ms |
-| bare `invoke()` (int8, all threads) | {r['loop']['bare_invoke_ms']:.1f} ms | baseline |
-| the loop per item: trigger, preprocess, invoke, vote, route, SQLite commit (fsync), status | {r['loop']['loop_ms_per_item']:.1f} ms | |
-| loop overhead vs bare invoke | {100 * r['loop']['overhead']:.1f}% | <= 5% |
-| peak RSS, bare LiteRT + OpenCV process, int8 ResNet50 | {p['bare_litert_opencv']['rss_mb']:.0f} MB | baseline |
-| peak RSS, `ecosorter` edge process (sorter, SQLite, pins) | {p['ecosorter_edge']['rss_mb']:.0f} MB | <= 150 MB |
-| peak RSS, TensorFlow/Keras process | {p['tensorflow_keras']['rss_mb']:.0f} MB | for comparison |
-| start-up to first inference, bare | {p['bare_litert_opencv']['first_s']:.2f} s | baseline |
-| start-up to first decision, `ecosorter` | {p['ecosorter_edge']['first_s']:.2f} s | <= 1 s |
-| empty tray at 15 fps: inferences | {r['idle']['inferences']} in {r['idle']['frames']} frames | none |
-| empty tray at 15 fps: CPU | {100 * r['idle']['cpu_of_one_core']:.1f}% of one core | <= 5% |
-
-This machine's CPU ({r['cpu']}) has AVX2 but no int8 dot-product instructions (VNNI), so
-XNNPACK's int8 kernels run about as fast as float32 here; the gain from int8 on this machine is
-size (4x smaller) and memory. ARM cores with `sdot` (the Pi 5's Cortex-A76) run int8 2-3x
-faster than float32; the Pi 4's A72 has no `sdot` and gains less.
-
-## On a Raspberry Pi (estimates, not measured here)
-
-No Pi was available to this project's CI. Published figures for ResNet50-class models on the
-Pi's Cortex-A72 (Pi 4) and Cortex-A76 (Pi 5) CPUs with the TFLite/XNNPACK CPU path, scaled
-from their reported numbers, suggest:
-
-| board | float32 | int8 | source |
-|---|---|---|---|
-| Pi 4 (4x A72 @ 1.8 GHz) | ~400-500 ms | ~150-250 ms | Q-engineering TFLite benchmarks on Pi 4 (ResNet-class, 4 threads); TensorFlow Lite performance docs (XNNPACK int8 speed-ups of 2-3x on ARM) |
-| Pi 5 (4x A76 @ 2.4 GHz) | ~150-200 ms | ~50-90 ms | Raspberry Pi Ltd's Pi 5 launch figures (2-3x Pi 4 CPU throughput); same scaling |
-
-These are estimates to plan with, clearly not measurements: run `ecosorter bench` on the bin.
-Whatever the board, int8 is the mode to ship once `ecosorter-convert` has verified it.
-"""
 
 
 if __name__ == "__main__":

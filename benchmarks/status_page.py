@@ -1,6 +1,7 @@
-"""python -m benchmarks.status_page: what the status page costs the loop, and what a flood costs the server.
+"""What the status page costs the loop, and what a flood costs the server (part of `python -m benchmarks`,
+which puts the table in docs/performance.md and docs/status-page.md; alone: python -m benchmarks.status_page).
 
-Prints a markdown table for docs/status-page.md. Loopback only; every socket is closed at the end.
+Loopback only; every socket is closed at the end.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def event(i: int) -> Event:
                  routed_to=0, routed_ok=True, frames=1, model_sha256="0" * 64, latency_ms={"total": 120.0})
 
 
-def main() -> None:
+def measure() -> dict:
+    """The figures, as table rows (measure, value, note) plus the raw numbers."""
     labels = {lb.id: lb.name for lb in DEFAULT_LABELS}
     board = StatusBoard("bench", labels, {lb: i for i, lb in enumerate(labels)})
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
@@ -85,10 +87,16 @@ def main() -> None:
         ("page polls answered 503 until the silent ones are closed", f"{refused}, then 200 after {served_after_s:.1f} s",
          f"io_timeout_s {server.io_timeout_s:g}, conn_limit_s {server.conn_limit_s:g}"),
     ]
+    return {"rows": rows, "record_us": round(record_us, 1), "copy_us": round(copy_us, 1), "jpeg_ms": round(jpeg_ms, 1),
+            "status_bytes": status_bytes, "threads_before": before, "threads_peak": peak}
+
+
+def main() -> None:
+    r = measure()
     print("| measure | value | note |\n|---|---|---|")
-    for row in rows:
+    for row in r["rows"]:
         print("| " + " | ".join(row) + " |")
-    print("\n" + json.dumps({"record_us": round(record_us, 1), "threads_before": before, "threads_peak": peak}))
+    print("\n" + json.dumps({k: v for k, v in r.items() if k != "rows"}))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ecosorter.edge.clikit import add_version, quiet_pipe
 from ecosorter.edge.errors import EcoSorterError
 
 EPILOG = """examples:
@@ -26,12 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
                                              "to a verified, self-describing TFLite model.")
     ap.add_argument("model", type=Path, help="Keras .h5 / .keras file or SavedModel folder")
     ap.add_argument("-o", "--output", type=Path, required=True, help="the .tflite to write")
-    ap.add_argument("--quantize", choices=MODES, default="int8")
+    ap.add_argument("--quantize", choices=MODES, default="int8", help="the mode (default int8: full integer)")
     ap.add_argument("--calibration", type=Path, help="images for int8 calibration (class subfolders or flat)")
     ap.add_argument("--calibration-size", type=int, default=200, help="images sampled per class share (default 200)")
     ap.add_argument("--validation", type=Path, help="labelled images (class subfolders) to verify on; "
                                                     "default: calibration images not sampled")
-    ap.add_argument("--validation-size", type=int, default=300)
+    ap.add_argument("--validation-size", type=int, default=300, help="photos verified on (default 300)")
     ap.add_argument("--labels", type=Path, help="one label per line (id or id,Display name), in output order")
     ap.add_argument("--preprocess", choices=list(PRESETS), default=None,
                     help="the training transform (default: MODEL.train.json's from ecosorter-train, "
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--force", action="store_true", help="write the model even if verification fails; its manifest "
                                                          "says verified: false and bins refuse it unless "
                                                          "model.allow_unverified = true")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed for calibration and validation (default 0)")
+    add_version(ap)
     ap.add_argument("--model-version", type=int, default=None, metavar="N",
                     help="monotonic version in the manifest: bins refuse a lower one than they run (default: the "
                          "conversion's UTC time, YYYYMMDDhhmmss, so each conversion is newer than the last)")
@@ -115,6 +117,7 @@ def bin_rules(args):
                     max_contamination_gain=args.max_contamination_gain / 100)
 
 
+@quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:

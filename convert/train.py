@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ecosorter.edge.clikit import add_version, quiet_pipe
 from ecosorter.edge.errors import EcoSorterError
 
 BACKBONES = ("resnet50", "efficientnet-lite0")
@@ -540,7 +541,7 @@ def save_atomically(model, output: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ecosorter-train", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="ecosorter-train", description=" ".join(__doc__.split("\n\n")[0].split()),
                                  epilog="example: ecosorter-train export/ -o model.h5 --backbone efficientnet-lite0 "
                                         "--fine-tune 3\n         ecosorter-convert model.h5 -o model_int8.tflite "
                                         "--calibration export/",
@@ -556,14 +557,15 @@ def build_parser() -> argparse.ArgumentParser:
                                       "classes without photos keep an untrained output")
     ap.add_argument("--epochs", type=int, default=30, help="head epochs (default 30)")
     ap.add_argument("--fine-tune", type=int, default=0, metavar="N", help="also train the top N Lite0 blocks")
-    ap.add_argument("--fine-tune-epochs", type=int, default=8)
+    ap.add_argument("--fine-tune-epochs", type=int, default=8, help="epochs of fine-tuning (default 8)")
     ap.add_argument("--views", type=int, default=3, help="views per training photo: itself, mirrored, random "
                                                          "augmentations (default 3)")
     ap.add_argument("--val-split", type=float, default=0.15, help="stratified validation fraction (default 0.15)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=32, help="photos per step (default 32)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 0.001)")
     ap.add_argument("--no-class-weights", action="store_true", help="do not balance the classes")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="split and shuffle seed (default 0)")
+    add_version(ap)
     ap.add_argument("--contamination", type=float, metavar="SHARE",
                     help="choose calibrated per-class thresholds for this contamination budget (e.g. 0.02) on the "
                          "validation split; written to MODEL.train.json, and ecosorter-convert writes them into "
@@ -572,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None

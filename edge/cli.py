@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from ecosorter.edge.clikit import add_version, quiet_pipe, simulate_state_dir
 from ecosorter.edge.errors import EcoSorterError
 
 log = logging.getLogger("ecosorter")
@@ -22,7 +23,8 @@ SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
 def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
         p.add_argument("--model", type=Path, help="a .tflite (default: the bundled demo model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"])
+    p.add_argument("--backend", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"],
+                   help="the runtime (default auto: LiteRT, then tflite-runtime, then TensorFlow)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
     p.add_argument("--labels", type=Path, help="foreign .tflite: labels file, one per line")
     p.add_argument("--preprocess", choices=["caffe", "tf", "unit", "raw"], help="foreign .tflite: the transform")
@@ -101,8 +103,10 @@ def _config(args, simulate: bool):
                           # away, forever. Lids, switches and time are `ecosorter simulate`'s job.
                           "hardware.interlock_pin": -1, "hardware.chute_home_switch_pin": -1,
                           "hardware.trapdoor_closed_switch_pin": -1})
-        if args.state_dir is None:
-            args.state_dir = Path(tempfile.mkdtemp(prefix="ecosorter-sim-"))
+        if args.state_dir is None:  # kept, so `ecosorter label` and `export` find this run afterwards
+            args.state_dir = simulate_state_dir()
+        if args.config is None:  # the demo: every photo kept (within 200 MB), so `export` has them all
+            overrides.update({"record.capture": "all", "record.capture_quota_mb": 200.0})
     elif args.source:
         overrides.update({"camera.source": "folder", "camera.device": str(args.source)})
     if getattr(args, "model", None):
@@ -132,6 +136,7 @@ def run_until_signalled(sorter, **kw):
 
 
 def cmd_run(args) -> int:
+    from ecosorter.edge.machine import compartment_label
     from ecosorter.edge.sorter import build_sorter, percentiles
 
     simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
@@ -147,7 +152,8 @@ def cmd_run(args) -> int:
             server = start_status_server(sorter.board, cfg.status.bind, cfg.status.port, sorter.flag,
                                          on_label=sorter.label, on_clear_fault=sorter.clear_fault,
                                          token=read_secret("page_token", cfg.status.token_file) or None,
-                                         public_read=cfg.status.public_read)
+                                         public_read=cfg.status.public_read,
+                                         history=history_for(sorter, cfg))
             if server is not None and server.bound:
                 print(f"status page: http://{cfg.status.bind}:{server.server_port}/")
         if simulate:
@@ -156,8 +162,9 @@ def cmd_run(args) -> int:
 
         def show(ev) -> None:
             flag = " UNCERTAIN" if ev.uncertain else ""
-            where = f"compartment {ev.routed_to}" if ev.routed_ok else f"NOT ROUTED ({ev.note})"
-            print(f"[{sorter.summary.items:3d}] {ev.source_name or ev.time[11:23]}\n      {ev.label:<8} "
+            where = (f"compartment {compartment_label(ev.routed_to, cfg.hardware.compartment_names)}"
+                     if ev.routed_ok else f"NOT ROUTED ({ev.note})")
+            print(f"[{sorter.summary.items:3d}] {ev.source_name or ev.time[11:23]}  id {ev.id}\n      {ev.label:<8} "
                   f"{names[ev.label]:<24} {100 * ev.confidence:5.1f}%{flag} -> {where} "
                   f"({ev.frames} frame{'s' if ev.frames > 1 else ''}, {ev.latency_ms['total']:.0f} ms)", flush=True)
 
@@ -168,7 +175,10 @@ def cmd_run(args) -> int:
         lat = percentiles(s.latency_ms)
         print(f"\n{s.items} items in {time.monotonic() - t0:.1f} s, {s.uncertain} uncertain, "
               f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
-        print(format_counts(s, names, cfg.hardware.compartments))
+        print(format_counts(s, names, cfg.hardware.compartments, cfg.hardware.compartment_names))
+        if simulate:
+            print(f"events and photos kept in {args.state_dir}: `ecosorter label ID LABEL` and "
+                  "`ecosorter export OUT/` find them there")
     if sorter.events is not None and sorter.events.unsaved:
         print(f"ecosorter: error: {sorter.events.unsaved} events could not be saved: {sorter.events.error}",
               file=sys.stderr)
@@ -176,14 +186,30 @@ def cmd_run(args) -> int:
     return 0
 
 
-def format_counts(s, names: dict[str, str], compartments: dict[str, int]) -> str:
-    """What physically went where (per compartment), then per predicted label."""
+def history_for(sorter, cfg):
+    """The /history page's data: this sorter's event log and photos, and the model it runs now."""
+    from ecosorter.edge.machine import compartment_label
+    from ecosorter.edge.status.history import History, model_panel
+
+    if sorter.events is None:
+        return None
+    captures = sorter.captures.root if sorter.captures is not None else sorter.events.path.parent / "captures"
+    names = cfg.hardware.compartment_names
+    return History(sorter.events.path, captures, sorter.board.labels,
+                   model=lambda: model_panel(sorter.model, sorter.model.classifier.runtime),
+                   compartment_name=lambda c: compartment_label(c, names))
+
+
+def format_counts(s, names: dict[str, str], compartments: dict[str, int], shown: list[str] | None = None) -> str:
+    """What physically went where (per compartment, by the name printed on the bin), then per predicted label."""
+    from ecosorter.edge.machine import compartment_label
+
     by_comp: dict[int, list[str]] = {}
     for label, c in compartments.items():
         by_comp.setdefault(c, []).append(label)
     lines = ["  per compartment (what went where):"]
     for c in sorted(s.routed):
-        lines.append(f"    {c}  {'/'.join(by_comp.get(c, [])):<16} {s.routed[c]}")
+        lines.append(f"    {compartment_label(c, shown or ()):<3} {'/'.join(by_comp.get(c, [])):<16} {s.routed[c]}")
     lines.append(f"    rerouted {s.rerouted} (counted where they went), not routed {s.unrouted}, "
                  f"waited on a hold {s.held}")
     lines.append("  per label (what the model said):")
@@ -242,11 +268,24 @@ def cmd_doctor(args) -> int:
 
 
 def _state_dir(args) -> Path:
+    """--state-dir; else the installed bin's record.state_dir; else (no config: `run` simulates) the
+    simulated bin's folder."""
     from ecosorter.edge.config import DEFAULT_PATH, load_config
 
     if args.state_dir is not None:
         return args.state_dir
-    return Path(load_config(DEFAULT_PATH if DEFAULT_PATH.exists() else None).record.state_dir)
+    if DEFAULT_PATH.exists():
+        return Path(load_config(DEFAULT_PATH).record.state_dir)
+    return simulate_state_dir()
+
+
+def _event_log(args) -> Path:
+    """The state folder that holds an event log; a clear error (and nothing created) otherwise."""
+    state = _state_dir(args)
+    if not (state / "events.db").is_file():
+        raise EcoSorterError(f"no event log at {state / 'events.db'}: nothing has been sorted there yet. "
+                             "Run `ecosorter run` (or `run --simulate`) first, or give --state-dir")
+    return state
 
 
 def _model_store(args):
@@ -393,16 +432,17 @@ def cmd_sign_command(args) -> int:
 def cmd_export(args) -> int:
     from ecosorter.edge.record.export import export
 
-    n = export(_state_dir(args), args.out, args.since or "", labeled_only=args.labeled_only, replace=args.replace,
+    state = _event_log(args)
+    n = export(state, args.out, args.since or "", labeled_only=args.labeled_only, replace=args.replace,
                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    print(f"exported {n} photos to {args.out} (class folders + labels.csv)")
+    print(f"exported {n} photos from {state} to {args.out} (class folders + labels.csv)")
     return 0
 
 
 def cmd_label(args) -> int:
     from ecosorter.edge.record.labels import import_labels, label_one
 
-    state = _state_dir(args)
+    state = _event_log(args)
     if args.import_csv is not None:
         if args.id or args.label:
             raise EcoSorterError("label: give ID LABEL or --import CSV, not both")
@@ -424,7 +464,7 @@ def cmd_calibrate(args) -> int:
 
     cfg = load_config(args.config)
     with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as actuator:
-        return 0 if calibrate(args.config, actuator) else 1
+        return 0 if calibrate(args.config, actuator, names=cfg.hardware.compartment_names) else 1
 
 
 def cmd_safe(args) -> int:
@@ -493,11 +533,12 @@ def cmd_config(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ecosorter", description="EcoSorter Edge: sort waste on a Raspberry Pi")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_version(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("classify", help="classify image files")
-    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("images", nargs="+", type=Path, help="JPEG/PNG files")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with the bin's decision")
     p.add_argument("--config", type=Path, help="the bin's config.toml: its [decision] and compartments "
                                                "decide (default: the defaults and the model's thresholds)")
@@ -507,10 +548,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the sorting loop (simulated without a config file)")
     p.add_argument("--config", type=Path, help="TOML config (default /etc/ecosorter/config.toml)")
     p.add_argument("--source", type=Path, help="a folder of photos as the camera")
-    p.add_argument("--simulate", action="store_true", help="bundled photos, mock pins, temp state")
-    p.add_argument("--model", type=Path)
-    p.add_argument("--max-items", type=int)
-    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--simulate", action="store_true",
+                   help="bundled photos, mock pins; events kept in ~/.local/state/ecosorter/simulate")
+    p.add_argument("--model", type=Path, help="a .tflite (default: model.path, else the bundled demo model)")
+    p.add_argument("--max-items", type=int, help="stop after this many items")
+    p.add_argument("--state-dir", type=Path, help="events, photos, models (default: record.state_dir; "
+                                                  "with --simulate ~/.local/state/ecosorter/simulate)")
     p.add_argument("--no-status", action="store_true", help="no status page")
     p.add_argument("--fast", action="store_true", help="simulation: no camera pacing, as fast as it sorts")
     p.add_argument("--loop", action="store_true", help="simulation: show the photos again and again")
@@ -524,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("bench", help="latency per stage (p50/p90/p99) and end to end")
-    p.add_argument("model", nargs="?", type=Path)
-    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("model", nargs="?", type=Path, help="a .tflite (default: the bundled demo model)")
+    p.add_argument("--iterations", type=int, default=50, help="timed runs per stage (default 50)")
     p.add_argument("--source", type=Path, help="photos to feed (default: the bundled ones)")
     _model_args(p, with_model=False)
     p.set_defaults(fn=cmd_bench)
@@ -535,17 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_fleet_parser(sub)
 
     p = sub.add_parser("safe", help="put the hardware in its safe state (systemd runs it after every stop)")
-    p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"),
+                   help="TOML config (default /etc/ecosorter/config.toml)")
     p.add_argument("--state-dir", type=Path, help="where the last good hardware config is kept (default /var/lib/ecosorter)")
     p.set_defaults(fn=cmd_safe)
 
-    p = sub.add_parser("calibrate", help="set servo angles per compartment by eye; saved into the config")
-    p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p = sub.add_parser("calibrate", help="set servo angles per compartment by eye; saved into the config "
+                                         "(docs/calibrate.md)")
+    p.add_argument("--config", type=Path, default=Path("/etc/ecosorter/config.toml"),
+                   help="the config whose [hardware] angles are set (default /etc/ecosorter/config.toml)")
     p.set_defaults(fn=cmd_calibrate)
 
     p = sub.add_parser("model", help="install a new model (signed, verified, tested, atomic), roll back, or list")
-    p.add_argument("action", choices=["install", "rollback", "list"])
-    p.add_argument("file", nargs="?", type=Path)
+    p.add_argument("action", choices=["install", "rollback", "list"], help="what to do")
+    p.add_argument("file", nargs="?", type=Path, help="install: the .tflite")
     p.add_argument("--config", type=Path, help="TOML config with the keys (default /etc/ecosorter/config.toml)")
     p.add_argument("--sha256", help="refuse the file unless its sha256 is this")
     p.add_argument("--signature", type=Path, help="raw ed25519 signature file (`ecosorter keys sign`); checked against "
@@ -553,11 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned", action="store_true", help="install it without a signature: logged, and shown "
                                                                  "as unsigned until a signed model replaces it")
     p.add_argument("--allow-downgrade", action="store_true", help="install a model whose version is below the running one")
-    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--state-dir", type=Path, help="where models are kept (default: record.state_dir)")
     p.set_defaults(fn=cmd_model)
 
     p = sub.add_parser("keys", help="make an ed25519 key pair (new), or sign a model file with it (sign)")
-    p.add_argument("action", choices=["new", "sign"])
+    p.add_argument("action", choices=["new", "sign"], help="new: make a pair; sign: sign FILE")
     p.add_argument("private", type=Path, help="the private key file (new: written mode 0600; keep it off the bin)")
     p.add_argument("file", nargs="?", type=Path, help="sign: the .tflite to sign")
     p.add_argument("-o", "--output", type=Path, help="sign: where the signature goes (default FILE.sig)")
@@ -567,15 +613,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", help="install_model, rollback_model, flag, label or clear_fault")
     p.add_argument("args", nargs="*", metavar="KEY=VALUE", help="the command's arguments, e.g. sha256=... url=...")
     p.add_argument("--key", type=Path, required=True, help="the private key file from `ecosorter keys new`")
-    p.add_argument("--bin-id", required=True)
+    p.add_argument("--bin-id", required=True, help="the bin the command is for (its [mqtt] bin_id)")
     p.set_defaults(fn=cmd_sign_command)
 
     p = sub.add_parser("export", help="captured photos as class folders + CSV, for retraining and calibration")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="an empty (or earlier export's) folder")
     p.add_argument("--since", help="a date (2026-11-01), a timestamp, or a duration back from now (7d, 12h)")
     p.add_argument("--labeled-only", action="store_true", help="only items a person labelled")
     p.add_argument("--replace", action="store_true", help="clear an earlier export in OUT first")
-    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--state-dir", type=Path, help="the bin's state folder (default: record.state_dir; "
+                                                  "without a config, the simulated bin's)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("label", help="record what an item really was (true label), or import a CSV of them")
@@ -584,20 +631,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="import_csv", type=Path, metavar="CSV",
                    help="CSV with columns id and true_label (or label), e.g. an edited export labels.csv")
     p.add_argument("--by", default="", help="who labelled (default: cli:<user>)")
-    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--state-dir", type=Path, help="the bin's state folder (default: record.state_dir; "
+                                                  "without a config, the simulated bin's)")
     p.set_defaults(fn=cmd_label)
 
     p = sub.add_parser("config", help="print the documented example config, or check a config file")
-    p.add_argument("action", choices=["example", "check"])
-    p.add_argument("file", nargs="?", type=Path, default=Path("/etc/ecosorter/config.toml"))
+    p.add_argument("action", choices=["example", "check"], help="example: print it; check: validate FILE")
+    p.add_argument("file", nargs="?", type=Path, default=Path("/etc/ecosorter/config.toml"),
+                   help="check: the config (default /etc/ecosorter/config.toml)")
     p.set_defaults(fn=cmd_config)
 
     p = sub.add_parser("doctor", help="check backend, model, camera, pins, disk")
-    p.add_argument("--config", type=Path)
+    p.add_argument("--config", type=Path, help="TOML config (default /etc/ecosorter/config.toml)")
     p.set_defaults(fn=cmd_doctor)
     return ap
 
 
+@quiet_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ecosorter.edge.service import setup_logging

@@ -108,6 +108,8 @@ class HardwareConfig:
                            doc="empty = gpiozero's default for the board")
     compartments: dict[str, int] = opt(factory=lambda: {lb: i for i, lb in enumerate(LABELS)},
                                        doc="label -> compartment number")
+    compartment_names: list[str] = opt(factory=list, doc="names printed on the compartments, in order "
+                                       "(compartment 0, 1, ...), shown on the page; [] = numbered 1, 2, ...")
     led_pins: list[int] = opt(factory=lambda: [5, 6, 13, 19, 26, 16, 20], doc="leds: one per compartment")
     buzzer_pin: int = opt(-1, min=-1, max=27, doc="-1 = none")
     led_on_s: float = opt(3.0, min=0.0, max=60)

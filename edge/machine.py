@@ -85,12 +85,23 @@ CONDITIONS: dict[str, Condition] = {
 }
 
 
+# The machine's state in one word, for a screen read from 2 m: Indonesian first, English second.
+STATE_WORDS: dict[str, tuple[str, str]] = {"ready": ("Siap", "Ready"), "held": ("Tunggu", "Hold"),
+                                           "fault": ("Berhenti", "Fault")}
+
+
+def compartment_label(compartment: int, names: list[str] | tuple[str, ...] = ()) -> str:
+    """A compartment as printed on the bin: its configured name, else numbered from 1."""
+    return names[compartment] if 0 <= compartment < len(names) else str(compartment + 1)
+
+
 @dataclass
 class Entry:
     name: str
     since: float  # wall time, epoch seconds
     detail: str = ""
     compartment: int | None = None
+    compartment_name: str = ""  # as printed on the bin; words use it, `compartment` stays the index
 
     @property
     def condition(self) -> Condition:
@@ -101,9 +112,10 @@ class Entry:
         return self.name if self.compartment is None else f"{self.name}{self.compartment}"
 
     def to_dict(self) -> dict:
-        c, fmt = self.condition, {"detail": self.detail, "compartment": self.compartment}
+        shown = self.compartment_name or (None if self.compartment is None else compartment_label(self.compartment))
+        c, fmt = self.condition, {"detail": self.detail, "compartment": shown}
         return {"name": self.name, "kind": c.kind, "since": self.since, "compartment": self.compartment,
-                "detail": self.detail, "reason_id": c.reason_id.format(**fmt), "reason_en": c.reason_en.format(**fmt),
+                "compartment_name": shown, "detail": self.detail, "reason_id": c.reason_id.format(**fmt), "reason_en": c.reason_en.format(**fmt),
                 "action_id": c.action_id.format(**fmt), "action_en": c.action_en.format(**fmt)}
 
 
@@ -114,11 +126,12 @@ class Machine:
     """Holds and faults; `may_move` is the only question the rest of the bin asks."""
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK, resume_delay_s: float = 2.0, resume: str = "auto",
-                 fill_confirm_s: float = 0.0):
+                 fill_confirm_s: float = 0.0, compartment_names: list[str] | tuple[str, ...] = ()):
         if resume not in ("auto", "button"):
             raise ValueError(f"resume must be 'auto' or 'button', not {resume!r}")
         self.clock = clock
         self.resume_delay_s, self.resume, self.fill_confirm_s = resume_delay_s, resume, fill_confirm_s
+        self.compartment_names = tuple(compartment_names)
         self._fill_seen: dict[int, tuple[bool, float]] = {}  # compartment -> (reading, since)
         self._active: dict[str, Entry] = {}
         self._resume_at: float | None = None
@@ -137,7 +150,8 @@ class Machine:
         """True if this is new (a raise already active only updates nothing)."""
         if name not in CONDITIONS:
             raise ValueError(f"unknown hold/fault {name!r}; known: {', '.join(CONDITIONS)}")
-        entry = Entry(name, self.clock.time(), detail, compartment)
+        entry = Entry(name, self.clock.time(), detail, compartment,
+                      "" if compartment is None else compartment_label(compartment, self.compartment_names))
         with self._lock:
             if entry.key in self._active:
                 return False
@@ -264,7 +278,8 @@ class Machine:
 
     def snapshot(self) -> dict:
         entries = sorted(self.entries(), key=lambda e: e.since)
-        return {"state": self.state,
+        state = self.state
+        return {"state": state, "word_id": STATE_WORDS[state][0], "word_en": STATE_WORDS[state][1],
                 "holds": [e.to_dict() for e in entries if e.condition.kind == "hold"],
                 "faults": [e.to_dict() for e in entries if e.condition.kind == "fault"],
                 "warnings": [e.to_dict() for e in entries if e.condition.kind == "warning"]}

@@ -583,7 +583,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         if pin_factory is None and cfg.hardware.profile != "none":
             pin_factory = make_pin_factory(cfg.hardware.pin_factory)
         hw = cfg.hardware
-        machine = Machine(clock, hw.resume_delay_s, hw.interlock_resume, hw.full_confirm_s)
+        machine = Machine(clock, hw.resume_delay_s, hw.interlock_resume, hw.full_confirm_s, hw.compartment_names)
         actuator = make_actuator(hw, route.count, pin_factory, machine, clock)
         opened.append(actuator)
         inputs = None
@@ -594,7 +594,9 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
                           reserve_bytes=int(cfg.record.disk_reserve_mb * 1e6))
         opened.append(events)
         names = {lb.id: lb.name for lb in model.labels}
-        board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments))
+        board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments),
+                            compartment_names=hw.compartment_names,
+                            fill_sensors=[int(c) for c in hw.full_sensor_pins if c.isascii() and c.isdigit()])
         board.set_model(trust)
         captures = CaptureStore(state / "captures", cfg.record.capture, cfg.record.capture_confident_fraction,
                                 cfg.record.capture_quota_mb)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ecosorter.edge.clikit import native_stderr_filtered
 from ecosorter.edge.errors import BackendError
 from ecosorter.edge.preprocess.spec import InputSpec
 
@@ -35,8 +36,9 @@ class InterpreterClassifier:
         self.runtime, self.version = runtime, version
         self.num_threads = num_threads or os.cpu_count() or 1
         try:
-            self._interp = interpreter_cls(model_content=model_content, num_threads=self.num_threads)
-            self._interp.allocate_tensors()
+            with native_stderr_filtered():  # LiteRT's "Created ... XNNPACK delegate" line, every command
+                self._interp = interpreter_cls(model_content=model_content, num_threads=self.num_threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise BackendError(f"{runtime} {version} cannot load this model: {str(e).strip()}") from None
         ins, outs = self._interp.get_input_details(), self._interp.get_output_details()

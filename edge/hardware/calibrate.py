@@ -36,9 +36,12 @@ def _adjust(name: str, angle: float, move: Callable[[float], None], ask: Callabl
 
 
 def calibrate(config_path: Path, actuator, ask: Callable[[str], str] = input,
-              say: Callable[[str], None] = print) -> bool:
-    """Walk every servo position of the actuator's profile; True when saved."""
+              say: Callable[[str], None] = print, names: list[str] | tuple[str, ...] = ()) -> bool:
+    """Walk every servo position of the actuator's profile; True when saved. Compartments are named
+    as printed on the bin (hardware.compartment_names, else numbered from 1)."""
     import tomlkit
+
+    from ecosorter.edge.machine import compartment_label
 
     try:
         doc = tomlkit.parse(config_path.read_text(encoding="utf-8"))
@@ -49,7 +52,7 @@ def calibrate(config_path: Path, actuator, ask: Callable[[str], str] = input,
     if actuator.profile in ("chute", "pca9685"):
         angles = []
         for i, a in enumerate(actuator.angles):
-            new = _adjust(f"compartment {i}", a, lambda v: actuator.move_to(actuator.chute, v), ask, say,
+            new = _adjust(f"compartment {compartment_label(i, names)}", a, lambda v: actuator.move_to(actuator.chute, v), ask, say,
                           actuator.chute.span)
             if new is None:
                 return False

@@ -10,9 +10,23 @@ from ecosorter.edge.config import Config, HardwareConfig
 from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.hardware.pins import GPIO_RANGE, HARDWARE_PWM_PINS, used_pins
 
+NAME_MAX = 12  # a compartment name fits its tile on the 800 px screen
+
 
 def compartment_count(hw: HardwareConfig) -> int:
     return max(hw.compartments.values(), default=-1) + 1
+
+
+def name_errors(hw: HardwareConfig, n: int) -> list[ConfigError]:
+    """compartment_names: one short name per compartment, as printed on the bin (the page shows them)."""
+    names = hw.compartment_names
+    if not names:
+        return []
+    if len(names) != n:
+        return [ConfigError("hardware.compartment_names", f"{len(names)} names for {n} compartments "
+                                                          "(hardware.compartments): one per compartment, or []")]
+    return [ConfigError(f"hardware.compartment_names[{i}]", f"{name!r}: 1-{NAME_MAX} characters")
+            for i, name in enumerate(names) if not 0 < len(name.strip()) <= NAME_MAX]
 
 
 def pin_errors(hw: HardwareConfig) -> list[ConfigError]:
@@ -45,7 +59,8 @@ def longest_move_s(hw: HardwareConfig) -> float:
 
 
 def machine_errors(cfg: Config) -> list[ConfigError]:
-    hw, errors = cfg.hardware, []
+    hw = cfg.hardware
+    errors = name_errors(hw, compartment_count(hw))
     if hw.profile == "none":
         if cfg.trigger.mode == "sensor":
             errors.append(ConfigError("trigger.mode", "'sensor' needs the item sensor's pin, and hardware.profile = "

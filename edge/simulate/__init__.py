@@ -8,6 +8,7 @@ simulated. The timeline records what the pins were sent and what physically happ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,33 @@ def sim_config(scenario: Scenario, config_path: Path | None, state_dir: Path):
     return config_from_dict(data)
 
 
+class _VirtualTime(logging.Filter):
+    """Stamps log records with the virtual clock's time: a log line says when it happened in the
+    simulated day, not when the computer got there."""
+
+    def __init__(self, clock: VirtualClock):
+        super().__init__()
+        self.clock = clock
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.created = self.clock.time()
+        record.msecs = (record.created % 1) * 1000
+        return True
+
+
+@contextlib.contextmanager
+def virtual_log_time(clock: VirtualClock) -> Iterator[None]:
+    stamp = _VirtualTime(clock)
+    handlers = list(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(stamp)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(stamp)
+
+
 def run_scenario(scenario: Scenario | str | Path, config_path: Path | None = None,
                  state_dir: Path | None = None) -> SimResult:
     from ecosorter.edge.sorter import build_sorter
@@ -99,7 +128,8 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
                        settle_frames=t.empty_learn_frames + t.still_frames + cfg.decision.frames + 3)
     _check_pins(sc, cfg)
     stop = threading.Event()
-    with build_sorter(cfg, pin_factory=pins, state_dir=state_dir, clock=clock, source=camera) as sorter:
+    with virtual_log_time(clock), \
+            build_sorter(cfg, pin_factory=pins, state_dir=state_dir, clock=clock, source=camera) as sorter:
         camera.wake = sorter.wake_at
 
         def on_machine(entry: Entry, state: str, who: str) -> None:

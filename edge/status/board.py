@@ -12,10 +12,12 @@ import copy
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 import numpy as np
 
+from ecosorter.edge.machine import STATE_WORDS, compartment_label
 from ecosorter.edge.record.event import Event
 
 RECENT = 12  # items kept for the "what was it?" list, with their photos
@@ -27,8 +29,11 @@ READY = {"state": "ready", "holds": [], "faults": [], "warnings": []}
 
 
 class StatusBoard:
-    def __init__(self, bin_id: str, labels: dict[str, str], compartments: dict[str, int] | None = None):
+    def __init__(self, bin_id: str, labels: dict[str, str], compartments: dict[str, int] | None = None,
+                 compartment_names: list[str] | tuple[str, ...] = (), fill_sensors: Iterable[int] = ()):
         self.bin_id = bin_id
+        self.compartment_names = tuple(compartment_names)  # as printed on the bin; [] = numbered from 1
+        self.fill_sensors = frozenset(fill_sensors)  # compartments with a fill sensor: the page shows their fill
         self.labels = labels  # id -> display name, "Kaca (glass)"
         # label -> compartment; without a map the board learns it from confident items.
         self.compartment_of: dict[str, int] = dict(compartments or {})
@@ -195,6 +200,7 @@ class StatusBoard:
                 "health": {k: dict(v) for k, v in self.health.items()},
                 "healthy": all(v["ok"] for v in self.health.values()),
                 "machine": copy.deepcopy(self.machine),
+                "words": {k: list(v) for k, v in STATE_WORDS.items()},
                 "compartments": self._compartments(),
                 "unrouted": self.unrouted,
                 "links": {k: dict(v) for k, v in self.links.items()},
@@ -203,10 +209,11 @@ class StatusBoard:
             }
 
     def _compartments(self) -> list[dict]:
-        indices = set(self.compartment_of.values()) | set(self.into_total) | set(self.full)
+        indices = set(self.compartment_of.values()) | set(self.into_total) | set(self.full) | self.fill_sensors
         if self._known and self.compartment_of:  # every compartment of the bin, used or not
             indices |= set(range(max(self.compartment_of.values()) + 1))
-        return [{"index": i, "labels": [lb for lb, c in self.compartment_of.items() if c == i],
+        return [{"index": i, "name": compartment_label(i, self.compartment_names), "sensor": i in self.fill_sensors,
+                 "labels": [lb for lb, c in self.compartment_of.items() if c == i],
                  "count": self.into.get(i, 0), "rerouted_in": self.rerouted_in.get(i, 0),
                  "total": self.into_total.get(i, 0), "full": self.full.get(i, False)}
                 for i in sorted(x for x in indices if x >= 0)]

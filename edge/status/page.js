@@ -38,7 +38,23 @@ function names(label) {
 }
 
 const both = (id, en) => (en && en !== id ? `${id} / ${en}` : id);
-const where = (n) => `→ Kompartemen\u00a0${n} / Compartment\u00a0${n}`;
+// A compartment as printed on the bin (hardware.compartment_names; numbered from 1 by default).
+function binName(index) {
+  const c = ((snap && snap.compartments) || []).find((x) => x.index === index);
+  return c && typeof c.name === "string" ? c.name : String(index + 1);
+}
+const where = (n) => `→ Kompartemen\u00a0${binName(n)} / Compartment\u00a0${binName(n)}`;
+
+// ------------------------------------------------------------------ the state word
+function drawState(s) {
+  const m = s.machine || {};
+  const state = ["ready", "held", "fault"].includes(m.state) ? m.state : "ready";
+  const fromRegistry = own(s.words, state) || ["", ""];  // edge/machine.py's STATE_WORDS
+  const id = typeof m.word_id === "string" ? m.word_id : fromRegistry[0];
+  const en = typeof m.word_en === "string" ? m.word_en : fromRegistry[1];
+  document.body.dataset.state = state;
+  $("word").textContent = both(String(id), String(en));
+}
 
 // ------------------------------------------------------------------ holds and faults
 function drawBanners(machine) {
@@ -53,8 +69,10 @@ function drawBanners(machine) {
     const badge = {fault: "Gangguan · Fault", hold: "Tunggu · Hold", warning: "Peringatan · Warning"}[kind];
     const reasonId = e.reason_id || (kind === "fault" ? "Bin berhenti" : "Bin menunggu");
     const reasonEn = e.reason_en || (kind === "fault" ? "The bin has stopped" : "The bin is waiting");
+    const bin = e.compartment_name != null ? String(e.compartment_name)
+      : Number.isInteger(e.compartment) ? String(e.compartment + 1) : "";
     const b = el("div", `banner ${kind}`,
-      el("div", "kind", badge, ...(Number.isInteger(e.compartment) ? [el("br"), `#${e.compartment}`] : [])),
+      el("div", "kind", badge, ...(bin ? [el("br"), bin] : [])),
       el("div", "reason", reasonId, " / ", el("span", "en", reasonEn)));
     if (kind === "fault" && actions.has("clear_fault")) {
       const clear = el("button", "", "Sudah aman: lanjutkan / Fixed: resume");
@@ -149,15 +167,18 @@ function drawBins(s) {
   if (!changed("bins", [s.compartments, s.labels, s.unrouted])) return;
   const tiles = s.compartments.map((c) => {
     const label = c.labels.map((lb) => names(lb)[0]).join(" · ") || "—";
-    const sub = c.full ? "PENUH / FULL" : c.rerouted_in ? `+${c.rerouted_in} dialihkan / rerouted` : "\u00a0";
-    const t = el("div", c.full ? "bin full" : "bin", el("div", "no", `#${c.index}`), el("div", "names", label),
-      el("div", "n", String(c.count)), el("div", c.rerouted_in ? "sub more" : "sub", sub));
+    // fill: only compartments with a sensor say "room"; every one says how many it rerouted in
+    const fill = c.full ? "PENUH / FULL" : c.sensor ? "Ada ruang / Room" : "";
+    const sub = [fill, c.rerouted_in ? `+${c.rerouted_in} dialihkan / rerouted` : ""].filter(Boolean).join(" · ");
+    const cls = ["bin", c.full ? "full" : "", c.sensor ? "sensor" : ""].filter(Boolean).join(" ");
+    const t = el("div", cls, el("div", "top", el("div", "no", typeof c.name === "string" ? c.name : String(c.index + 1)),
+      el("div", "n", String(c.count))), el("div", "names", label), ...(sub ? [el("div", "sub", sub)] : []));
     t.dataset.index = c.index;
     return t;
   });
   const n = s.unrouted || 0;  // counted apart: these items went nowhere
-  tiles.push(el("div", n ? "bin unrouted some" : "bin unrouted", el("div", "no", "Tidak disortir"),
-    el("div", "names", "Not routed"), el("div", "n", String(n)), el("div", "sub", "\u00a0")));
+  tiles.push(el("div", n ? "bin unrouted some" : "bin unrouted", el("div", "top", el("div", "no", "Tidak disortir"),
+    el("div", "n", String(n))), el("div", "names", "Not routed")));
   $("bins").replaceChildren(...tiles);
 }
 
@@ -165,47 +186,56 @@ function drawKinds(s) {
   const t = s.today;
   if (!changed("kinds", [t, s.labels])) return;
   const parts = ["Hari ini / Today: "];
-  Object.entries(t.counts).forEach(([k, n], i) => parts.push(...(i ? [" · "] : []), names(k)[0], " ", el("b", "", String(n))));
+  const seen = Object.entries(t.counts).filter(([, n]) => n);  // kinds not seen today: no room for zeros
+  if (!seen.length) parts.push(el("b", "", "0"));
+  seen.forEach(([k, n], i) => parts.push(...(i ? [" · "] : []), names(k)[0], " ", el("b", "", String(n))));
   parts.push("  |  Tidak yakin / Uncertain ", el("b", "", String(t.uncertain)));
   $("kinds").replaceChildren(...parts);
 }
 
+// Two lines a chip: Indonesian at 28 px on top, English under it (no room for both side by side).
 const LINKS = {
-  lid: ["Penutup", "Lid", {closed: ["tertutup", "closed", "ok"], open: ["TERBUKA", "OPEN", "bad"],
+  lid: ["Penutup", "Lid", {closed: ["✓", "closed", "ok"], open: ["TERBUKA", "OPEN", "bad"],
                            none: ["tanpa sensor", "no sensor", "off"]}],
-  camera: ["Kamera", "Camera", {ok: ["OK", "OK", "ok"], slow: ["lambat", "slow", "warn"], down: ["MATI", "DOWN", "bad"]}],
-  mqtt: ["MQTT", "MQTT", {connected: ["terhubung", "connected", "ok"], disconnected: ["terputus", "disconnected", "bad"],
+  camera: ["Kamera", "Camera", {ok: ["✓", "OK", "ok"], slow: ["lambat", "slow", "warn"], down: ["MATI", "DOWN", "bad"]}],
+  mqtt: ["MQTT", "MQTT", {connected: ["✓", "connected", "ok"], disconnected: ["terputus", "disconnected", "bad"],
                           off: ["mati", "off", "off"]}],
 };
 
-function chip(cls, ...text) {
-  return el("span", `chip ${cls}`, ...text);
+function chip(cls, id, en) {
+  return el("span", `chip ${cls}`, el("span", "id", id), el("span", "en", en));
 }
 
 function drawChips(s) {
   if (!changed("chips", [s.links, s.health, s.model])) return;
-  const chips = [];
+  const chips = [], details = [];
   for (const [name, link] of Object.entries(s.links)) {
     const [id, en, states] = own(LINKS, name) || [name, name, {}];
     const [sid, sen, cls] = own(states, link.state) || [String(link.state), String(link.state), "warn"];
-    const detail = link.detail && cls !== "ok" ? ` — ${link.detail}` : "";
-    const label = id === en ? id : `${id} / ${en}`, state = sid === sen ? sid : `${sid} / ${sen}`;
-    chips.push(chip(cls, `${label}: ${state}${detail}`));
+    chips.push(chip(cls, `${id} ${sid}`, `${en}: ${sen}`));
     chips[chips.length - 1].dataset.link = name;
+    if (link.detail && cls !== "ok") details.push([en, link.detail]);  // in full on the strip, not in the chip
   }
-  const good = [];
+  // The bin's own parts: one chip beside the state word; what failed, in full, on one strip below.
+  const good = [], bad = [];
   for (const [part, h] of Object.entries(s.health)) {
     if (part in s.links) continue;  // its link chip says it, with the detail
     if (h.ok) good.push(part);
-    else chips.push(chip("bad", `${part}: ${h.detail || "rusak / failing"}`));
+    else bad.push([part, h.detail || "rusak / failing"]);
   }
   // a model nobody signed, or one that failed its conversion gate, stays visible until replaced
-  const m = s.model || {};
-  if (m.unsigned) chips.push(Object.assign(chip("warn", `Model: TIDAK DITANDATANGANI / UNSIGNED — ${m.trust || ""}`),
-    {title: m.sha256 || ""}));
-  if (m.unverified_allowed) chips.push(chip("warn", `Model: TIDAK TERVERIFIKASI / UNVERIFIED — ${m.verification || ""}`));
-  if (good.length) chips.push(chip("ok", `OK: ${good.join(" · ")}`));
+  const m = s.model || {}, model = [];
+  if (m.unsigned) model.push(["Model", `TIDAK DITANDATANGANI / UNSIGNED — ${m.trust || ""}`]);
+  if (m.unverified_allowed) model.push(["Model", `TIDAK TERVERIFIKASI / UNVERIFIED — ${m.verification || ""}`]);
+  const health = [];
+  if (bad.length) health.push(chip("bad", "Sistem rusak", `System failing: ${bad.map(([p]) => p).join(", ")}`));
+  else if (model.length) health.push(chip("warn", "Model belum dijamin", "Model not vouched for"));
+  else if (good.length) health.push(chip("ok", "Sistem ✓", `OK: ${good.join(" · ")}`));
   $("chips").replaceChildren(...chips);
+  $("health").replaceChildren(...health);
+  const all = [...bad, ...model, ...details];
+  $("parts").replaceChildren(...(all.length ? [el("div", "strip", ...all.flatMap(([part, detail], i) =>
+    [...(i ? [" · "] : []), el("b", "", `${part}: `), String(detail)]))] : []));
 }
 
 // ------------------------------------------------------------------ what was it? (true labels)
@@ -216,7 +246,7 @@ function drawRecent(s) {
     const tag = r.true_label ? el("span", "tag done", `✓ ${names(r.true_label)[0]}`)
       : r.flagged ? el("span", "tag", "perlu label / needs label") : "";
     const time = new Date(r.time).toLocaleTimeString("id-ID", {hour: "2-digit", minute: "2-digit", second: "2-digit"});
-    const went = r.routed_to < 0 ? "tidak disortir / not routed" : `→ #${r.routed_to}`;
+    const went = r.routed_to < 0 ? "tidak disortir / not routed" : `→ ${binName(r.routed_to)}`;
     const head = el("div", "what", el("b", "", r.uncertain ? `${id}?` : id),
       ` ${(100 * r.confidence).toFixed(0)}% · ${went} · ${time} `, tag);
     const choices = el("div", "choices");
@@ -290,7 +320,7 @@ async function tick() {
       lastSeq = s.seq; lastId = s.last.id;
       document.body.dataset.seq = s.seq; document.body.dataset.label = s.last.label;
     }
-    document.body.dataset.state = (s.machine || {}).state || "ready";
+    drawState(s);
     drawBanners(s.machine || {});
     drawItem(s);
     drawBins(s);
@@ -300,7 +330,7 @@ async function tick() {
     drawButtons(s);
   } catch (e) {
     drawn.chips = null;
-    $("chips").replaceChildren(chip("bad", "status tidak tersedia / status unavailable"));
+    $("chips").replaceChildren(chip("bad", "status tidak tersedia", "status unavailable"));
   }
 }
 

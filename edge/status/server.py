@@ -35,7 +35,9 @@ from ecosorter.edge.status.board import StatusBoard
 log = logging.getLogger("ecosorter.status")
 HERE = Path(__file__).parent
 STATIC = {"/page.js": ("page.js", "text/javascript; charset=utf-8"),
-          "/page.css": ("page.css", "text/css; charset=utf-8")}
+          "/page.css": ("page.css", "text/css; charset=utf-8"),
+          "/history.js": ("history.js", "text/javascript; charset=utf-8"),
+          "/history.css": ("history.css", "text/css; charset=utf-8")}
 EVENT_ID = re.compile(r"[0-9a-f]{32}")  # record.event.new_event_id(): 12 hex of ms time + 20 random
 TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,128}")
 TOKEN_HEADER = "X-EcoSorter-Token"
@@ -92,6 +94,7 @@ class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
     max_threads = 16  # concurrent requests; more connections are answered 503 and closed
+    history = None  # edge.status.history.History: the /history page's data (the event log, the model)
     io_timeout_s = 5.0  # per read/write
     conn_limit_s = 10.0  # a whole connection, however it trickles
 
@@ -240,12 +243,15 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ reading
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         board = self.server.board
-        path = self.path.split("?", 1)[0]
-        reads = path in ("/api/status", "/api/last.jpg", "/metrics") or path.startswith("/api/photo/")
+        path, _, query = self.path.partition("?")
+        reads = path in ("/api/status", "/api/last.jpg", "/metrics", "/api/model") or \
+            path.startswith(("/api/photo/", "/api/history"))
         if reads and self._read_refused():
             return
         if path == "/":
             self._send(200, self._page(), "text/html; charset=utf-8")
+        elif path == "/history" or path.startswith("/api/history") or path == "/api/model":
+            self._history(path, query)
         elif path in STATIC:
             name, ctype = STATIC[path]
             self._send(200, (HERE / name).read_bytes(), ctype)
@@ -273,9 +279,32 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b"no such photo", "text/plain")
 
-    def _page(self) -> bytes:
+    def _history(self, path: str, query: str) -> None:
+        from ecosorter.edge.status.history import HistoryError
+
+        h = self.server.history
+        if h is None:
+            self._send(404, b"no history on this server", "text/plain")
+        elif path == "/history":
+            self._send(200, self._page("history.html"), "text/html; charset=utf-8")
+        elif path == "/api/history":
+            try:
+                self._json(200, h.items(query))
+            except HistoryError as e:
+                self._json(400, {"error": str(e)})
+            except Exception as e:  # a locked or damaged log is the page's answer, never the server's end
+                log.warning("history: %s", e)
+                self._json(503, {"error": "the event log cannot be read now"})
+        elif path == "/api/model":
+            self._json(200, h.model())
+        elif path.startswith("/api/history/photo/") and path.endswith(".jpg"):
+            self._jpeg(h.photo(path[len("/api/history/photo/"):-len(".jpg")]))
+        else:
+            self._send(404, b"not found", "text/plain")
+
+    def _page(self, name: str = "page.html") -> bytes:
         token = self.server.token if self._kiosk() else ""
-        return ((HERE / "page.html").read_text()
+        return ((HERE / name).read_text()
                 .replace("{{token}}", html.escape(token or "", quote=True))
                 .replace("{{actions}}", html.escape(self.server.actions, quote=True))).encode()
 
@@ -465,7 +494,8 @@ def metrics_registry(board: StatusBoard):
 
 
 def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int = 8080, on_flag=None,
-                        on_label=None, on_clear_fault=None, token: str | None = None, public_read: bool = False):
+                        on_label=None, on_clear_fault=None, token: str | None = None, public_read: bool = False,
+                        history=None):
     """Serve in a daemon thread. If the port is taken, a warning, and the same thread retries with
     back-off (`server.bound` tells); None only if the address itself is unusable. Sorting goes on.
 
@@ -480,6 +510,7 @@ def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int =
     except OSError as e:
         log.warning("status page not started on %s:%d: %s (status.bind)", bind, port, e)
         return None
+    server.history = history
     try:
         server.server_bind()
         server.server_activate()

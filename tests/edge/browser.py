@@ -13,7 +13,12 @@ import pytest
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
-KIOSK = "--window-size=1024,600"  # a 7-inch kiosk screen
+SCREENS = {"800x480": (800, 480), "1024x600": (1024, 600)}  # the official 7-inch display, and the common one
+KIOSK_SIZE = SCREENS["1024x600"]
+
+
+def window(size: tuple[int, int]) -> str:
+    return f"--window-size={size[0]},{size[1]}"
 
 
 def chromium() -> str:
@@ -23,19 +28,19 @@ def chromium() -> str:
     return exe
 
 
-def dump_dom(url: str, profile: Path, budget_ms: int = 4000) -> str:
+def dump_dom(url: str, profile: Path, budget_ms: int = 4000, size: tuple[int, int] = KIOSK_SIZE) -> str:
     """The page's DOM after its script ran for `budget_ms` of virtual time."""
-    r = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", KIOSK,
+    r = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", window(size),
                         f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
                        capture_output=True, text=True, timeout=90)
     assert r.stdout.startswith("<"), r.stderr[-2000:]
     return r.stdout
 
 
-def screenshot(url: str, profile: Path, out: Path, budget_ms: int = 4000) -> Path:
+def screenshot(url: str, profile: Path, out: Path, budget_ms: int = 4000, size: tuple[int, int] = KIOSK_SIZE) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    r = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", KIOSK,
+    r = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", window(size),
                         f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url],
                        capture_output=True, text=True, timeout=90)
     assert out.exists() and out.stat().st_size > 5000, r.stderr[-2000:]
@@ -56,7 +61,7 @@ class Browser:
     """Headless Chromium driven over the DevTools protocol on a pipe (no port, no extra package):
     load a page, run script in it (clicks, reads), as a person at the kiosk would."""
 
-    def __init__(self, profile: Path):
+    def __init__(self, profile: Path, size: tuple[int, int] = KIOSK_SIZE):
         import os
 
         child_in, self._w = os.pipe()
@@ -66,12 +71,13 @@ class Browser:
             os.dup2(child_in, 3)
             os.dup2(child_out, 4)
 
-        self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", KIOSK,
+        self.proc = subprocess.Popen([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", window(size),
                                       "--remote-debugging-pipe", "about:blank"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, close_fds=False, preexec_fn=fds)
         os.close(child_in)
         os.close(child_out)
+        self.size = size
         self._buf = b""
         self._id = 0
         self.session = None
@@ -110,6 +116,9 @@ class Browser:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.call("Page.enable")
+        # the window has browser chrome; the kiosk's viewport is the whole screen
+        self.call("Emulation.setDeviceMetricsOverride", {"width": self.size[0], "height": self.size[1],
+                                                         "deviceScaleFactor": 1, "mobile": False})
         self.call("Page.navigate", {"url": url})
         self._read(lambda m: m.get("method") == "Page.loadEventFired", f"loading {url}", timeout)
 
@@ -122,6 +131,14 @@ class Browser:
         """Poll a JS expression in the page until it is truthy; return its value."""
         return self.js(f"new Promise(done => {{ const f = () => {{ let v; try {{ v = ({condition}); }} "
                        f"catch (e) {{ v = null; }} v ? done(v) : setTimeout(f, 50); }}; f(); }})")
+
+    def screenshot(self, out: Path) -> Path:
+        """The viewport as it is now, as PNG."""
+        import base64
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", {"format": "png"})["data"]))
+        return out
 
     def close(self) -> None:
         import os

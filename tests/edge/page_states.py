@@ -54,8 +54,8 @@ def machine(*raise_: tuple) -> dict:
     return m.snapshot()
 
 
-def base(bin_id: str = "kantin-lt2") -> StatusBoard:
-    board = StatusBoard(bin_id, LABELS, COMPARTMENTS)
+def base(bin_id: str = "kantin-lt2", **kw) -> StatusBoard:
+    board = StatusBoard(bin_id, LABELS, COMPARTMENTS, **kw)
     for part, detail in (("model", "demo_int8.tflite on litert"), ("pins", "chute"), ("disk", "/var/lib/ecosorter")):
         board.set_health(part, True, detail)
     board.set_health("camera", True, "7.9 fps")
@@ -93,10 +93,10 @@ def lid_open() -> StatusBoard:
 
 
 def full() -> StatusBoard:
-    board = base()
+    board = base(fill_sensors=(2, 4))  # two compartments have a fill sensor: the page shows their fill
     item(board, "kertas", 0.88)
     board.set_fill({4: True})
-    board.set_machine(machine(("full", "", 4)))
+    board.set_machine(machine(("full", "", 4)))  # the fifth compartment: "5" on the bin
     return board
 
 
@@ -122,5 +122,29 @@ def model_drift() -> StatusBoard:
     return board
 
 
+def parts_failing() -> StatusBoard:
+    """The worst header: two of the bin's own parts failing, the lid open, MQTT down, long details."""
+    board = base()
+    item(board, "logam", 0.87)
+    board.set_health("model", False, "demo_int8.tflite: self-test failed after the update (rolled back)")
+    board.set_health("disk", False, "/var/lib/ecosorter 97% full: photos are being evicted")
+    board.set_link("lid", "open")
+    board.set_link("mqtt", "disconnected", "broker.example.org:8883: connection refused")
+    board.set_machine(machine(("lid", "", None)))
+    return board
+
+
+def everything_at_once() -> StatusBoard:
+    """A jam, a full compartment, the lid open and two parts failing: the banners take the room and
+    the item's words give way (hidden, never cut)."""
+    board = parts_failing()
+    item(board, "kardus", 0.9, routed_to=-1, note="jam: chute did not reach home (switch open)")
+    board.set_fill({4: True})
+    board.set_machine(machine(("jam", "chute did not reach 0 deg (position switch)", None), ("full", "", 4),
+                              ("lid", "", None)))
+    return board
+
+
 STATES = {"normal": normal, "uncertain": uncertain, "lid-open": lid_open, "full": full, "jam": jam,
-          "camera-down": camera_down, "model-drift": model_drift}
+          "camera-down": camera_down, "model-drift": model_drift, "parts-failing": parts_failing,
+          "everything-at-once": everything_at_once}

@@ -333,6 +333,6 @@ def test_the_page_shows_an_unsigned_and_an_unverified_model(tmp_path):
         signed_dom = dump_dom(url, tmp_path / "b")
     finally:
         server.shutdown()
-    assert "Model: TIDAK DITANDATANGANI / UNSIGNED — UNSIGNED: installed with --allow-unsigned" in shown
-    assert "Model: TIDAK TERVERIFIKASI / UNVERIFIED — FAILED at conversion (verified: false): 36 images" in shown
+    assert "TIDAK DITANDATANGANI / UNSIGNED — UNSIGNED: installed with --allow-unsigned" in shown
+    assert "TIDAK TERVERIFIKASI / UNVERIFIED — FAILED at conversion (verified: false): 36 images" in shown
     assert "UNSIGNED" not in signed_dom and "UNVERIFIED" not in signed_dom
