@@ -195,7 +195,9 @@ class Machine:
             if seen is None or seen[0] != (c in full):
                 self._fill_seen[c] = (c in full, now)
         was = self.full()
-        steady = {c for c, (reading, since) in self._fill_seen.items() if now - since >= self.fill_confirm_s}
+        # `since + confirm <= now`, the very sum wake_at() hands the simulator: `now - since >= confirm`
+        # is False at that instant for some floats (9.2 - 7.2 < 2.0), and the hold came a whole idle skip late
+        steady = {c for c, (reading, since) in self._fill_seen.items() if since + self.fill_confirm_s <= now}
         for c in sorted(c for c in steady - was if self._fill_seen[c][0]):
             self.raise_("full", compartment=c)
         for c in sorted(c for c in was & steady if not self._fill_seen[c][0]):

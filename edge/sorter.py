@@ -307,7 +307,10 @@ class Sorter:
                 m.clear("power")
             for press in self.inputs.presses():
                 if press == "long":
-                    if not self.clear_fault("button"):
+                    # the one hold a person learns: it clears a fault and, with the lid shut,
+                    # is also the resume press (interlock_resume = "button")
+                    cleared = self.clear_fault("button")
+                    if not m.resume_pressed("button") and not cleared:
                         log.info("clear button held: no fault to clear")
                 elif m.active("resume_button"):
                     m.resume_pressed("button")

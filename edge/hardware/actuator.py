@@ -75,6 +75,14 @@ class Axis:
         """Stopped mid-travel: where it is now is unknown."""
         self.angle = None
 
+    def confirm_left(self, step: str) -> None:
+        """Half way from the switch's position: its switch must have opened (no switch: travel time is all)."""
+        if self.switch is None or self.switch_angle is None or not self.switch.is_active:
+            return
+        self.angle = None
+        raise HardwareFault("jam", f"{self.name} did not leave {self.switch_angle:g} deg during {step} "
+                                   "(position switch still closed)")
+
     def confirm(self, target: float) -> None:
         """With a switch: at switch_angle it must be closed; anywhere else it must be open."""
         if self.switch is None or self.switch_angle is None:
@@ -163,10 +171,14 @@ class Actuator:
 
     def park(self) -> bool:
         """The safe sequence: with the lid closed, safe positions in a safe order, each waited
-        for, then detach; with the lid open, detach only (nothing moves). True if parked."""
+        for, then detach; with the lid open or a fault latched, detach only (nothing moves: a
+        jammed mechanism is not driven again until a person says it is free). True if parked."""
         if self.closed:
             return False
         with self._lock:
+            if self.machine.faulted:
+                self._detach_all()
+                return False
             return not self._guarded(self._park)[0]
 
     def _guarded(self, steps) -> tuple[str, str]:
@@ -202,9 +214,12 @@ class Actuator:
         self._guard_lid()
         t0 = self.clock.monotonic()
         half = axis.travel_s(target) / 2
+        from_switch = axis.switch_angle is not None and axis.angle == axis.switch_angle
         seconds = axis.send(target)
         if drops:
             self._wait(half, step, moving=axis)
+            if from_switch:
+                axis.confirm_left(step)  # a door jammed shut has dropped nothing: the item is still on it
             self._dropped = True
             seconds -= half
         self._wait(seconds, step, moving=axis)

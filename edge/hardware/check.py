@@ -6,25 +6,20 @@ problem is reported at once. Warnings are things that work but a builder should 
 
 from __future__ import annotations
 
-from ecosorter.edge.config import Config, HardwareConfig
+from typing import TYPE_CHECKING
+
 from ecosorter.edge.errors import ConfigError
-from ecosorter.edge.hardware.pins import GPIO_RANGE, HARDWARE_PWM_PINS, used_pins
+from ecosorter.edge.hardware.pins import HARDWARE_PWM_PINS, pin_errors, used_pins
+
+if TYPE_CHECKING:  # types only: edge.config runs these rules, so this module must not import it back
+    from ecosorter.edge.config import Config, HardwareConfig
+
+__all__ = ["compartment_count", "label_errors", "longest_move_s", "machine_errors", "machine_warnings",
+           "pin_errors", "servo_angles"]
 
 
 def compartment_count(hw: HardwareConfig) -> int:
     return max(hw.compartments.values(), default=-1) + 1
-
-
-def pin_errors(hw: HardwareConfig) -> list[ConfigError]:
-    errors, seen = [], {}
-    for key, pin, _pwm in used_pins(hw):
-        if pin not in GPIO_RANGE:
-            errors.append(ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27"))
-        elif pin in seen:
-            errors.append(ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}"))
-        else:
-            seen[pin] = key
-    return errors
 
 
 def servo_angles(hw: HardwareConfig) -> list[tuple[str, float]]:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from ecosorter.edge.config import HardwareConfig
-from ecosorter.edge.errors import ConfigError, HardwareError
+from ecosorter.edge.errors import ConfigError, ConfigErrors, HardwareError
+
+if TYPE_CHECKING:  # types only: edge.config imports the machine rules, which import this module
+    from ecosorter.edge.config import HardwareConfig
 
 # BCM pins with a hardware PWM channel on Pi 4/5 (PWM0: 12, 18; PWM1: 13, 19).
 HARDWARE_PWM_PINS = frozenset({12, 13, 18, 19})
@@ -97,11 +100,20 @@ INPUT_PIN_KEYS = ("interlock_pin", "item_sensor_pin", "item_sensor_trigger_pin",
                   "power_fail_pin", "chute_home_switch_pin", "trapdoor_closed_switch_pin")
 
 
+def pin_errors(hw: HardwareConfig) -> list[ConfigError]:
+    errors, seen = [], {}
+    for key, pin, _pwm in used_pins(hw):
+        if pin not in GPIO_RANGE:
+            errors.append(ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27"))
+        elif pin in seen:
+            errors.append(ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}"))
+        else:
+            seen[pin] = key
+    return errors
+
+
 def validate_pins(cfg: HardwareConfig) -> None:
     """Every pin exists and has one role (all problems at once)."""
-    from ecosorter.edge.errors import ConfigErrors
-    from ecosorter.edge.hardware.check import pin_errors
-
     errors = pin_errors(cfg)
     if errors:
         raise ConfigErrors(errors)

@@ -311,3 +311,44 @@ def test_an_item_swapped_while_the_camera_was_frozen_is_still_seen():
     assert_physics(r.timeline)
     assert r.summary["items"]["never_recorded"] == 0
     assert all(i["routed_to"] is not None for i in items(r)) and len(items(r)) == 2
+
+
+def test_a_trapdoor_jammed_shut_drops_nothing_and_the_bin_goes_on_after_the_clear():
+    """#18.1: the item counts as dropped only once the closed-switch has opened; it waits on the
+    tray through the jam and is sorted after the clear, and the next item is taken too."""
+    r = run("jam_door_closed")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    raised = first(r, "fault", name="jam", state="raised")
+    cleared = first(r, "fault", name="jam", state="cleared")
+    one = first(r, "item", item=1)
+    assert one["t"] > cleared["t"] and one["routed_to"] is not None, "recorded only once it really went in"
+    assert first(r, "drop", item=1)["t"] > cleared["t"] > raised["t"]
+    assert first(r, "item", item=2)["routed_to"] is not None
+    assert r.summary["items"]["never_recorded"] == 0
+
+
+def test_button_resume_one_hold_clears_the_jam_and_resumes():
+    """#18.3: with interlock_resume = "button", the 3 s clear hold after the lid is shut also
+    resumes: one action, not a second press nobody is told about."""
+    r = run("jam_resume_button")
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    jam = first(r, "fault", name="jam", state="cleared")
+    resume = first(r, "hold", name="resume_button", state="cleared")
+    assert jam["who"] == resume["who"] == "button" and resume["t"] == pytest.approx(jam["t"])
+    assert len(r.of("input", name="button")) == 1
+    assert all(i["routed_to"] is not None for i in items(r)) and len(items(r)) == 2
+
+
+def test_a_latched_fault_moves_nothing_on_power_fail_or_exit():
+    """#18.4: with a jam latched, the power-fail park and the exit park detach only."""
+    r = run("fault_park")
+    assert_physics(r.timeline)
+    jam = first(r, "fault", name="jam", state="raised")
+    assert not r.of("fault", name="jam", state="cleared")
+    moved = [s for s in r.of("servo") if s["t"] > jam["t"] and s["angle"] is not None]
+    assert not moved, f"servos driven with the jam latched: {moved}"
+    assert first(r, "hold", name="power", state="raised")
+    held = first(r, "item", item=1)
+    assert held["routed_to"] is None and "at stop" in held["why"]
