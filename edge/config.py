@@ -209,8 +209,9 @@ class Config:
     status: StatusConfig = opt(factory=StatusConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate; ConfigError names the key (or the file) at fault."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                errors: list[ConfigError] | None = None) -> Config:
+    """Read and validate; ConfigError names the key (or the file) at fault. `errors`: see config_from_dict."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -230,20 +231,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = value
-    return config_from_dict(data)
+    return config_from_dict(data, errors)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Validate parsed TOML; every problem is reported at once (ConfigErrors), each naming its key."""
-    errors: list[ConfigError] = []
-    cfg = _build(Config, data, "", errors)
-    if not errors:
-        _collect(errors, _cross_check, cfg)
+def config_from_dict(data: dict[str, Any], errors: list[ConfigError] | None = None) -> Config:
+    """Validate parsed TOML; every problem is reported at once (ConfigErrors), each naming its key:
+    the schema's, the rules between keys and the machine's, in one report. With `errors` given,
+    problems are appended there and a best-effort config (defaults where a value was bad) returned."""
+    found: list[ConfigError] = []
+    cfg = _build(Config, data, "", found)
+    bad = {e.key for e in found}
+    if "hardware.profile" not in bad:  # rules for the wrong profile would only add noise
+        more: list[ConfigError] = []
+        _collect(more, _cross_check, cfg)
         from ecosorter.edge.hardware.check import machine_errors  # the hardware rules live with the hardware
 
-        errors += machine_errors(cfg)
-    if errors:
-        raise ConfigErrors(errors)
+        more += machine_errors(cfg)
+        found += [e for e in more if e.key not in bad]  # a bad value's default must not be blamed too
+    if errors is not None:
+        errors.extend(found)
+    elif found:
+        raise ConfigErrors(found)
     return cfg
 
 

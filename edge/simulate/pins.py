@@ -28,7 +28,10 @@ class TimelinePin(MockPWMPin):
         self._state = value
         self.states.append(type(self.states[0])(t - self._last_change, value))
         self._last_change = t
-        self.timeline.append((t, float(value)))
+        if self.factory.history:
+            self.timeline.append((t, float(value)))
+        else:  # a long simulation keeps no per-pin history: the timeline file has it
+            del self.states[:-1]
         for fn in self.factory.listeners:
             fn(self, t, float(value))
         return True
@@ -40,8 +43,8 @@ class TimelinePin(MockPWMPin):
 
 
 class ClockedMockFactory(MockFactory):
-    def __init__(self, clock: Clock = SYSTEM_CLOCK):
-        self.clock = clock
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, history: bool = True):
+        self.clock, self.history = clock, history
         self.listeners: list[Callable[[TimelinePin, float, float], None]] = []
         super().__init__(pin_class=TimelinePin)
 

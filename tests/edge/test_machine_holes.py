@@ -71,3 +71,90 @@ def test_no_import_circle_through_the_config():
                 stack.append((nxt, [*path, nxt]))
     assert "ecosorter.edge.hardware.check" in seen  # the rules are still run
     assert not back, "import circle: " + "; ".join(back)
+
+
+def _cli(args: list[str], **env) -> tuple[int, str, str]:
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", *args], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, **env})
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_config_check_reports_schema_machine_and_label_problems_in_one_report(tmp_path):
+    """#18.8: one run of `config check` lists the schema's, the machine's and the labels' problems."""
+    path = tmp_path / "config.toml"
+    path.write_text('[hardware]\nprofile = "chute"\nservo_speed_deg_s = "fast"\ntrapdoor_pin = 12\n'
+                    'compartments = { kaca = 0, kardus = 1, kertas = 2, khusus = 3, logam = 4, organik = 5, '
+                    'plastic = 6 }\n[decision]\nfallback = "sampah"\n')
+    code, out, err = _cli(["config", "check", str(path)])
+    assert code == 2 and "Traceback" not in err
+    for expected in ("hardware.servo_speed_deg_s: must be a number",  # the schema
+                     "hardware.trapdoor_pin: GPIO12 is already used by hardware.chute_pin",  # the machine
+                     "hardware.compartments.plastic: not a label of the model",  # the labels
+                     "decision.fallback: 'sampah' is not a label"):
+        assert expected in err, (expected, err)
+    assert "config: 5 problems" in err  # + "no compartment for plastik"
+
+
+def test_config_check_and_run_refuse_the_same_readable_password_file(tmp_path):
+    """#18.8: a 0644 password_file was "valid" in `config check` and fatal in `run`."""
+    import os
+
+    secret = tmp_path / "mqtt_password"
+    secret.write_text("s3cret\n")
+    os.chmod(secret, 0o644)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[mqtt]\nenabled = true\npassword_file = "{secret}"\n[record]\nstate_dir = "{tmp_path / "state"}"\n'
+                    f'[camera]\nsource = "folder"\ndevice = "{tmp_path}"\n[hardware]\npin_factory = "mock"\n')
+    env = {"CREDENTIALS_DIRECTORY": ""}
+    for args in (["config", "check", str(path)], ["run", "--config", str(path), "--no-status"]):
+        code, out, err = _cli(args, **env)
+        assert code == 2, (args, out, err)
+        assert "mqtt.password_file" in err and "mode 0644; readable by others" in err, (args, err)
+    os.chmod(secret, 0o600)
+    code, out, err = _cli(["config", "check", str(path)], **env)
+    assert code == 0 and "valid" in out, err
+
+
+def _board(tmp_path, model: str, pwm_channels: int | None):
+    from pathlib import Path
+
+    root = Path(tmp_path) / "root"
+    (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
+    (root / "proc/device-tree/model").write_bytes(model.encode() + b"\0")
+    if pwm_channels is not None:
+        chip = root / "sys/class/pwm/pwmchip0"
+        chip.mkdir(parents=True, exist_ok=True)
+        (chip / "npwm").write_text(f"{pwm_channels}\n")
+    return root
+
+
+def test_pi5_gpiozero_servos_are_switched_to_hardware_pwm_or_refused(tmp_path):
+    """#18.9: on a Pi 5, gpiozero servos on lgpio land in ~18 deg steps. With the overlay and PWM
+    pins, sysfs-pwm is chosen (and said); without, `run` and `config check` refuse, saying why."""
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.preflight import preflight
+
+    chute = {"hardware.profile": "chute"}  # chute_pin 12, trapdoor_pin 13: PWM channels 0 and 1
+    pi5 = _board(tmp_path / "a", "Raspberry Pi 5 Model B Rev 1.0", 2)
+    cfg, errors, notes = preflight(load_config(overrides=chute), None, pi5)
+    assert not errors and cfg.hardware.servo_driver == "sysfs-pwm"
+    assert "using 'sysfs-pwm' (pwmchip0, 2 channels) instead of 'gpiozero'" in notes[0] and "~18 deg" in notes[0]
+
+    no_overlay = _board(tmp_path / "b", "Raspberry Pi 5 Model B Rev 1.0", None)
+    cfg, errors, _ = preflight(load_config(overrides=chute), None, no_overlay)
+    assert cfg.hardware.servo_driver == "gpiozero" and errors[0].key == "hardware.servo_driver"
+    assert "~18 deg" in str(errors[0]) and "pwm-2chan" in str(errors[0])
+
+    soft_pin = {**chute, "hardware.chute_pin": 5}
+    _, errors, _ = preflight(load_config(overrides=soft_pin), None, pi5)
+    assert "hardware.chute_pin = 5 has no hardware PWM channel" in str(errors[0])
+
+    pi4 = _board(tmp_path / "c", "Raspberry Pi 4 Model B Rev 1.5", None)  # pigpio-quality PWM: left alone
+    cfg, errors, notes = preflight(load_config(overrides=chute), None, pi4)
+    assert (cfg.hardware.servo_driver, errors, notes) == ("gpiozero", [], [])
+    explicit = {**chute, "hardware.servo_driver": "pca9685"}
+    assert preflight(load_config(overrides=explicit), None, pi5)[1:] == ([], [])

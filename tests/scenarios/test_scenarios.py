@@ -174,14 +174,24 @@ def test_resume_only_after_the_button_when_configured():
 def test_bad_scenarios_are_clear_errors_naming_the_line(tmp_path, capsys):
     photo = HERE.parent.parent / "edge" / "demo" / "samples" / "02-kardus-trashnet-cardboard105.jpg"
     cases = {
-        "unknown key": ('[[events]]\nat = 1.0\nlidd = "open"\n', r":1: unknown event key 'lidd'; did you mean 'lid'"),
-        "missing photo": ('[[events]]\nat = 1.0\ndrop = "nope.jpg"\n', r":1: drop = 'nope.jpg': no such photo"),
+        # each error names the bad key's own line, not its [[events]] header (#18.7)
+        "unknown key": ('[[events]]\nat = 1.0\nlidd = "open"\n', r":3: unknown event key 'lidd'; did you mean 'lid'"),
+        "missing photo": ('[[events]]\nat = 1.0\ndrop = "nope.jpg"\n', r":3: drop = 'nope.jpg': no such photo"),
         "backwards": (f'[[events]]\nat = 5.0\ndrop = "{photo}"\n\n[[events]]\nat = 2.0\nlid = "open"\n',
-                      r":5: at = 2 comes before the previous event's 5"),
-        "no pin": ('[[events]]\nat = 1.0\nlid = "open"\n', r":1: lid needs hardware.interlock_pin"),
-        "bad value": ('[[events]]\nat = 1.0\ncamera = "melt"\n', r":1: camera = 'melt': allowed"),
-        "two kinds": ('[[events]]\nat = 1.0\nlid = "open"\nempty = 2\n', r":1: an event has exactly one of"),
+                      r":6: at = 2 comes before the previous event's 5"),
+        "no pin": ('[[events]]\nat = 1.0\nlid = "open"\n', r":3: lid needs hardware.interlock_pin"),
+        "bad value": ('[[events]]\nat = 1.0\ncamera = "melt"\n', r":3: camera = 'melt': allowed"),
+        "two kinds": ('[[events]]\nat = 1.0\nlid = "open"\nempty = 2\n', r":4: an event has exactly one of"),
         "bin key": ('[bin]\nspeed = 3\n', r":2: \[bin\] unknown key 'speed'"),
+        "bin key after events": ('[[events]]\nat = 1.0\ncamera = "ok"\n# fps = 3\n[bin]\n\nfps = -3\n',
+                                 r":7: \[bin\] fps: -3.0 is below"),
+        "bad at": ('[[events]]\n# a comment\nat = "soon"\ncamera = "ok"\n', r":3: at: must be float"),
+        "negative hold": ('[config.hardware]\nwrong_button_pin = 27\n\n[[events]]\nat = 1.0\npress = "clear"\n'
+                          'hold_s = -1\n', r":7: hold_s = -1: a press lasts more than 0"),
+        "config key": ('[config.hardware]\nprofile = "chute"\n\ninterlock_pin = 40\n',
+                       r":4: \[config\] config hardware.interlock_pin: -?40 is above the maximum 27"),
+        "config rule": ('[config.hardware]\ninterlock_resume = "button"\n',
+                        r":2: \[config\] config hardware.interlock_resume: 'button' needs"),
     }
     for name, (text, pattern) in cases.items():
         path = tmp_path / f"{name.replace(' ', '_')}.toml"
@@ -352,3 +362,31 @@ def test_a_latched_fault_moves_nothing_on_power_fail_or_exit():
     assert first(r, "hold", name="power", state="raised")
     held = first(r, "item", item=1)
     assert held["routed_to"] is None and "at stop" in held["why"]
+
+
+def test_the_timeline_streams_to_its_file_and_is_not_held(tmp_path):
+    """#18.7: a week in memory grew ~8 MB per simulated day. With keep=False nothing is held (no
+    timeline, no per-pin history); the file has exactly what an in-memory run records."""
+    import json
+
+    import ecosorter.edge.simulate.pins as sim_pins
+
+    made = []
+    real = sim_pins.ClockedMockFactory.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        made.append(self)
+
+    sim_pins.ClockedMockFactory.__init__ = spy
+    try:
+        held = run("jam")
+        streamed = run_scenario(load_scenario(HERE / "jam.toml"), timeline_path=tmp_path / "t.jsonl", keep=False)
+    finally:
+        sim_pins.ClockedMockFactory.__init__ = real
+    assert streamed.timeline == []
+    assert all(len(p.timeline) <= 1 and len(p.states) <= 1 for p in made[-1].pins.values())
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert rows == [{**r, "t": round(r["t"], 6)} for r in held.timeline]
+    assert streamed.summary["faults"] == held.summary["faults"] == {"jam": 1}
+    assert streamed.summary["items"] == held.summary["items"]
