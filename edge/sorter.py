@@ -112,6 +112,7 @@ class Sorter:
         self._camera_ok = True
         self._on_event: Callable[[Event], None] | None = None
         self._closed = False
+        self._parked_at_stop = False  # parked by the last look: close() need not park again
         self.machine.subscribe(self._on_machine)
 
     # ------------------------------------------------------------------ one frame
@@ -474,17 +475,40 @@ class Sorter:
                     break
             if self.pending is not None:  # stopping with an item on the tray: recorded, not lost
                 deliver(self._resolve(None, f"still on the tray at stop (held by {self.pending.held_by or 'nothing'})"))
+            if stop.is_set():
+                self._last_look(deliver)
         finally:
             self._on_event = None
         self.notifier.stopping()
         return self.summary
+
+    def _last_look(self, deliver: Callable[[Event], None]) -> None:
+        """Stopped by a signal: park, then look at the tray once more. An item put down after the
+        signal (while the last one finished, or during the park) is recorded as on the tray at
+        stop, not lost (#18.6). The item just recorded, still lying there, is not counted again."""
+        try:
+            self._parked_at_stop = self.actuator.park()
+            if self.cfg.trigger.mode == "always":  # every frame "is" an item there: nothing to look for
+                return
+            frame = self.reader.get(timeout=1.0) if self.reader is not None else self.source.read()
+            if frame is None or self.trigger.update(frame.pixels) not in (TriggerState.MOVING, TriggerState.SETTLED):
+                return
+            tensor = self.preprocessor(frame.pixels, frame.order, out=self._tensor)
+            self.voter.reset()
+            decision = self.voter.add(self.model.classifier.classify(tensor)) or self.voter.flush()
+        except Exception as e:  # on the way out: log, never a traceback instead of an exit
+            log.error("last look at the tray at stop failed: %s", e)
+            return
+        assert decision is not None
+        self.pending = Pending(decision, frame, time.perf_counter(), 0.0)
+        deliver(self._resolve(None, "put on the tray as the bin stopped: still on the tray at stop (not sorted)"))
 
     def close(self) -> None:
         """Hardware safe first, then the rest; every step runs even if one fails."""
         if self._closed:
             return
         self._closed = True
-        steps = [self.actuator.close, self._record_pending]
+        steps = [lambda: self.actuator.close(park=not self._parked_at_stop), self._record_pending]
         if self.machine_log is not None:
             steps.append(self.machine_log.close)
         if self.inputs is not None:

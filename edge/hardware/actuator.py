@@ -252,13 +252,15 @@ class Actuator:
     def _park(self) -> None:
         self._detach_all()
 
-    def close(self) -> None:
-        """Safe first (guarded), then outputs off, then release every device."""
+    def close(self, park: bool = True) -> None:
+        """Safe first (guarded), then outputs off, then release every device. park=False: the caller
+        has just parked (the loop does, before its last look at the tray): detach only."""
         if self.closed:
             return
         with self._lock:
             try:
-                self.park()
+                if park:
+                    self.park()
             except Exception:  # on a dying process, best effort is all there is
                 log.exception("while parking")
             self._detach_all()

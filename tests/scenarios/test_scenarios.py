@@ -390,3 +390,17 @@ def test_the_timeline_streams_to_its_file_and_is_not_held(tmp_path):
     assert rows == [{**r, "t": round(r["t"], 6)} for r in held.timeline]
     assert streamed.summary["faults"] == held.summary["faults"] == {"jam": 1}
     assert streamed.summary["items"] == held.summary["items"]
+
+
+def test_an_item_put_down_after_sigterm_is_recorded_on_the_tray_at_stop():
+    """#18.6: the signal came, the bin parked on its way out, an item was put down meanwhile."""
+    r = run("sigterm_late")
+    assert_physics(r.timeline)
+    signal_t = first(r, "input", name="signal")["t"]
+    late = first(r, "item", item=2)
+    assert first(r, "place", item=2)["t"] > signal_t
+    assert late["routed_to"] is None and "still on the tray at stop" in late["why"]
+    assert Counter(i["item"] for i in items(r)) == {1: 1, 2: 1}
+    assert r.summary["items"]["never_recorded"] == 0
+    tail = [(s["name"], s["angle"]) for s in r.of("servo") if s["t"] >= signal_t and s["angle"] is not None]
+    assert tail == [("trapdoor", -90.0), ("chute", 0.0)]  # parked once, door first
