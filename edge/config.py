@@ -147,6 +147,18 @@ class HardwareConfig:
     when_full: str = opt("fallback", allowed=("fallback", "pause"),
                          doc="fallback: items for a full compartment go to the fallback's (if it has room); "
                              "pause: they wait on the tray. Either way other items keep sorting")
+    feedback_adc: str = opt("none", allowed=("none", "mcp3008"),
+                            doc="position feedback from analog-feedback servos: an MCP3008 on SPI0 (GPIO 8-11) "
+                                "reads each servo's potentiometer; the door opens only once the chute is read "
+                                "within feedback_tolerance_deg of its compartment (none: arrival is assumed)")
+    feedback_channels: list[int] = opt(factory=lambda: [0, 1], doc="mcp3008 channel per servo, in servo order "
+                                                                   "(chute, trapdoor; or flap 0, 1, ...)")
+    feedback_at_min: list[float] = opt(factory=list, doc="per servo: the ADC reading (0-1) at servo_min_angle; "
+                                                         "measured by `ecosorter calibrate`")
+    feedback_at_max: list[float] = opt(factory=list, doc="per servo: the ADC reading (0-1) at servo_max_angle; "
+                                                         "measured by `ecosorter calibrate`")
+    feedback_tolerance_deg: float = opt(6.0, min=0.5, max=45, doc="a servo read further than this from its "
+                                        "target when its move budget is spent is a jam")
     wrong_button_pin: int = opt(-1, min=-1, max=27, doc='"wrong?" button; -1 = none')
     power_fail_pin: int = opt(-1, min=-1, max=27, doc="UPS HAT low-power signal; -1 = none")
 

@@ -226,6 +226,12 @@ class Machine:
                 return e
         return None
 
+    def may_park(self) -> bool:
+        """May the mechanism go to its safe positions now: no fault latched, the lid shut, and not
+        inside the auto-resume pause. A door left open is shut at this first safe moment, even while
+        items wait for the resume button, so nothing put down meanwhile falls through it."""
+        return not any(e.condition.kind == "fault" or e.name in ("lid", "resume") for e in self.entries())
+
     def may_move(self, compartment: int | None = None) -> bool:
         return self.blocking(compartment) is None
 

@@ -128,7 +128,7 @@ class Sorter:
                 self._health("image", not self.quality.alert, self.quality.alert or "ok")
         if self.pending is not None:  # a decided item waits on the tray
             if state is TriggerState.EMPTY:
-                return self._resolve(None, "taken off the tray while it waited")
+                return self._resolve(*self._vanished("taken off the tray while it waited"))
             if state is not TriggerState.SETTLED:  # still it, or being touched
                 return self._try_route()
             # settled as a different item: the waiting one was swapped for it
@@ -152,6 +152,10 @@ class Sorter:
             decision = self.voter.flush()  # it left before K frames: decide on what was seen
             if decision is None:
                 self._item_frame = None
+            elif self.actuator.open_below()[0]:  # it went through an open floor: recorded, not routed again
+                self.pending = Pending(decision, self._item_frame or frame, self._item_t0, 0.0)
+                self._item_frame = None
+                return self._resolve(*self._vanished("gone"))
         elif state is TriggerState.MOVING:
             self.voter.reset()  # it moved: start again when it is still
             self._item_frame = None
@@ -161,6 +165,16 @@ class Sorter:
         frame, self._item_frame = self._item_frame or frame, None
         self.pending = Pending(decision, frame, self._item_t0, (time.perf_counter() - self._item_t0) * 1000)
         return self._try_route()
+
+    def _vanished(self, taken: str) -> tuple[int | None, str]:
+        """An item gone from the tray without a route: through an open floor (recorded with the
+        compartment it fell into, if known), else taken off by hand."""
+        is_open, below = self.actuator.open_below()
+        if not is_open:
+            return None, taken
+        if below is None:
+            return None, "fell through the open tray floor; where it landed is unknown"
+        return below, f"fell through the open tray floor into compartment {below}"
 
     def _on_event_now(self, event: Event) -> None:
         if self._on_event is not None:
@@ -296,7 +310,6 @@ class Sorter:
     def tick(self) -> None:
         """Read what the bin's inputs say, let the machine decide, end timed outputs. Every pass."""
         m, act = self.machine, self.actuator
-        blocked_before = not m.may_move()
         m.lid(act.lid_open())
         m.fill(act.full(), set(act.full_sensors))
         if self.inputs is not None:
@@ -318,8 +331,8 @@ class Sorter:
                 elif self.last_event_id:
                     self.flag(self.last_event_id)
         act.tick()
-        if blocked_before and m.may_move() and not act.parked():
-            act.park()  # a hold or fault ended with a servo somewhere unknown: home first
+        if not act.parked() and m.may_park():
+            act.park()  # stopped with a servo somewhere unknown or a door open: safe at the first safe moment
         if self.pending is not None and self.pending.held_by and m.may_move():
             event = self._try_route()
             if event is not None:

@@ -47,11 +47,26 @@ class Axis:
     """One servo and what the bin knows of it: where it was sent and how long travel takes."""
 
     def __init__(self, name: str, servo, speed_deg_s: float, settle_s: float, span: tuple[float, float],
-                 switch=None, switch_angle: float | None = None):
+                 switch=None, switch_angle: float | None = None, feedback=None,
+                 feedback_map: tuple[float, float] | None = None, tolerance_deg: float = 6.0):
         self.name, self.servo = name, servo
         self.speed, self.settle_s, self.span = speed_deg_s, settle_s, span
         self.switch, self.switch_angle = switch, switch_angle  # switch closed (active) = at switch_angle
         self.angle: float | None = None  # None: unknown (power-up, or stopped mid-travel)
+        # position feedback: an ADC input (gpiozero MCP3008: .value 0-1) on the servo's potentiometer,
+        # and its readings at span[0] and span[1] (from `ecosorter calibrate`; None: not calibrated)
+        self.feedback, self.feedback_map, self.tolerance_deg = feedback, feedback_map, tolerance_deg
+
+    def position(self) -> float | None:
+        """Where the servo really is, read from its feedback (None: no calibrated feedback)."""
+        if self.feedback is None or self.feedback_map is None:
+            return None
+        (lo, hi), (v0, v1) = self.span, self.feedback_map
+        return lo + (float(self.feedback.value) - v0) / (v1 - v0) * (hi - lo)
+
+    def arrived(self, target: float) -> bool:
+        where = self.position()
+        return where is None or abs(where - target) <= self.tolerance_deg
 
     def travel_s(self, target: float) -> float:
         delta = abs(target - self.angle) if self.angle is not None else self.span[1] - self.span[0]
@@ -74,6 +89,12 @@ class Axis:
     def lost(self) -> None:
         """Stopped mid-travel: where it is now is unknown."""
         self.angle = None
+
+    def at(self, angle: float) -> bool:
+        """Is it at `angle`: by its switch when the switch marks that angle, else by what it was sent."""
+        if self.switch is not None and self.switch_angle is not None and abs(angle - self.switch_angle) < 1e-6:
+            return bool(self.switch.is_active)
+        return self.angle == angle
 
     def confirm_left(self, step: str) -> None:
         """Half way from the switch's position: its switch must have opened (no switch: travel time is all)."""
@@ -153,6 +174,11 @@ class Actuator:
         mid-drop, or a jam: the bin parks before anything else is put on the tray."""
         return True
 
+    def open_below(self) -> tuple[bool, int | None]:
+        """(is the tray's floor open, the compartment an item falling now lands in, None: unknown).
+        An item that vanishes from an open tray fell through: it is recorded with where it went."""
+        return False, None
+
     # --- routing
     def route(self, compartment: int, uncertain: bool = False) -> RouteResult:
         """One item into `compartment`. The caller asked the machine first; faults and lid holds
@@ -223,6 +249,15 @@ class Actuator:
             self._dropped = True
             seconds -= half
         self._wait(seconds, step, moving=axis)
+        # With feedback, "should have arrived" becomes "has arrived": a slow servo is waited for
+        # (within the move budget); one that does not get there is a jam, before the next step.
+        while not axis.arrived(target):
+            if self.clock.monotonic() - t0 >= self.move_budget_s:
+                where = axis.position()
+                axis.lost()
+                raise HardwareFault("jam", f"{axis.name} read at {where:.0f} deg, not {target:g} deg, after "
+                                           f"{self.move_budget_s:g} s (position feedback)")
+            self._wait(WAIT_SLICE_S, step, moving=axis)
         took = self.clock.monotonic() - t0
         if took > self.move_budget_s:
             raise HardwareFault("budget", f"{step} took {took:.2f} s, over the {self.move_budget_s:g} s move budget")

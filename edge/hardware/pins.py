@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # types only: edge.config imports the machine rules, which im
 # BCM pins with a hardware PWM channel on Pi 4/5 (PWM0: 12, 18; PWM1: 13, 19).
 HARDWARE_PWM_PINS = frozenset({12, 13, 18, 19})
 GPIO_RANGE = range(0, 28)
+SPI0_PINS = {"SCLK": 11, "MOSI": 10, "MISO": 9, "CE0": 8}
 # What to do when gpiozero finds no pin library (its "BadPinFactory: Unable to load any default pin factory!").
 NO_PIN_LIBRARY = ("gpiozero found no pin library. On a Raspberry Pi: sudo apt install python3-lgpio and use a venv "
                   "made with --system-site-packages (sudo deploy/install.sh does both). Not on a Pi: set "
@@ -87,6 +88,8 @@ def used_pins(cfg: HardwareConfig, servo_pins_only: bool = False) -> list[tuple[
     if cfg.profile == "pca9685" or (cfg.servo_driver == "pca9685" and cfg.profile in ("chute", "flaps")):
         # the servos hang off the PCA9685: their *_pin keys claim nothing; its I2C bus uses GPIO 2 and 3
         pins = [("I2C SDA (pca9685)", 2, False), ("I2C SCL (pca9685)", 3, False)]
+    if cfg.feedback_adc == "mcp3008" and cfg.profile != "leds":  # SPI0, CE0: the ADC reading the servos
+        pins += [(f"SPI {role} (feedback_adc mcp3008)", p, False) for role, p in SPI0_PINS.items()]
     pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
     for key in INPUT_PIN_KEYS:
         if getattr(cfg, key) >= 0:

@@ -48,6 +48,14 @@ class ClockedMockFactory(MockFactory):
         self.listeners: list[Callable[[TimelinePin, float, float], None]] = []
         super().__init__(pin_class=TimelinePin)
 
+    def pin(self, name, pin_class=None, **kwargs):
+        """A pin already made is returned as it is: the simulated MCP3008 makes SPI pins of gpiozero's
+        own mock SPI classes first, then gpiozero's software SPI asks for them with this factory's class."""
+        for _header, info in self.board_info.find_pin(name):
+            if info in self.pins:
+                return self.pins[info]
+        return super().pin(name, pin_class, **kwargs)
+
     def ticks(self) -> float:  # gpiozero times edges (bounce, hold) with ticks
         return self.clock.monotonic()
 

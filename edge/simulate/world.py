@@ -207,6 +207,7 @@ class World:
         return self.tray is None and (door is None or door.pos() is None
                                       or self._near(door, self.hw.trapdoor_closed_angle))
 
+    FALL_S = 0.4  # an item put down on an open door is on the tray (seen) this long before it is gone
     PATIENCE_S = 10.0  # how long a person waits for an open door to shut before putting the item down anyway
 
     def _next_from_hand(self) -> None:
@@ -225,7 +226,8 @@ class World:
         self.record({"t": item.placed, "kind": "place", "item": item.n, "image": self._rel(item.image)})
         door = self.by_name.get("trapdoor")
         if door is not None and self._open_past_half(door, self.hw.trapdoor_closed_angle, self.hw.trapdoor_open_angle):
-            self._land(item, self._compartment_below(door))  # a door left open: it falls straight through
+            # a door left open: it slides off the edge and falls through, in the camera's view for a moment
+            self.clock.call_at(item.placed + self.FALL_S, lambda: self._land(item, self._compartment_below(door)))
 
     def set_lid(self, state: str) -> None:
         self.lid_open = state == "open"

@@ -404,3 +404,71 @@ def test_an_item_put_down_after_sigterm_is_recorded_on_the_tray_at_stop():
     assert r.summary["items"]["never_recorded"] == 0
     tail = [(s["name"], s["angle"]) for s in r.of("servo") if s["t"] >= signal_t and s["angle"] is not None]
     assert tail == [("trapdoor", -90.0), ("chute", 0.0)]  # parked once, door first
+
+
+BUTTON = {"interlock_pin": 17, "wrong_button_pin": 27, "interlock_resume": "button", "chute_home_switch_pin": 20,
+          "trapdoor_closed_switch_pin": 21}
+KARDUS = HERE.parent.parent / "edge" / "demo" / "samples" / "02-kardus-trashnet-cardboard105.jpg"
+LOGAM = HERE.parent.parent / "edge" / "demo" / "samples" / "05-logam-trashnet-metal120.jpg"
+PLASTIK = HERE.parent.parent / "edge" / "demo" / "samples" / "06-plastik-trashnet-plastic108.jpg"
+
+
+def _door_open_at() -> float:
+    """When the trapdoor is sent open for item 1 (put down at 5 s) on the button-resume chute."""
+    sc = load_scenario(HERE / "lid_mid_move.toml")
+    sc.events = [e for e in sc.events if e.kind == "drop"][:1]
+    sc.config["hardware"].update(BUTTON)
+    return first(run_scenario(sc), "servo", name="trapdoor", angle=0.0)["t"]
+
+
+def _events(*evs):
+    from ecosorter.edge.simulate.scenario import SimEvent
+
+    return [SimEvent(at, kind, value, 0, hold) for at, kind, value, hold in sorted(evs, key=lambda e: e[0])]
+
+
+def test_the_door_left_open_is_shut_once_the_lid_closes_and_what_fell_through_is_recorded():
+    """#18.5: the lid opens with the door open (the item has dropped); with button resume the door
+    stayed open until the press, and an item put down meanwhile fell through unrecorded. Now: it is
+    recorded once with where it went, and the door shuts as soon as the lid closes, before any press."""
+    t = _door_open_at()
+    sc = load_scenario(HERE / "lid_mid_move.toml")
+    sc.config["hardware"].update(BUTTON)
+    sc.events = _events((5.0, "drop", KARDUS, None), (t + 0.9, "lid", "open", None),
+                        (t + 5.0, "drop", LOGAM, None),  # the person waits 10 s for the door, then puts it down
+                        (t + 30.0, "lid", "closed", None), (t + 60.0, "press", "wrong", 0.3),
+                        (t + 80.0, "drop", PLASTIK, None))
+    r = run_scenario(sc)
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    fell = first(r, "item", item=2)
+    assert fell["routed_to"] == first(r, "drop", item=2)["compartment"] == first(r, "item", item=1)["routed_to"]
+    assert "fell through" in fell["why"]
+    closed = first(r, "input", name="lid", value="closed")["t"]
+    press = first(r, "input", name="button")["t"]
+    shut = [s for s in r.of("servo", name="trapdoor", angle=-90.0) if s["t"] >= closed]
+    assert shut and shut[0]["t"] < press, "the door waited for the resume press"
+    assert first(r, "item", item=3)["routed_to"] is not None and r.summary["items"]["never_recorded"] == 0
+
+
+def test_items_through_a_trapdoor_jammed_open_are_recorded_with_where_they_went():
+    """#18.5: the trapdoor jams open mid-drop: a jam, nothing moves; items put down meanwhile fall
+    into the compartment under the chute, each recorded once with it; after the clear it sorts on."""
+    t = _door_open_at()
+    sc = load_scenario(HERE / "lid_mid_move.toml")
+    sc.config["hardware"].update(BUTTON)
+    sc.events = _events((5.0, "drop", KARDUS, None), (t + 0.5, "jam", "trapdoor", None),
+                        (t + 3.0, "drop", LOGAM, None), (t + 20.0, "drop", PLASTIK, None),
+                        (t + 50.0, "lid", "open", None), (t + 55.0, "unjam", "trapdoor", None),
+                        (t + 60.0, "lid", "closed", None), (t + 70.0, "press", "clear", 3.5),
+                        (t + 100.0, "drop", KARDUS, None))
+    r = run_scenario(sc)
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    assert first(r, "fault", name="jam", state="raised")
+    under = first(r, "item", item=1)["routed_to"]
+    for n in (2, 3):
+        i = first(r, "item", item=n)
+        assert i["routed_to"] == under and "fell through" in i["why"], i
+    assert Counter(i["item"] for i in items(r)) == {1: 1, 2: 1, 3: 1, 4: 1}
+    assert first(r, "item", item=4)["routed_to"] is not None
