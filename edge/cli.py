@@ -339,12 +339,21 @@ def cmd_label(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    from dataclasses import replace
+
     from ecosorter.edge.config import load_config
+    from ecosorter.edge.errors import ConfigErrors
     from ecosorter.edge.hardware import make_actuator
     from ecosorter.edge.hardware.calibrate import calibrate
     from ecosorter.edge.hardware.check import compartment_count
 
-    cfg = load_config(args.config)
+    errors: list = []
+    cfg = load_config(args.config, errors=errors)
+    stale = [e for e in errors if e.key.startswith("hardware.feedback_at_")]  # what calibrate replaces
+    if len(stale) < len(errors):
+        raise ConfigErrors([e for e in errors if e not in stale])
+    if stale:
+        cfg = replace(cfg, hardware=replace(cfg.hardware, feedback_at_min=[], feedback_at_max=[]))
     with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as actuator:
         return 0 if calibrate(args.config, actuator) else 1
 

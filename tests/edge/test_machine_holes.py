@@ -158,3 +158,62 @@ def test_pi5_gpiozero_servos_are_switched_to_hardware_pwm_or_refused(tmp_path):
     assert (cfg.hardware.servo_driver, errors, notes) == ("gpiozero", [], [])
     explicit = {**chute, "hardware.servo_driver": "pca9685"}
     assert preflight(load_config(overrides=explicit), None, pi5)[1:] == ([], [])
+
+
+def test_calibrate_measures_each_servos_feedback_and_arrival_is_checked_against_it(tmp_path):
+    """#18.2: `ecosorter calibrate` reads each servo's potentiometer (MCP3008 on gpiozero's mock
+    SPI) at every accepted position and saves its readings at the ends of the span; the saved
+    config loads, and a servo then read off its target is a jam before the door opens."""
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.hardware import make_actuator
+    from ecosorter.edge.hardware.calibrate import calibrate
+    from ecosorter.edge.simulate.adc import SimMCP3008
+    from ecosorter.edge.simulate.pins import ClockedMockFactory, servo_angle
+
+    path = tmp_path / "config.toml"
+    path.write_text('[hardware]\nprofile = "chute"\nsettle_s = 0.01\nservo_speed_deg_s = 3000.0\n'
+                    'feedback_adc = "mcp3008"\nfeedback_channels = [3, 5]\n')
+    cfg = load_config(path, {"hardware.pin_factory": "mock"}).hardware
+    clock = VirtualClock()
+    pins = ClockedMockFactory(clock)
+    stuck: dict[int, float] = {}
+
+    def pot(pin: int, v0: float, v1: float):  # the true potentiometer: where the pin sent the servo
+        def read() -> float:
+            a = stuck.get(pin, servo_angle(pins.pin(pin).state, 0.5, 2.5, -90.0, 90.0))
+            return 0.5 if a is None else v0 + (a + 90.0) / 180.0 * (v1 - v0)
+        return read
+
+    SimMCP3008({3: pot(12, 0.2, 0.8), 5: pot(13, 0.85, 0.15)}, pins)  # the door's pot is wired the other way
+    answers = iter(["", "", "", "", "", "", "", "", ""])
+    with make_actuator(cfg, 7, pin_factory=pins, clock=clock) as act:
+        assert calibrate(path, act, ask=lambda prompt: next(answers), say=lambda s: None)
+    saved = load_config(path, {"hardware.pin_factory": "mock"}).hardware
+    assert saved.feedback_at_min == pytest.approx([0.2, 0.85], abs=0.002)
+    assert saved.feedback_at_max == pytest.approx([0.8, 0.15], abs=0.002)
+
+    machine = Machine(clock)
+    before = len(pins.pin(13).timeline)
+    with make_actuator(saved, 7, pin_factory=pins, machine=machine, clock=clock) as act:
+        assert act.route(5).ok  # 60 deg, read at 60: it goes
+        stuck[12] = 20.0  # the chute stops at 20 deg from now on
+        result = act.route(2)  # -30 deg
+        assert not result.ok and result.stopped == "jam" and "read at 20 deg, not -30 deg" in result.note
+        door = [round(servo_angle(v, 0.5, 2.5, -90.0, 90.0) or 999) for _, v in pins.pin(13).timeline[before:]]
+        assert door.count(0) == 1  # the door opened for the first item only
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"hardware.feedback_channels": [0]}, "hardware.feedback_channels: [0]: one distinct MCP3008 channel 0-7 for each of the 2"),
+    ({"hardware.feedback_at_min": [0.1, 0.1], "hardware.feedback_at_max": [0.9]}, "hardware.feedback_at_min: 2 and 1"),
+    ({"hardware.feedback_at_min": [0.5, 0.1], "hardware.feedback_at_max": [0.51, 0.9]}, "hardware.feedback_at_min[0]: 0.5 .. 0.51"),
+    ({"hardware.interlock_pin": 8}, "hardware.interlock_pin: GPIO8 is already used by SPI CE0 (feedback_adc mcp3008)"),
+    ({"hardware.profile": "leds"}, "hardware.feedback_adc: only the servo profiles"),
+])
+def test_feedback_config_mistakes_name_their_key(overrides, expected):
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides={"hardware.profile": "chute", "hardware.feedback_adc": "mcp3008", **overrides})
+    assert expected in str(e.value)
