@@ -68,6 +68,11 @@ class Axis:
         where = self.position()
         return where is None or abs(where - target) <= self.tolerance_deg
 
+    def past(self, start: float, target: float) -> bool:
+        """Read at least half way from start to target (no calibrated feedback: assumed)."""
+        where = self.position()
+        return where is None or abs(where - start) >= abs(target - start) / 2
+
     def travel_s(self, target: float) -> float:
         delta = abs(target - self.angle) if self.angle is not None else self.span[1] - self.span[0]
         return delta / self.speed
@@ -240,28 +245,36 @@ class Actuator:
         self._guard_lid()
         t0 = self.clock.monotonic()
         half = axis.travel_s(target) / 2
-        from_switch = axis.switch_angle is not None and axis.angle == axis.switch_angle
+        start = axis.angle
+        from_switch = axis.switch_angle is not None and start == axis.switch_angle
         seconds = axis.send(target)
         if drops:
             self._wait(half, step, moving=axis)
             if from_switch:
                 axis.confirm_left(step)  # a door jammed shut has dropped nothing: the item is still on it
+            if start is not None:  # with feedback: dropped once the door is *read* half open, not timed so
+                self._until(axis, lambda: axis.past(start, target), t0, step, f"half way to {target:g} deg")
             self._dropped = True
             seconds -= half
         self._wait(seconds, step, moving=axis)
         # With feedback, "should have arrived" becomes "has arrived": a slow servo is waited for
         # (within the move budget); one that does not get there is a jam, before the next step.
-        while not axis.arrived(target):
-            if self.clock.monotonic() - t0 >= self.move_budget_s:
-                where = axis.position()
-                axis.lost()
-                raise HardwareFault("jam", f"{axis.name} read at {where:.0f} deg, not {target:g} deg, after "
-                                           f"{self.move_budget_s:g} s (position feedback)")
-            self._wait(WAIT_SLICE_S, step, moving=axis)
+        self._until(axis, lambda: axis.arrived(target), t0, step, f"{target:g} deg")
         took = self.clock.monotonic() - t0
         if took > self.move_budget_s:
             raise HardwareFault("budget", f"{step} took {took:.2f} s, over the {self.move_budget_s:g} s move budget")
         axis.confirm(target)
+
+    def _until(self, axis: Axis, reached, t0: float, step: str, what: str) -> None:
+        """Wait (lid watched) until `reached()`, at most until the move budget since t0 is spent:
+        then the servo is not where it must be, a jam. Without feedback `reached()` is at once true."""
+        while not reached():
+            if self.clock.monotonic() - t0 >= self.move_budget_s:
+                where = axis.position()
+                axis.lost()
+                raise HardwareFault("jam", f"{axis.name} read at {where:.0f} deg, not {what}, after "
+                                           f"{self.move_budget_s:g} s of {step} (position feedback)")
+            self._wait(WAIT_SLICE_S, step, moving=axis)
 
     def _wait(self, seconds: float, step: str, moving: Axis | None = None) -> None:
         end = self.clock.monotonic() + seconds
