@@ -63,7 +63,42 @@ def scenario() -> str:
     return "\n".join(lines) + "\n"
 
 
+def memory(days: float, keep: bool) -> dict:
+    """RSS at each simulated day boundary of this scenario, the timeline held (keep) or streamed."""
+    import os
+    import tempfile
+
+    import ecosorter.edge.simulate as sim
+    from ecosorter.edge.simulate import load_scenario, run_scenario
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    marks: list[tuple[float, float]] = []
+
+    class Sampling(sim.Recorder):
+        def __call__(self, r: dict) -> None:
+            super().__call__(r)
+            if r["t"] >= (len(marks) + 1) * DAY:
+                with open("/proc/self/statm") as f:
+                    marks.append((r["t"] / DAY, int(f.read().split()[1]) * page / 1e6))
+
+    sim.Recorder = Sampling
+    sc = load_scenario(HERE / "week7d.toml")
+    sc.events = [e for e in sc.events if e.at < days * DAY]
+    sc.bin.until = days * DAY
+    with tempfile.TemporaryDirectory() as tmp:
+        r = run_scenario(sc, timeline_path=Path(tmp) / "t.jsonl", keep=keep)
+    growth = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0]) if len(marks) > 1 else 0.0
+    return {"keep_timeline": keep, "days": days, "rss_mb_at_day": [round(m, 1) for _, m in marks],
+            "growth_mb_per_day": round(growth, 2), "wall_s": r.summary["wall_s"], "summary": r.summary}
+
+
 if __name__ == "__main__":
-    path = HERE / "week7d.toml"
-    path.write_text(scenario(), encoding="utf-8")
-    print(f"wrote {path}")
+    import json
+    import sys
+
+    if sys.argv[1:2] == ["--memory"]:  # python -m benchmarks.week7d --memory DAYS keep|stream
+        print(json.dumps(memory(float(sys.argv[2]), sys.argv[3] == "keep")))
+    else:
+        path = HERE / "week7d.toml"
+        path.write_text(scenario(), encoding="utf-8")
+        print(f"wrote {path}")

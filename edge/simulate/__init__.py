@@ -160,7 +160,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter, record: Recorder) -> 
 
         def on_machine(entry: Entry, state: str, who: str) -> None:
             record({"t": clock.monotonic(), "kind": entry.condition.kind, "name": entry.key, "state": state,
-                    **({"who": who} if who else {})})
+                    **({"who": who} if who else {}), **({"detail": entry.detail} if entry.detail else {})})
 
         sorter.machine.subscribe(on_machine, first=True)
         # The bin parks its servos before it is up, and its camera learns the empty tray first:
