@@ -63,7 +63,7 @@ def cmd_classify(args) -> int:
     return 1 if failures else 0
 
 
-def _config(args, simulate: bool):
+def _config(args, simulate: bool, errors: list | None = None):
     from ecosorter.edge.config import DEFAULT_PATH, load_config
 
     overrides: dict = {}
@@ -84,7 +84,7 @@ def _config(args, simulate: bool):
     path = args.config
     if path is None and not simulate and DEFAULT_PATH.exists():
         path = DEFAULT_PATH
-    return load_config(path, overrides)
+    return load_config(path, overrides, errors)
 
 
 def run_until_signalled(sorter, **kw):
@@ -109,13 +109,14 @@ def cmd_run(args) -> int:
     from ecosorter.edge.sorter import build_sorter, percentiles
 
     simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
-    cfg = _config(args, simulate)
     from ecosorter.edge.errors import ConfigErrors
     from ecosorter.edge.preflight import preflight
 
-    cfg, errors, notes = preflight(cfg, None)  # the same checks `config check` makes (labels: build_sorter)
-    if errors:
-        raise ConfigErrors(errors)
+    errors: list = []
+    cfg = _config(args, simulate, errors)
+    cfg, more, notes = preflight(cfg, None)  # the same checks `config check` makes (labels: build_sorter)
+    if errors + more:  # one report, as `config check` gives
+        raise ConfigErrors(errors + more)
     for note in notes:
         log.warning("%s", note)
         print(f"note: {note}", file=sys.stderr)
