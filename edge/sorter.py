@@ -503,8 +503,13 @@ class Sorter:
             self._parked_at_stop = self.actuator.park()
             if self.cfg.trigger.mode == "always":  # every frame "is" an item there: nothing to look for
                 return
-            frame = self.reader.get(timeout=1.0) if self.reader is not None else self.source.read()
-            if frame is None or self.trigger.update(frame.pixels) not in (TriggerState.MOVING, TriggerState.SETTLED):
+            for _ in range(self.cfg.trigger.still_frames + 2):  # long enough for a still item to settle
+                frame = self.reader.get(timeout=1.0) if self.reader is not None else self.source.read()
+                state = self.trigger.update(frame.pixels) if frame is not None else TriggerState.EMPTY
+                if state is not TriggerState.MOVING:
+                    break
+            # SETTLED: a new item lies there; DECIDED: the one just recorded; EMPTY or still moving: none
+            if frame is None or state is not TriggerState.SETTLED:
                 return
             tensor = self.preprocessor(frame.pixels, frame.order, out=self._tensor)
             self.voter.reset()
