@@ -36,6 +36,11 @@ class SimMCP3008(MockSPIDevice):
     def on_start(self) -> None:
         super().on_start()
         self.state = "idle"
+        # gpiozero's mock SPI pins keep every level they ever had (50 per conversion): a week of
+        # polling the servos' feedback grew the process ~48 MB a day. Only the last is needed.
+        for pin in (self.clock_pin, self.select_pin, self.mosi_pin, self.miso_pin):
+            if pin is not None and len(pin.states) > 1:
+                del pin.states[:-1]
 
     def on_bit(self) -> None:
         if self.state == "idle":  # leading zeros, then the start bit

@@ -217,3 +217,25 @@ def test_feedback_config_mistakes_name_their_key(overrides, expected):
     with pytest.raises(ConfigError) as e:
         load_config(overrides={"hardware.profile": "chute", "hardware.feedback_adc": "mcp3008", **overrides})
     assert expected in str(e.value)
+
+
+def test_the_simulated_adc_keeps_no_pin_history():
+    """#18.7: polling feedback through gpiozero's mock SPI kept 50 pin levels per conversion (a
+    week grew ~48 MB a day); the simulated MCP3008 keeps only the last."""
+    import gpiozero
+
+    from ecosorter.edge.hardware.factory import _adc
+    from ecosorter.edge.simulate.adc import SimMCP3008
+    from ecosorter.edge.simulate.pins import ClockedMockFactory
+
+    pins = ClockedMockFactory(VirtualClock(), history=False)
+    chip = SimMCP3008({2: lambda: 0.25}, pins)
+    adc = _adc(lambda cls, *a, **k: cls(*a, pin_factory=pins, **k), pins, 2)
+    try:
+        values = [adc.value for _ in range(200)]
+        assert values[-1] == pytest.approx(0.25, abs=0.002) and chip.conversions == 200
+        assert all(len(p.states) <= 60 for p in pins.pins.values())  # one conversion's worth at most
+        assert gpiozero.Device.pin_factory is None  # lent for construction only
+    finally:
+        adc.close()
+        chip.close()
