@@ -119,7 +119,9 @@ def load_scenario(path: str | Path) -> Scenario:
         if b.at < a.at:
             raise err(b.at_line, f"at = {b.at:g} comes before the previous event's {a.at:g}: times must not go backwards")
     if "items" in data:
-        events = _merge(events, _items(data["items"], p.parent, lambda m: err(_line_of(text, "[items]"), m)))
+        items_line = _line_of(text, "[items]")
+        events = _merge(events, _items(data["items"], p.parent,
+                                       lambda m, k=None: err(key_line(text_lines, items_line, k) if k else items_line, m)))
     config = data.get("config", {})
     if not isinstance(config, dict):
         raise err(_line_of(text, "config"), "[config] must be a table of config sections")
@@ -167,23 +169,25 @@ def _event(raw: Any, line: int | None, base: Path, err, at_key) -> SimEvent:
 
 
 def _items(raw: Any, base: Path, err) -> list[SimEvent]:
+    """`err(message, key)`: an error on that key's own line (the [items] header without a key)."""
     if not isinstance(raw, dict):
         raise err("[items] must be a table")
     for key in raw:
         if key not in ITEM_KEYS:
-            raise err(f"[items] unknown key {key!r}{_hint(key, ITEM_KEYS)}")
+            raise err(f"[items] unknown key {key!r}{_hint(key, ITEM_KEYS)}", key)
     for key in ("folder", "every_s", "count"):
         if key not in raw:
             raise err(f"[items] needs {key}")
-    folder = base / _typed(raw["folder"], str, lambda m: err(f"[items] folder: {m}"))
-    every = _typed(raw["every_s"], float, lambda m: err(f"[items] every_s: {m}"))
-    count = _typed(raw["count"], int, lambda m: err(f"[items] count: {m}"))
-    start = _typed(raw.get("start_s", every), float, lambda m: err(f"[items] start_s: {m}"))
-    if every <= 0 or count < 0 or start < 0:
-        raise err("[items] every_s must be > 0, count and start_s >= 0")
+    folder = base / _typed(raw["folder"], str, lambda m: err(f"[items] folder: {m}", "folder"))
+    every = _typed(raw["every_s"], float, lambda m: err(f"[items] every_s: {m}", "every_s"))
+    count = _typed(raw["count"], int, lambda m: err(f"[items] count: {m}", "count"))
+    start = _typed(raw.get("start_s", every), float, lambda m: err(f"[items] start_s: {m}", "start_s"))
+    for key, bad in (("every_s", every <= 0), ("count", count < 0), ("start_s", start < 0)):
+        if bad:
+            raise err("[items] every_s must be > 0, count and start_s >= 0", key)
     photos = sorted(q for q in folder.rglob("*") if q.suffix.lower() in SUFFIXES) if folder.is_dir() else []
     if not photos:
-        raise err(f"[items] folder {folder}: no photos ({', '.join(sorted(SUFFIXES))})")
+        raise err(f"[items] folder {folder}: no photos ({', '.join(sorted(SUFFIXES))})", "folder")
     # a fixed, spread-out order: every class appears early, and the same scenario is the same run
     order = photos[::7] + [q for i, q in enumerate(photos) if i % 7]
     return [SimEvent(start + i * every, "drop", order[i % len(order)], 0) for i in range(count)]

@@ -190,6 +190,7 @@ def test_bad_scenarios_are_clear_errors_naming_the_line(tmp_path, capsys):
                           'hold_s = -1\n', r":7: hold_s = -1: a press lasts more than 0"),
         "config key": ('[config.hardware]\nprofile = "chute"\n\ninterlock_pin = 40\n',
                        r":4: \[config\] config hardware.interlock_pin: -?40 is above the maximum 27"),
+        "items key": ('[items]\nfolder = "."\n\nevery_s = 0\ncount = 3\n', r":4: \[items\] every_s must be > 0"),
         "config rule": ('[config.hardware]\ninterlock_resume = "button"\n',
                         r":2: \[config\] config hardware.interlock_resume: 'button' needs"),
     }
