@@ -43,6 +43,7 @@ from ecosorter.edge.service import Notifier
 from ecosorter.edge.sources import Frame, FrameSource, LatestFrameReader, open_source
 from ecosorter.edge.sources.quality import QualityMonitor
 from ecosorter.edge.status import StatusBoard
+from ecosorter.edge.tray import still_item, vanished
 
 log = logging.getLogger("ecosorter.sorter")
 
@@ -167,14 +168,7 @@ class Sorter:
         return self._try_route()
 
     def _vanished(self, taken: str) -> tuple[int | None, str]:
-        """An item gone from the tray without a route: through an open floor (recorded with the
-        compartment it fell into, if known), else taken off by hand."""
-        is_open, below = self.actuator.open_below()
-        if not is_open:
-            return None, taken
-        if below is None:
-            return None, "fell through the open tray floor; where it landed is unknown"
-        return below, f"fell through the open tray floor into compartment {below}"
+        return vanished(self.actuator.open_below, taken)
 
     def _on_event_now(self, event: Event) -> None:
         if self._on_event is not None:
@@ -503,13 +497,9 @@ class Sorter:
             self._parked_at_stop = self.actuator.park()
             if self.cfg.trigger.mode == "always":  # every frame "is" an item there: nothing to look for
                 return
-            for _ in range(self.cfg.trigger.still_frames + 2):  # long enough for a still item to settle
-                frame = self.reader.get(timeout=1.0) if self.reader is not None else self.source.read()
-                state = self.trigger.update(frame.pixels) if frame is not None else TriggerState.EMPTY
-                if state is not TriggerState.MOVING:
-                    break
-            # SETTLED: a new item lies there; DECIDED: the one just recorded; EMPTY or still moving: none
-            if frame is None or state is not TriggerState.SETTLED:
+            read = (lambda: self.reader.get(timeout=1.0)) if self.reader is not None else self.source.read
+            frame = still_item(read, self.trigger.update, self.cfg.trigger.still_frames + 2)
+            if frame is None:
                 return
             tensor = self.preprocessor(frame.pixels, frame.order, out=self._tensor)
             self.voter.reset()
