@@ -91,7 +91,7 @@ def _decider(args, model):
     return decide
 
 
-def _config(args, simulate: bool):
+def _config(args, simulate: bool, errors: list | None = None):
     from ecosorter.edge.config import DEFAULT_PATH, load_config
 
     overrides: dict = {}
@@ -114,7 +114,7 @@ def _config(args, simulate: bool):
     path = args.config
     if path is None and not simulate and DEFAULT_PATH.exists():
         path = DEFAULT_PATH
-    return load_config(path, overrides)
+    return load_config(path, overrides, errors)
 
 
 def run_until_signalled(sorter, **kw):
@@ -140,7 +140,17 @@ def cmd_run(args) -> int:
     from ecosorter.edge.sorter import build_sorter, percentiles
 
     simulate = args.simulate or (args.config is None and not Path("/etc/ecosorter/config.toml").exists())
-    cfg = _config(args, simulate)
+    from ecosorter.edge.errors import ConfigErrors
+    from ecosorter.edge.preflight import preflight
+
+    errors: list = []
+    cfg = _config(args, simulate, errors)
+    cfg, more, notes = preflight(cfg, None)  # the same checks `config check` makes (labels: build_sorter)
+    if errors + more:  # one report, as `config check` gives
+        raise ConfigErrors(errors + more)
+    for note in notes:
+        log.warning("%s", note)
+        print(f"note: {note}", file=sys.stderr)
     check_state_dir(Path(args.state_dir or cfg.record.state_dir))
     with build_sorter(cfg, state_dir=args.state_dir) as sorter:
         names = {lb.id: lb.name for lb in sorter.model.labels}
@@ -218,11 +228,10 @@ def format_counts(s, names: dict[str, str], compartments: dict[str, int], shown:
 
 
 def cmd_simulate(args) -> int:
-    from ecosorter.edge.simulate import run_scenario, write_timeline
+    from ecosorter.edge.simulate import run_scenario
 
-    result = run_scenario(args.scenario, args.config)
-    if args.timeline:
-        write_timeline(result, args.timeline)
+    # the timeline is streamed to its file as it happens: a week's run in bounded memory
+    result = run_scenario(args.scenario, args.config, timeline_path=args.timeline, keep=False)
     if args.json:
         print(json.dumps(result.summary, indent=1))
     else:
@@ -457,12 +466,21 @@ def cmd_label(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    from dataclasses import replace
+
     from ecosorter.edge.config import load_config
+    from ecosorter.edge.errors import ConfigErrors
     from ecosorter.edge.hardware import make_actuator
     from ecosorter.edge.hardware.calibrate import calibrate
     from ecosorter.edge.hardware.check import compartment_count
 
-    cfg = load_config(args.config)
+    errors: list = []
+    cfg = load_config(args.config, errors=errors)
+    stale = [e for e in errors if e.key.startswith("hardware.feedback_at_")]  # what calibrate replaces
+    if len(stale) < len(errors):
+        raise ConfigErrors([e for e in errors if e not in stale])
+    if stale:
+        cfg = replace(cfg, hardware=replace(cfg.hardware, feedback_at_min=[], feedback_at_max=[]))
     with make_actuator(cfg.hardware, compartment_count(cfg.hardware)) as actuator:
         return 0 if calibrate(args.config, actuator, names=cfg.hardware.compartment_names) else 1
 
@@ -509,11 +527,13 @@ def cmd_config(args) -> int:
         print(example_toml(), end="")
         return 0
     from ecosorter.edge.errors import ConfigErrors
-    from ecosorter.edge.hardware.check import label_errors, machine_warnings
+    from ecosorter.edge.hardware.check import machine_warnings
     from ecosorter.edge.model.loader import read_manifest
     from ecosorter.edge.model.manifest import load_labels_file
+    from ecosorter.edge.preflight import preflight
 
-    cfg = load_config(args.file)
+    errors: list = []
+    cfg = load_config(args.file, errors=errors)  # schema and machine rules: all of them, then the rest
     # the compartment map against the model it will run (its manifest is enough)
     model = Path(cfg.model.path) if cfg.model.path else Path(__file__).resolve().parent / "demo" / "demo_int8.tflite"
     labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
@@ -522,9 +542,11 @@ def cmd_config(args) -> int:
     except OSError as e:
         raise EcoSorterError(f"model.path {model}: cannot read ({e.strerror or e})") from None
     ids = labels if labels else (manifest.label_ids if manifest else None)
-    errors = label_errors(cfg, list(ids)) if ids else []
-    if errors:
-        raise ConfigErrors(errors)
+    cfg, more, notes = preflight(cfg, list(ids) if ids else None)  # what `run` checks, checked the same way
+    if errors + more:
+        raise ConfigErrors(errors + more)
+    for note in notes:
+        print(f"note: {note}")
     for w in machine_warnings(cfg):
         print(f"warning: {w}")
     print(f"{args.file}: valid" + ("" if ids else " (labels not checked: the model has no manifest)"))

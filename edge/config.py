@@ -160,6 +160,18 @@ class HardwareConfig:
     when_full: str = opt("fallback", allowed=("fallback", "pause"),
                          doc="fallback: items for a full compartment go to the fallback's (if it has room); "
                              "pause: they wait on the tray. Either way other items keep sorting")
+    feedback_adc: str = opt("none", allowed=("none", "mcp3008"),
+                            doc="position feedback from analog-feedback servos: an MCP3008 on SPI0 (GPIO 8-11) "
+                                "reads each servo's potentiometer; the door opens only once the chute is read "
+                                "within feedback_tolerance_deg of its compartment (none: arrival is assumed)")
+    feedback_channels: list[int] = opt(factory=lambda: [0, 1], doc="mcp3008 channel per servo, in servo order "
+                                                                   "(chute, trapdoor; or flap 0, 1, ...)")
+    feedback_at_min: list[float] = opt(factory=list, doc="per servo: the ADC reading (0-1) at servo_min_angle; "
+                                                         "measured by `ecosorter calibrate`")
+    feedback_at_max: list[float] = opt(factory=list, doc="per servo: the ADC reading (0-1) at servo_max_angle; "
+                                                         "measured by `ecosorter calibrate`")
+    feedback_tolerance_deg: float = opt(6.0, min=0.5, max=45, doc="a servo read further than this from its "
+                                        "target when its move budget is spent is a jam")
     wrong_button_pin: int = opt(-1, min=-1, max=27, doc='"wrong?" button; -1 = none')
     power_fail_pin: int = opt(-1, min=-1, max=27, doc="UPS HAT low-power signal; -1 = none")
 
@@ -225,8 +237,9 @@ class Config:
     status: StatusConfig = opt(factory=StatusConfig)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read and validate; ConfigError names the key (or the file) at fault."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                errors: list[ConfigError] | None = None) -> Config:
+    """Read and validate; ConfigError names the key (or the file) at fault. `errors`: see config_from_dict."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -246,20 +259,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         for k in parents:
             node = node.setdefault(k, {})
         node[last] = value
-    return config_from_dict(data)
+    return config_from_dict(data, errors)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Validate parsed TOML; every problem is reported at once (ConfigErrors), each naming its key."""
-    errors: list[ConfigError] = []
-    cfg = _build(Config, data, "", errors)
-    if not errors:
-        _collect(errors, _cross_check, cfg)
+def config_from_dict(data: dict[str, Any], errors: list[ConfigError] | None = None) -> Config:
+    """Validate parsed TOML; every problem is reported at once (ConfigErrors), each naming its key:
+    the schema's, the rules between keys and the machine's, in one report. With `errors` given,
+    problems are appended there and a best-effort config (defaults where a value was bad) returned."""
+    found: list[ConfigError] = []
+    cfg = _build(Config, data, "", found)
+    bad = {e.key for e in found}
+    if "hardware.profile" not in bad:  # rules for the wrong profile would only add noise
+        more: list[ConfigError] = []
+        _collect(more, _cross_check, cfg)
         from ecosorter.edge.hardware.check import machine_errors  # the hardware rules live with the hardware
 
-        errors += machine_errors(cfg)
-    if errors:
-        raise ConfigErrors(errors)
+        more += machine_errors(cfg)
+        found += [e for e in more if e.key not in bad]  # a bad value's default must not be blamed too
+    if errors is not None:
+        errors.extend(found)
+    elif found:
+        raise ConfigErrors(found)
     return cfg
 
 

@@ -227,7 +227,9 @@ class Machine:
             if seen is None or seen[0] != (c in full):
                 self._fill_seen[c] = (c in full, now)
         was = self.full()
-        steady = {c for c, (reading, since) in self._fill_seen.items() if now - since >= self.fill_confirm_s}
+        # `since + confirm <= now`, the very sum wake_at() hands the simulator: `now - since >= confirm`
+        # is False at that instant for some floats (9.2 - 7.2 < 2.0), and the hold came a whole idle skip late
+        steady = {c for c, (reading, since) in self._fill_seen.items() if since + self.fill_confirm_s <= now}
         for c in sorted(c for c in steady - was if self._fill_seen[c][0]):
             self.raise_("full", compartment=c)
         for c in sorted(c for c in was & steady if not self._fill_seen[c][0]):
@@ -256,6 +258,12 @@ class Machine:
             if scope == "all" or (scope == "compartment" and e.compartment == compartment):
                 return e
         return None
+
+    def may_park(self) -> bool:
+        """May the mechanism go to its safe positions now: no fault latched, the lid shut, and not
+        inside the auto-resume pause. A door left open is shut at this first safe moment, even while
+        items wait for the resume button, so nothing put down meanwhile falls through it."""
+        return not any(e.condition.kind == "fault" or e.name in ("lid", "resume") for e in self.entries())
 
     def may_move(self, compartment: int | None = None) -> bool:
         return self.blocking(compartment) is None

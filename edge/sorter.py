@@ -45,6 +45,7 @@ from ecosorter.edge.service import Notifier
 from ecosorter.edge.sources import Frame, FrameSource, LatestFrameReader, open_source
 from ecosorter.edge.sources.quality import QualityMonitor
 from ecosorter.edge.status import StatusBoard
+from ecosorter.edge.tray import still_item, vanished
 
 log = logging.getLogger("ecosorter.sorter")
 
@@ -116,6 +117,7 @@ class Sorter:
         self._camera_ok = True
         self._on_event: Callable[[Event], None] | None = None
         self._closed = False
+        self._parked_at_stop = False  # parked by the last look: close() need not park again
         self.machine.subscribe(self._on_machine)
 
     # ------------------------------------------------------------------ one frame
@@ -131,7 +133,7 @@ class Sorter:
                 self._health("image", not self.quality.alert, self.quality.alert or "ok")
         if self.pending is not None:  # a decided item waits on the tray
             if state is TriggerState.EMPTY:
-                return self._resolve(None, "taken off the tray while it waited")
+                return self._resolve(*self._vanished("taken off the tray while it waited"))
             if state is not TriggerState.SETTLED:  # still it, or being touched
                 return self._try_route()
             # settled as a different item: the waiting one was swapped for it
@@ -155,6 +157,10 @@ class Sorter:
             decision = self.voter.flush()  # it left before K frames: decide on what was seen
             if decision is None:
                 self._item_frame = None
+            elif self.actuator.open_below()[0]:  # it went through an open floor: recorded, not routed again
+                self.pending = Pending(decision, self._item_frame or frame, self._item_t0, 0.0)
+                self._item_frame = None
+                return self._resolve(*self._vanished("gone"))
         elif state is TriggerState.MOVING:
             self.voter.reset()  # it moved: start again when it is still
             self._item_frame = None
@@ -164,6 +170,9 @@ class Sorter:
         frame, self._item_frame = self._item_frame or frame, None
         self.pending = Pending(decision, frame, self._item_t0, (time.perf_counter() - self._item_t0) * 1000)
         return self._try_route()
+
+    def _vanished(self, taken: str) -> tuple[int | None, str]:
+        return vanished(self.actuator.open_below, taken)
 
     def _on_event_now(self, event: Event) -> None:
         if self._on_event is not None:
@@ -315,7 +324,6 @@ class Sorter:
     def tick(self) -> None:
         """Read what the bin's inputs say, let the machine decide, end timed outputs. Every pass."""
         m, act = self.machine, self.actuator
-        blocked_before = not m.may_move()
         m.lid(act.lid_open())
         m.fill(act.full(), set(act.full_sensors))
         if self.record_guard is not None:
@@ -329,15 +337,18 @@ class Sorter:
                 m.clear("power")
             for press in self.inputs.presses():
                 if press == "long":
-                    if not self.clear_fault("button"):
+                    # the one hold a person learns: it clears a fault and, with the lid shut,
+                    # is also the resume press (interlock_resume = "button")
+                    cleared = self.clear_fault("button")
+                    if not m.resume_pressed("button") and not cleared:
                         log.info("clear button held: no fault to clear")
                 elif m.active("resume_button"):
                     m.resume_pressed("button")
                 elif self.last_event_id:
                     self.flag(self.last_event_id)
         act.tick()
-        if blocked_before and m.may_move() and not act.parked():
-            act.park()  # a hold or fault ended with a servo somewhere unknown: home first
+        if not act.parked() and m.may_park():
+            act.park()  # stopped with a servo somewhere unknown or a door open: safe at the first safe moment
         if self.pending is not None and self.pending.held_by and m.may_move():
             event = self._try_route()
             if event is not None:
@@ -514,17 +525,41 @@ class Sorter:
                     break
             if self.pending is not None:  # stopping with an item on the tray: recorded, not lost
                 deliver(self._resolve(None, f"still on the tray at stop (held by {self.pending.held_by or 'nothing'})"))
+            if stop.is_set():
+                self._last_look(deliver)
         finally:
             self._on_event = None
         self.notifier.stopping()
         return self.summary
+
+    def _last_look(self, deliver: Callable[[Event], None]) -> None:
+        """Stopped by a signal: park, then look at the tray once more. An item put down after the
+        signal (while the last one finished, or during the park) is recorded as on the tray at
+        stop, not lost (#18.6). The item just recorded, still lying there, is not counted again."""
+        try:
+            self._parked_at_stop = self.actuator.park()
+            if self.cfg.trigger.mode == "always":  # every frame "is" an item there: nothing to look for
+                return
+            read = (lambda: self.reader.get(timeout=1.0)) if self.reader is not None else self.source.read
+            frame = still_item(read, self.trigger.update, self.cfg.trigger.still_frames + 2)
+            if frame is None:
+                return
+            tensor = self.preprocessor(frame.pixels, frame.order, out=self._tensor)
+            self.voter.reset()
+            decision = self.voter.add(self.model.classifier.classify(tensor)) or self.voter.flush()
+        except Exception as e:  # on the way out: log, never a traceback instead of an exit
+            log.error("last look at the tray at stop failed: %s", e)
+            return
+        assert decision is not None
+        self.pending = Pending(decision, frame, time.perf_counter(), 0.0)
+        deliver(self._resolve(None, "put on the tray as the bin stopped: still on the tray at stop (not sorted)"))
 
     def close(self) -> None:
         """Hardware safe first, then the rest; every step runs even if one fails."""
         if self._closed:
             return
         self._closed = True
-        steps = [self.actuator.close, self._record_pending]
+        steps = [lambda: self.actuator.close(park=not self._parked_at_stop), self._record_pending]
         if self.machine_log is not None:
             steps.append(self.machine_log.close)
         if self.inputs is not None:

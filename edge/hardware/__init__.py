@@ -1,7 +1,21 @@
-"""Stage 5: route the item (servos, LEDs) and leave the hardware safe on every exit."""
+"""Stage 5: route the item (servos, LEDs) and leave the hardware safe on every exit.
 
-from ecosorter.edge.hardware.actuator import Actuator, NullActuator, RouteResult
-from ecosorter.edge.hardware.factory import make_actuator
-from ecosorter.edge.hardware.pins import make_pin_factory, validate_pins
+Names are loaded on first use: `edge.config` runs the machine rules in `hardware.check`, and
+importing this package must not pull in the factory (which imports `edge.config` back).
+"""
 
-__all__ = ["Actuator", "NullActuator", "RouteResult", "make_actuator", "make_pin_factory", "validate_pins"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOME = {"Actuator": "actuator", "NullActuator": "actuator", "RouteResult": "actuator",
+         "make_actuator": "factory", "make_pin_factory": "pins", "validate_pins": "pins"}
+
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -47,11 +47,31 @@ class Axis:
     """One servo and what the bin knows of it: where it was sent and how long travel takes."""
 
     def __init__(self, name: str, servo, speed_deg_s: float, settle_s: float, span: tuple[float, float],
-                 switch=None, switch_angle: float | None = None):
+                 switch=None, switch_angle: float | None = None, feedback=None,
+                 feedback_map: tuple[float, float] | None = None, tolerance_deg: float = 6.0):
         self.name, self.servo = name, servo
         self.speed, self.settle_s, self.span = speed_deg_s, settle_s, span
         self.switch, self.switch_angle = switch, switch_angle  # switch closed (active) = at switch_angle
         self.angle: float | None = None  # None: unknown (power-up, or stopped mid-travel)
+        # position feedback: an ADC input (gpiozero MCP3008: .value 0-1) on the servo's potentiometer,
+        # and its readings at span[0] and span[1] (from `ecosorter calibrate`; None: not calibrated)
+        self.feedback, self.feedback_map, self.tolerance_deg = feedback, feedback_map, tolerance_deg
+
+    def position(self) -> float | None:
+        """Where the servo really is, read from its feedback (None: no calibrated feedback)."""
+        if self.feedback is None or self.feedback_map is None:
+            return None
+        (lo, hi), (v0, v1) = self.span, self.feedback_map
+        return lo + (float(self.feedback.value) - v0) / (v1 - v0) * (hi - lo)
+
+    def arrived(self, target: float) -> bool:
+        where = self.position()
+        return where is None or abs(where - target) <= self.tolerance_deg
+
+    def past(self, start: float, target: float) -> bool:
+        """Read at least half way from start to target (no calibrated feedback: assumed)."""
+        where = self.position()
+        return where is None or abs(where - start) >= abs(target - start) / 2
 
     def travel_s(self, target: float) -> float:
         delta = abs(target - self.angle) if self.angle is not None else self.span[1] - self.span[0]
@@ -74,6 +94,20 @@ class Axis:
     def lost(self) -> None:
         """Stopped mid-travel: where it is now is unknown."""
         self.angle = None
+
+    def at(self, angle: float) -> bool:
+        """Is it at `angle`: by its switch when the switch marks that angle, else by what it was sent."""
+        if self.switch is not None and self.switch_angle is not None and abs(angle - self.switch_angle) < 1e-6:
+            return bool(self.switch.is_active)
+        return self.angle == angle
+
+    def confirm_left(self, step: str) -> None:
+        """Half way from the switch's position: its switch must have opened (no switch: travel time is all)."""
+        if self.switch is None or self.switch_angle is None or not self.switch.is_active:
+            return
+        self.angle = None
+        raise HardwareFault("jam", f"{self.name} did not leave {self.switch_angle:g} deg during {step} "
+                                   "(position switch still closed)")
 
     def confirm(self, target: float) -> None:
         """With a switch: at switch_angle it must be closed; anywhere else it must be open."""
@@ -145,6 +179,11 @@ class Actuator:
         mid-drop, or a jam: the bin parks before anything else is put on the tray."""
         return True
 
+    def open_below(self) -> tuple[bool, int | None]:
+        """(is the tray's floor open, the compartment an item falling now lands in, None: unknown).
+        An item that vanishes from an open tray fell through: it is recorded with where it went."""
+        return False, None
+
     # --- routing
     def route(self, compartment: int, uncertain: bool = False) -> RouteResult:
         """One item into `compartment`. The caller asked the machine first; faults and lid holds
@@ -163,10 +202,14 @@ class Actuator:
 
     def park(self) -> bool:
         """The safe sequence: with the lid closed, safe positions in a safe order, each waited
-        for, then detach; with the lid open, detach only (nothing moves). True if parked."""
+        for, then detach; with the lid open or a fault latched, detach only (nothing moves: a
+        jammed mechanism is not driven again until a person says it is free). True if parked."""
         if self.closed:
             return False
         with self._lock:
+            if self.machine.faulted:
+                self._detach_all()
+                return False
             return not self._guarded(self._park)[0]
 
     def _guarded(self, steps) -> tuple[str, str]:
@@ -202,16 +245,36 @@ class Actuator:
         self._guard_lid()
         t0 = self.clock.monotonic()
         half = axis.travel_s(target) / 2
+        start = axis.angle
+        from_switch = axis.switch_angle is not None and start == axis.switch_angle
         seconds = axis.send(target)
         if drops:
             self._wait(half, step, moving=axis)
+            if from_switch:
+                axis.confirm_left(step)  # a door jammed shut has dropped nothing: the item is still on it
+            if start is not None:  # with feedback: dropped once the door is *read* half open, not timed so
+                self._until(axis, lambda: axis.past(start, target), t0, step, f"half way to {target:g} deg")
             self._dropped = True
             seconds -= half
         self._wait(seconds, step, moving=axis)
+        # With feedback, "should have arrived" becomes "has arrived": a slow servo is waited for
+        # (within the move budget); one that does not get there is a jam, before the next step.
+        self._until(axis, lambda: axis.arrived(target), t0, step, f"{target:g} deg")
         took = self.clock.monotonic() - t0
         if took > self.move_budget_s:
             raise HardwareFault("budget", f"{step} took {took:.2f} s, over the {self.move_budget_s:g} s move budget")
         axis.confirm(target)
+
+    def _until(self, axis: Axis, reached, t0: float, step: str, what: str) -> None:
+        """Wait (lid watched) until `reached()`, at most until the move budget since t0 is spent:
+        then the servo is not where it must be, a jam. Without feedback `reached()` is at once true."""
+        while not reached():
+            if self.clock.monotonic() - t0 >= self.move_budget_s:
+                where = axis.position()
+                axis.lost()
+                raise HardwareFault("jam", f"{axis.name} read at {where:.0f} deg, not {what}, after "
+                                           f"{self.move_budget_s:g} s of {step} (position feedback)")
+            self._wait(WAIT_SLICE_S, step, moving=axis)
 
     def _wait(self, seconds: float, step: str, moving: Axis | None = None) -> None:
         end = self.clock.monotonic() + seconds
@@ -237,13 +300,15 @@ class Actuator:
     def _park(self) -> None:
         self._detach_all()
 
-    def close(self) -> None:
-        """Safe first (guarded), then outputs off, then release every device."""
+    def close(self, park: bool = True) -> None:
+        """Safe first (guarded), then outputs off, then release every device. park=False: the caller
+        has just parked (the loop does, before its last look at the tray): detach only."""
         if self.closed:
             return
         with self._lock:
             try:
-                self.park()
+                if park:
+                    self.park()
             except Exception:  # on a dying process, best effort is all there is
                 log.exception("while parking")
             self._detach_all()

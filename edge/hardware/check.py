@@ -6,9 +6,16 @@ problem is reported at once. Warnings are things that work but a builder should 
 
 from __future__ import annotations
 
-from ecosorter.edge.config import Config, HardwareConfig
+from typing import TYPE_CHECKING
+
 from ecosorter.edge.errors import ConfigError
-from ecosorter.edge.hardware.pins import GPIO_RANGE, HARDWARE_PWM_PINS, used_pins
+from ecosorter.edge.hardware.pins import HARDWARE_PWM_PINS, pin_errors, used_pins
+
+if TYPE_CHECKING:  # types only: edge.config runs these rules, so this module must not import it back
+    from ecosorter.edge.config import Config, HardwareConfig
+
+__all__ = ["compartment_count", "label_errors", "longest_move_s", "machine_errors", "machine_warnings",
+           "pin_errors", "servo_angles"]
 
 NAME_MAX = 12  # a compartment name fits its tile on the 800 px screen
 
@@ -27,18 +34,6 @@ def name_errors(hw: HardwareConfig, n: int) -> list[ConfigError]:
                                                           "(hardware.compartments): one per compartment, or []")]
     return [ConfigError(f"hardware.compartment_names[{i}]", f"{name!r}: 1-{NAME_MAX} characters")
             for i, name in enumerate(names) if not 0 < len(name.strip()) <= NAME_MAX]
-
-
-def pin_errors(hw: HardwareConfig) -> list[ConfigError]:
-    errors, seen = [], {}
-    for key, pin, _pwm in used_pins(hw):
-        if pin not in GPIO_RANGE:
-            errors.append(ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27"))
-        elif pin in seen:
-            errors.append(ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}"))
-        else:
-            seen[pin] = key
-    return errors
 
 
 def servo_angles(hw: HardwareConfig) -> list[tuple[str, float]]:
@@ -116,11 +111,42 @@ def machine_errors(cfg: Config) -> list[ConfigError]:
         for key in ("chute_home_switch_pin", "trapdoor_closed_switch_pin"):
             if getattr(hw, key) >= 0:
                 errors.append(ConfigError(f"hardware.{key}", f"only the chute profiles have it (profile = {hw.profile!r})"))
+    errors += feedback_errors(hw)
     if hw.interlock_resume == "button" and hw.wrong_button_pin < 0:
         errors.append(ConfigError("hardware.interlock_resume", "'button' needs hardware.wrong_button_pin "
                                                                "(the button that resumes)"))
     if hw.item_sensor_kind == "ultrasonic" and hw.item_sensor_pin >= 0 and hw.item_sensor_trigger_pin < 0:
         errors.append(ConfigError("hardware.item_sensor_trigger_pin", "an ultrasonic sensor needs its trigger pin"))
+    return errors
+
+
+def servo_count(hw: HardwareConfig) -> int:
+    return len(used_pins(hw, servo_pins_only=True))
+
+
+def feedback_errors(hw: HardwareConfig) -> list[ConfigError]:
+    """Position feedback: one ADC channel per servo, and a calibration for each (or none yet)."""
+    if hw.feedback_adc == "none":
+        return []
+    if hw.profile not in ("chute", "flaps"):
+        return [ConfigError("hardware.feedback_adc", f"only the servo profiles (chute, flaps) have it "
+                                                     f"(profile = {hw.profile!r})")]
+    n, errors = servo_count(hw), []
+    if len(hw.feedback_channels) != n or len(set(hw.feedback_channels)) != n \
+            or not all(0 <= c <= 7 for c in hw.feedback_channels):
+        errors.append(ConfigError("hardware.feedback_channels", f"{hw.feedback_channels}: one distinct MCP3008 "
+                                                                f"channel 0-7 for each of the {n} servos"))
+    lo, hi = hw.feedback_at_min, hw.feedback_at_max
+    if lo or hi:
+        if len(lo) != n or len(hi) != n:
+            errors.append(ConfigError("hardware.feedback_at_min", f"{len(lo)} and {len(hi)} readings (at_min, at_max) "
+                                                                  f"for {n} servos: run `ecosorter calibrate` again"))
+        else:
+            for i, (a, b) in enumerate(zip(lo, hi, strict=True)):
+                if not (0 <= a <= 1 and 0 <= b <= 1) or abs(a - b) < 0.05:
+                    errors.append(ConfigError(f"hardware.feedback_at_min[{i}]", f"{a:g} .. {b:g}: readings are 0-1 and "
+                                              "must differ across the servo's range (is the feedback wire on that "
+                                              "channel?): run `ecosorter calibrate` again"))
     return errors
 
 
@@ -153,6 +179,12 @@ def machine_warnings(cfg: Config) -> list[str]:
     if hw.profile in ("chute", "flaps", "pca9685") and hw.wrong_button_pin < 0:
         out.append("hardware: no wrong/clear button (wrong_button_pin): a latched fault (a jam) can only be cleared "
                    "from the page, MQTT clear_fault or a restart")
+    if hw.feedback_adc != "none" and not hw.feedback_at_min:
+        out.append("hardware: feedback_adc is set but not calibrated (feedback_at_min / feedback_at_max): arrival is "
+                   "not checked until `ecosorter calibrate` has measured each servo")
+    if hw.profile in ("chute", "flaps") and hw.feedback_adc == "none":
+        out.append("hardware: no position feedback (feedback_adc): a servo that stops short or runs slow is not "
+                   "seen before the door opens (README, 'What the bin cannot see')")
     if hw.profile in ("chute", "pca9685") and hw.chute_home_switch_pin < 0 and hw.trapdoor_closed_switch_pin < 0:
         out.append("hardware: no position switches: a jammed chute or trapdoor cannot be seen (README, 'Operating the bin')")
     return out

@@ -50,9 +50,15 @@ def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, mach
             return dev(gpiozero.AngularServo, pin, initial_angle=None, min_angle=span[0], max_angle=span[1],
                        min_pulse_width=lo, max_pulse_width=hi)
 
+        order = iter(range(len(used_pins(cfg, servo_pins_only=True))))
+
         def axis(name: str, device, switch_pin: int = -1, switch_angle: float | None = None) -> Axis:
             switch = dev(gpiozero.Button, switch_pin, pull_up=True) if switch_pin >= 0 else None
-            return Axis(name, device, cfg.servo_speed_deg_s, cfg.settle_s, span, switch, switch_angle)
+            i = next(order)  # servos are built in feedback_channels order: chute, trapdoor; or flap 0, 1, ...
+            adc = _adc(dev, pf, cfg.feedback_channels[i]) if cfg.feedback_adc == "mcp3008" else None
+            fmap = (cfg.feedback_at_min[i], cfg.feedback_at_max[i]) if adc is not None and cfg.feedback_at_min else None
+            return Axis(name, device, cfg.servo_speed_deg_s, cfg.settle_s, span, switch, switch_angle, adc, fmap,
+                        cfg.feedback_tolerance_deg)
 
         if cfg.profile == "leds":
             from ecosorter.edge.hardware.leds import LedActuator
@@ -77,6 +83,22 @@ def make_actuator(cfg: HardwareConfig, compartments: int, pin_factory=None, mach
         for d in made:
             d.close()
         raise
+
+
+def _adc(dev, pf, channel: int):
+    """An MCP3008 channel on SPI0. gpiozero's software SPI bus (what a MockFactory gives, or a Pi
+    without spidev) asks for a default pin factory although it is handed one: lend it ours for
+    the moment of construction, so that off a Pi it does not fail looking for lgpio."""
+    import gpiozero
+
+    lent = gpiozero.Device.pin_factory is None
+    if lent:
+        gpiozero.Device.pin_factory = pf
+    try:
+        return dev(gpiozero.MCP3008, channel=channel)
+    finally:
+        if lent:
+            gpiozero.Device.pin_factory = None
 
 
 def servo_driver(cfg: HardwareConfig) -> str:

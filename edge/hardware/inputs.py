@@ -104,7 +104,7 @@ class Inputs:
         """"short" for each completed short press, "long" once a press has lasted clear_hold_s."""
         with self._lock:
             if (self._pressed_at is not None and not self._long_sent
-                    and self.clock.monotonic() - self._pressed_at >= self.clear_hold_s):
+                    and self._pressed_at + self.clear_hold_s <= self.clock.monotonic()):  # wake_at's own sum
                 self._long_sent = True
                 self._presses.append("long")
             out = list(self._presses)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-from ecosorter.edge.config import HardwareConfig
-from ecosorter.edge.errors import ConfigError, HardwareError
+from ecosorter.edge.errors import ConfigError, ConfigErrors, HardwareError
+
+if TYPE_CHECKING:  # types only: edge.config imports the machine rules, which import this module
+    from ecosorter.edge.config import HardwareConfig
 
 # BCM pins with a hardware PWM channel on Pi 4/5 (PWM0: 12, 18; PWM1: 13, 19).
 HARDWARE_PWM_PINS = frozenset({12, 13, 18, 19})
 GPIO_RANGE = range(0, 28)
+SPI0_PINS = {"SCLK": 11, "MOSI": 10, "MISO": 9, "CE0": 8}
 # What to do when gpiozero finds no pin library (its "BadPinFactory: Unable to load any default pin factory!").
 NO_PIN_LIBRARY = ("gpiozero found no pin library. On a Raspberry Pi: sudo apt install python3-lgpio and use a venv "
                   "made with --system-site-packages (sudo deploy/install.sh does both). Not on a Pi: set "
@@ -84,6 +88,8 @@ def used_pins(cfg: HardwareConfig, servo_pins_only: bool = False) -> list[tuple[
     if cfg.profile == "pca9685" or (cfg.servo_driver == "pca9685" and cfg.profile in ("chute", "flaps")):
         # the servos hang off the PCA9685: their *_pin keys claim nothing; its I2C bus uses GPIO 2 and 3
         pins = [("I2C SDA (pca9685)", 2, False), ("I2C SCL (pca9685)", 3, False)]
+    if cfg.feedback_adc == "mcp3008" and cfg.profile != "leds":  # SPI0, CE0: the ADC reading the servos
+        pins += [(f"SPI {role} (feedback_adc mcp3008)", p, False) for role, p in SPI0_PINS.items()]
     pins += [(f"hardware.status_led_pins[{i}]", p, False) for i, p in enumerate(cfg.status_led_pins)]
     for key in INPUT_PIN_KEYS:
         if getattr(cfg, key) >= 0:
@@ -97,11 +103,20 @@ INPUT_PIN_KEYS = ("interlock_pin", "item_sensor_pin", "item_sensor_trigger_pin",
                   "power_fail_pin", "chute_home_switch_pin", "trapdoor_closed_switch_pin")
 
 
+def pin_errors(hw: HardwareConfig) -> list[ConfigError]:
+    errors, seen = [], {}
+    for key, pin, _pwm in used_pins(hw):
+        if pin not in GPIO_RANGE:
+            errors.append(ConfigError(key, f"GPIO{pin} does not exist; BCM pins are 0-27"))
+        elif pin in seen:
+            errors.append(ConfigError(key, f"GPIO{pin} is already used by {seen[pin]}"))
+        else:
+            seen[pin] = key
+    return errors
+
+
 def validate_pins(cfg: HardwareConfig) -> None:
     """Every pin exists and has one role (all problems at once)."""
-    from ecosorter.edge.errors import ConfigErrors
-    from ecosorter.edge.hardware.check import pin_errors
-
     errors = pin_errors(cfg)
     if errors:
         raise ConfigErrors(errors)

@@ -25,7 +25,8 @@ class ChuteActuator(Actuator):
         self.angles, self.home, self.door_closed, self.door_open = list(angles), home, door_closed, door_open
         self.drop_s = drop_s
         self.axes = [trapdoor, chute]
-        self._devices += [chute.servo, trapdoor.servo, *(a.switch for a in self.axes if a.switch is not None)]
+        self._devices += [chute.servo, trapdoor.servo, *(a.switch for a in self.axes if a.switch is not None),
+                          *(a.feedback for a in self.axes if a.feedback is not None)]
         self.park()
 
     def _door_shut(self) -> None:
@@ -47,6 +48,12 @@ class ChuteActuator(Actuator):
     def parked(self) -> bool:
         return self.trapdoor.angle == self.door_closed and self.chute.angle == self.home
 
+    def open_below(self) -> tuple[bool, int | None]:
+        if self.trapdoor.at(self.door_closed):
+            return False, None
+        where = self.chute.angle  # None: lost mid-travel
+        return True, (self.angles.index(where) if where in self.angles else None)
+
     def _park(self) -> None:
         # Door first, then the chute: the chute never turns over an open trapdoor.
         self._step(self.trapdoor, self.door_closed, "trapdoor close")
@@ -64,7 +71,7 @@ class FlapsActuator(Actuator):
         super().__init__(compartments=len(flaps), **kw)
         self.flaps, self.closed_angle, self.open_angle, self.drop_s = list(flaps), closed, open_, drop_s
         self.axes = self.flaps
-        self._devices += [f.servo for f in self.flaps]
+        self._devices += [f.servo for f in self.flaps] + [f.feedback for f in self.flaps if f.feedback is not None]
         self.park()
 
     def _sequence(self, compartment: int) -> None:
@@ -80,6 +87,10 @@ class FlapsActuator(Actuator):
 
     def parked(self) -> bool:
         return all(f.angle == self.closed_angle for f in self.flaps)
+
+    def open_below(self) -> tuple[bool, int | None]:
+        open_ = [i for i, f in enumerate(self.flaps) if not f.at(self.closed_angle)]
+        return bool(open_), (open_[0] if len(open_) == 1 else None)
 
     def _park(self) -> None:
         # One flap at a time: seven stalled servos at once would brown out the supply.

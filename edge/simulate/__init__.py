@@ -22,11 +22,11 @@ from pathlib import Path
 
 from ecosorter.edge.clock import VirtualClock
 from ecosorter.edge.config import config_from_dict
-from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.errors import ConfigError, ConfigErrors, EcoSorterError
 from ecosorter.edge.machine import Entry
 from ecosorter.edge.record.event import Event
 from ecosorter.edge.simulate.pins import ClockedMockFactory
-from ecosorter.edge.simulate.scenario import Scenario, ScenarioError, SimEvent, load_scenario
+from ecosorter.edge.simulate.scenario import Scenario, ScenarioError, SimEvent, config_key_line, load_scenario
 from ecosorter.edge.simulate.world import SimCamera, World, servo_pins
 
 if sys.version_info >= (3, 11):
@@ -66,7 +66,59 @@ def sim_config(scenario: Scenario, config_path: Path | None, state_dir: Path):
     # the simulated bin owns the camera, the pins and the clock; it never talks to a broker
     data = _merge(data, {"record": {"state_dir": str(state_dir)}, "mqtt": {"enabled": False},
                          "status": {"enabled": False}, "hardware": {"pin_factory": "mock"}})
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:  # name the scenario and the line when the scenario's [config.*] set the key
+        errors = e.errors if isinstance(e, ConfigErrors) else [e]
+        lines = []
+        for err in errors:
+            where = _from_scenario(scenario, err.key)
+            lines.append(f"scenario {scenario.path}:{where}: [config] {err}" if where else
+                         f"{err} (from {config_path or 'the defaults'} with scenario {scenario.path})")
+        raise ScenarioError("\n".join(lines)) from None
+
+
+def _from_scenario(scenario: Scenario, key: str) -> int | None:
+    """The scenario's line for a config key it sets itself (None: it came from --config or a default)."""
+    node: object = scenario.config
+    for part in key.split(".")[:2]:
+        part = part.split("[")[0]
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return config_key_line(scenario.path, key) or None
+
+
+class Recorder:
+    """The timeline as it happens: streamed to its file (one JSON line per record, in time order, as
+    virtual time only goes forward) and kept in memory only when asked (tests read it back). A week
+    in memory grew the process ~8 MB per simulated day; the summary's counts are kept as it goes."""
+
+    def __init__(self, path: Path | None = None, keep: bool = True):
+        self.kept: list[dict] = []
+        self.keep = keep
+        self._file = open(path, "w", encoding="utf-8") if path is not None else None  # noqa: SIM115
+        self.raised: Counter = Counter()
+        self.recorded: set[int] = set()
+        self.last_t = 0.0
+
+    def __call__(self, r: dict) -> None:
+        if r["t"] < self.last_t - 1e-9:  # cannot happen on a VirtualClock; a file out of order is a bug
+            raise RuntimeError(f"timeline record before its predecessor ({self.last_t}): {r}")
+        self.last_t = max(self.last_t, r["t"])
+        if r["kind"] in ("hold", "fault", "warning") and r["state"] == "raised":
+            self.raised[(r["kind"], r["name"].rstrip("0123456789"))] += 1
+        elif r["kind"] == "item" and r["item"] is not None:
+            self.recorded.add(r["item"])
+        if self._file is not None:
+            self._file.write(json.dumps({**r, "t": round(r["t"], 6)}, separators=(",", ":")) + "\n")
+        if self.keep:
+            self.kept.append(r)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _VirtualTime(logging.Filter):
@@ -97,7 +149,8 @@ def virtual_log_time(clock: VirtualClock) -> Iterator[None]:
 
 
 def run_scenario(scenario: Scenario | str | Path, config_path: Path | None = None,
-                 state_dir: Path | None = None) -> SimResult:
+                 state_dir: Path | None = None, timeline_path: Path | None = None, keep: bool = True) -> SimResult:
+    """keep = False: the timeline only goes to `timeline_path` (a long run in bounded memory)."""
     from ecosorter.edge.sorter import build_sorter
 
     sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
@@ -106,18 +159,21 @@ def run_scenario(scenario: Scenario | str | Path, config_path: Path | None = Non
         tmp = tempfile.TemporaryDirectory(prefix="ecosorter-simulate-")
         state_dir = Path(tmp.name)
     try:
-        return _run(sc, sim_config(sc, config_path, state_dir), state_dir, build_sorter)
+        cfg = sim_config(sc, config_path, state_dir)
+        recorder = Recorder(timeline_path, keep)
+        try:
+            return _run(sc, cfg, state_dir, build_sorter, recorder)
+        finally:
+            recorder.close()
     finally:
         if tmp is not None:
             tmp.cleanup()
 
 
-def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
+def _run(sc: Scenario, cfg, state_dir: Path, build_sorter, record: Recorder) -> SimResult:
     wall0 = time.perf_counter()
     clock = VirtualClock()
-    pins = ClockedMockFactory(clock)
-    timeline: list[dict] = []
-    record = timeline.append
+    pins = ClockedMockFactory(clock, history=record.keep)
     hw = cfg.hardware
     world = World(cfg, clock, pins, record, speed=hw.servo_speed_deg_s if sc.bin.servo_speed_deg_s is None else sc.bin.servo_speed_deg_s,
                   capacity=sc.bin.compartment_capacity, hand_off_s=sc.bin.hand_off_s,
@@ -134,7 +190,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
 
         def on_machine(entry: Entry, state: str, who: str) -> None:
             record({"t": clock.monotonic(), "kind": entry.condition.kind, "name": entry.key, "state": state,
-                    **({"who": who} if who else {})})
+                    **({"who": who} if who else {}), **({"detail": entry.detail} if entry.detail else {})})
 
         sorter.machine.subscribe(on_machine, first=True)
         # The bin parks its servos before it is up, and its camera learns the empty tray first:
@@ -152,15 +208,13 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
 
         summary = sorter.run(stop, on_event=on_event)
     record({"t": clock.monotonic(), "kind": "exit", "code": 0})
-    timeline.sort(key=lambda r: r["t"])  # stable: same-instant records keep their causal order
-    raised = Counter((r["kind"], r["name"].rstrip("0123456789")) for r in timeline
-                     if r["kind"] in ("hold", "fault", "warning") and r["state"] == "raised")
+    raised = record.raised
     placed = [i for i in world.items if i.placed is not None]
     result = {
         "virtual_s": round(clock.monotonic(), 3), "wall_s": round(time.perf_counter() - wall0, 3),
         "items": {"dropped_by_person": len(world.items), "placed": len(placed),
                   # put on the tray but never recorded by the sorter: a bin that did not see an item
-                  "never_recorded": len({i.n for i in placed} - {r["item"] for r in timeline if r["kind"] == "item"}),
+                  "never_recorded": len({i.n for i in placed} - record.recorded),
                   "decided": summary.items,
                   "routed": sum(summary.routed.values()), "not_routed": summary.unrouted, "held": summary.held,
                   "rerouted": summary.rerouted},
@@ -171,7 +225,7 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter) -> SimResult:
         "warnings": {name: n for (kind, name), n in sorted(raised.items()) if kind == "warning"},
         "exit": 0,
     }
-    return SimResult(timeline, result)
+    return SimResult(record.kept, result)
 
 
 def _check_pins(sc: Scenario, cfg) -> None:
@@ -219,6 +273,7 @@ def _apply(ev: SimEvent, world: World, camera: SimCamera, pins: ClockedMockFacto
 
 
 def write_timeline(result: SimResult, path: Path) -> None:
+    """A kept timeline to a file (run_scenario(timeline_path=...) streams it instead)."""
     with open(path, "w", encoding="utf-8") as f:
         for r in result.timeline:
             f.write(json.dumps({**r, "t": round(r["t"], 6)}, separators=(",", ":")) + "\n")

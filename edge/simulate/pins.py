@@ -28,7 +28,10 @@ class TimelinePin(MockPWMPin):
         self._state = value
         self.states.append(type(self.states[0])(t - self._last_change, value))
         self._last_change = t
-        self.timeline.append((t, float(value)))
+        if self.factory.history:
+            self.timeline.append((t, float(value)))
+        else:  # a long simulation keeps no per-pin history: the timeline file has it
+            del self.states[:-1]
         for fn in self.factory.listeners:
             fn(self, t, float(value))
         return True
@@ -40,10 +43,18 @@ class TimelinePin(MockPWMPin):
 
 
 class ClockedMockFactory(MockFactory):
-    def __init__(self, clock: Clock = SYSTEM_CLOCK):
-        self.clock = clock
+    def __init__(self, clock: Clock = SYSTEM_CLOCK, history: bool = True):
+        self.clock, self.history = clock, history
         self.listeners: list[Callable[[TimelinePin, float, float], None]] = []
         super().__init__(pin_class=TimelinePin)
+
+    def pin(self, name, pin_class=None, **kwargs):
+        """A pin already made is returned as it is: the simulated MCP3008 makes SPI pins of gpiozero's
+        own mock SPI classes first, then gpiozero's software SPI asks for them with this factory's class."""
+        for _header, info in self.board_info.find_pin(name):
+            if info in self.pins:
+                return self.pins[info]
+        return super().pin(name, pin_class, **kwargs)
 
     def ticks(self) -> float:  # gpiozero times edges (bounce, hold) with ticks
         return self.clock.monotonic()

@@ -52,8 +52,9 @@ class SimEvent:
     at: float
     kind: str
     value: Any
-    line: int
+    line: int  # the line of the event's kind key (lid = ..., drop = ...): what errors about it name
     hold_s: float | None = None
+    at_line: int = 0  # the line of its `at`
 
 
 @dataclass
@@ -91,6 +92,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ScenarioError(f"scenario {p}: not valid TOML: {e}") from None
     lines = _event_lines(text)
+    text_lines = text.splitlines()
 
     def err(line: int | None, msg: str) -> ScenarioError:
         return ScenarioError(f"scenario {p}:{line}: {msg}" if line else f"scenario {p}: {msg}")
@@ -98,12 +100,13 @@ def load_scenario(path: str | Path) -> Scenario:
     for key in data:
         if key not in TOP_KEYS:
             raise err(_line_of(text, key), f"unknown table {key!r}{_hint(key, TOP_KEYS)}")
+    bin_line = _line_of(text, "[bin]") or 0
     spec = BinSpec()
     for key, value in data.get("bin", {}).items():
         if key not in BIN_KEYS:
-            raise err(_line_of(text, key), f"[bin] unknown key {key!r}{_hint(key, BIN_KEYS)}")
+            raise err(key_line(text_lines, bin_line, key), f"[bin] unknown key {key!r}{_hint(key, BIN_KEYS)}")
         tp, least = BIN_KEYS[key]
-        bad = lambda m, k=key: err(_line_of(text, k), f"[bin] {k}: {m}")  # noqa: E731
+        bad = lambda m, k=key: err(key_line(text_lines, bin_line, k), f"[bin] {k}: {m}")  # noqa: E731
         v = _typed(value, tp, bad)
         if v < least:
             raise bad(f"{v!r} is below {least}")
@@ -111,69 +114,80 @@ def load_scenario(path: str | Path) -> Scenario:
     events: list[SimEvent] = []
     for i, raw in enumerate(data.get("events", [])):
         line = lines[i] if i < len(lines) else None
-        events.append(_event(raw, line, p.parent, err))
+        events.append(_event(raw, line, p.parent, err, lambda k, h=line: key_line(text_lines, h, k)))
     for a, b in zip(events, events[1:], strict=False):
         if b.at < a.at:
-            raise err(b.line, f"at = {b.at:g} comes before the previous event's {a.at:g}: times must not go backwards")
+            raise err(b.at_line, f"at = {b.at:g} comes before the previous event's {a.at:g}: times must not go backwards")
     if "items" in data:
-        events = _merge(events, _items(data["items"], p.parent, lambda m: err(_line_of(text, "[items]"), m)))
+        items_line = _line_of(text, "[items]")
+        events = _merge(events, _items(data["items"], p.parent,
+                                       lambda m, k=None: err(key_line(text_lines, items_line, k) if k else items_line, m)))
     config = data.get("config", {})
     if not isinstance(config, dict):
         raise err(_line_of(text, "config"), "[config] must be a table of config sections")
     return Scenario(p, spec, events, config)
 
 
-def _event(raw: Any, line: int | None, base: Path, err) -> SimEvent:
+def _event(raw: Any, line: int | None, base: Path, err, at_key) -> SimEvent:
+    """`at_key(k)`: the line of key k in this event's table (its header line if not found)."""
     if not isinstance(raw, dict):
         raise err(line, "each [[events]] must be a table")
     kinds = [k for k in raw if k in EVENT_KINDS]
     unknown = [k for k in raw if k not in EVENT_KINDS and k not in EVENT_EXTRA]
     if unknown:
-        raise err(line, f"unknown event key {unknown[0]!r}{_hint(unknown[0], [*EVENT_KINDS, *EVENT_EXTRA])}")
+        raise err(at_key(unknown[0]), f"unknown event key {unknown[0]!r}{_hint(unknown[0], [*EVENT_KINDS, *EVENT_EXTRA])}")
     if len(kinds) != 1:
-        raise err(line, f"an event has exactly one of {', '.join(EVENT_KINDS)} (found {kinds or 'none'})")
+        raise err(at_key(kinds[1]) if len(kinds) > 1 else line,
+                  f"an event has exactly one of {', '.join(EVENT_KINDS)} (found {kinds or 'none'})")
     if "at" not in raw:
         raise err(line, "an event needs at = <virtual seconds>")
-    at = _typed(raw["at"], float, lambda m: err(line, f"at: {m}"))
+    at_line = at_key("at")
+    at = _typed(raw["at"], float, lambda m: err(at_line, f"at: {m}"))
     if at < 0:
-        raise err(line, f"at = {at:g}: must be >= 0")
+        raise err(at_line, f"at = {at:g}: must be >= 0")
     kind = kinds[0]
+    kline = at_key(kind)
     value = raw[kind]
     allowed = EVENT_KINDS[kind]
     if allowed is not None and value not in allowed:
-        raise err(line, f"{kind} = {value!r}: allowed {', '.join(repr(a) for a in allowed)}")
+        raise err(kline, f"{kind} = {value!r}: allowed {', '.join(repr(a) for a in allowed)}")
     if kind == "drop":
-        value = _photo(_typed(value, str, lambda m: err(line, f"drop: {m}")), base, lambda m: err(line, m))
+        value = _photo(_typed(value, str, lambda m: err(kline, f"drop: {m}")), base, lambda m: err(kline, m))
     elif kind == "empty":
-        value = _typed(value, int, lambda m: err(line, f"empty: {m}"))
+        value = _typed(value, int, lambda m: err(kline, f"empty: {m}"))
     elif kind in ("jam", "unjam") and not (isinstance(value, str) and SERVO.fullmatch(value)):
-        raise err(line, f"{kind} = {value!r}: 'chute', 'trapdoor' or 'flap<k>'")
+        raise err(kline, f"{kind} = {value!r}: 'chute', 'trapdoor' or 'flap<k>'")
     hold = None
     if "hold_s" in raw:
+        hline = at_key("hold_s")
         if kind != "press":
-            raise err(line, "hold_s goes with press")
-        hold = _typed(raw["hold_s"], float, lambda m: err(line, f"hold_s: {m}"))
-    return SimEvent(at, kind, value, line or 0, hold)
+            raise err(hline, "hold_s goes with press")
+        hold = _typed(raw["hold_s"], float, lambda m: err(hline, f"hold_s: {m}"))
+        if not 0 < hold <= 3600:
+            raise err(hline, f"hold_s = {hold:g}: a press lasts more than 0 and at most 3600 s")
+    return SimEvent(at, kind, value, kline or 0, hold, at_line or 0)
 
 
 def _items(raw: Any, base: Path, err) -> list[SimEvent]:
+    """`err(message, key)`: an error on that key's own line (the [items] header without a key)."""
     if not isinstance(raw, dict):
         raise err("[items] must be a table")
     for key in raw:
         if key not in ITEM_KEYS:
-            raise err(f"[items] unknown key {key!r}{_hint(key, ITEM_KEYS)}")
+            raise err(f"[items] unknown key {key!r}{_hint(key, ITEM_KEYS)}", key)
     for key in ("folder", "every_s", "count"):
         if key not in raw:
             raise err(f"[items] needs {key}")
-    folder = base / _typed(raw["folder"], str, lambda m: err(f"[items] folder: {m}"))
-    every = _typed(raw["every_s"], float, lambda m: err(f"[items] every_s: {m}"))
-    count = _typed(raw["count"], int, lambda m: err(f"[items] count: {m}"))
-    start = _typed(raw.get("start_s", every), float, lambda m: err(f"[items] start_s: {m}"))
-    if every <= 0 or count < 0 or start < 0:
-        raise err("[items] every_s must be > 0, count and start_s >= 0")
+    folder = base / _typed(raw["folder"], str, lambda m: err(f"[items] folder: {m}", "folder"))
+    every = _typed(raw["every_s"], float, lambda m: err(f"[items] every_s: {m}", "every_s"))
+    count = _typed(raw["count"], int, lambda m: err(f"[items] count: {m}", "count"))
+    start = _typed(raw.get("start_s", every), float, lambda m: err(f"[items] start_s: {m}", "start_s"))
+    for key, bad in (("every_s", every <= 0), ("count", count < 0), ("start_s", start < 0)):
+        if bad:
+            raise err("[items] every_s must be > 0, count and start_s >= 0", key)
     photos = sorted(q for q in folder.rglob("*") if q.suffix.lower() in SUFFIXES) if folder.is_dir() else []
     if not photos:
-        raise err(f"[items] folder {folder}: no photos ({', '.join(sorted(SUFFIXES))})")
+        raise err(f"[items] folder {folder}: no photos ({', '.join(sorted(SUFFIXES))})", "folder")
     # a fixed, spread-out order: every class appears early, and the same scenario is the same run
     order = photos[::7] + [q for i, q in enumerate(photos) if i % 7]
     return [SimEvent(start + i * every, "drop", order[i % len(order)], 0) for i in range(count)]
@@ -209,6 +223,36 @@ def _hint(key: str, names) -> str:
 
 def _event_lines(text: str) -> list[int]:
     return [i + 1 for i, ln in enumerate(text.splitlines()) if ln.strip().startswith("[[events]]")]
+
+
+KEY = re.compile(r"""\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*=""")
+
+
+def key_line(lines: list[str], header: int | None, key: str) -> int | None:
+    """The line of `key = ...` in the table whose header is on line `header` (1-based; 0 or None:
+    the top of the file), up to the next table header; the header's own line if not found."""
+    for i in range(header or 0, len(lines)):
+        ln = lines[i]
+        if ln.lstrip().startswith("["):
+            break
+        m = KEY.match(ln)
+        if m and key in m.groups():
+            return i + 1
+    return header
+
+
+def config_key_line(path: Path, dotted: str) -> int | None:
+    """The line of a config key ("hardware.interlock_pin") in the scenario's [config.*] tables."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    section, _, key = dotted.partition(".")
+    key = re.split(r"[.\[]", key)[0]
+    header = next((i + 1 for i, ln in enumerate(lines) if re.fullmatch(rf"\s*\[\s*config\.{re.escape(section)}\s*\]\s*(#.*)?", ln)), None)
+    if header is None:
+        return next((i + 1 for i, ln in enumerate(lines) if ln.strip().startswith("[config")), None)
+    return key_line(lines, header, key or section)
 
 
 def _line_of(text: str, needle: str) -> int | None:

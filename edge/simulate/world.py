@@ -117,7 +117,23 @@ class World:
             chute, door = self.by_name["chute"], self.by_name["trapdoor"]
             self._model_pin(hw.chute_home_switch_pin, lambda: not self._near(chute, hw.chute_home_angle))
             self._model_pin(hw.trapdoor_closed_switch_pin, lambda: not self._near(door, hw.trapdoor_closed_angle))
+        self.adc = None
+        if hw.feedback_adc == "mcp3008" and self.servos:
+            from ecosorter.edge.simulate.adc import SimMCP3008
+
+            self.adc = SimMCP3008({ch: (lambda i=i: self._feedback(i)) for i, ch in enumerate(hw.feedback_channels)}, pins)
         pins.listeners.append(self._on_pin)
+
+    # the simulated servos' own potentiometers: the calibration in the config is taken as the truth,
+    # else 0.1 at servo_min_angle and 0.9 at servo_max_angle
+    def _feedback(self, i: int) -> float:
+        hw = self.hw
+        servo = list(self.servos.values())[i]
+        pos = servo.pos()
+        if pos is None:
+            return 0.5
+        v0, v1 = (hw.feedback_at_min[i], hw.feedback_at_max[i]) if hw.feedback_at_min else (0.1, 0.9)
+        return v0 + (pos - hw.servo_min_angle) / (hw.servo_max_angle - hw.servo_min_angle) * (v1 - v0)
 
     def _model_pin(self, pin: int, level: Callable[[], bool]) -> None:
         if pin >= 0:
@@ -207,6 +223,7 @@ class World:
         return self.tray is None and (door is None or door.pos() is None
                                       or self._near(door, self.hw.trapdoor_closed_angle))
 
+    FALL_S = 0.4  # an item put down on an open door is on the tray (seen) this long before it is gone
     PATIENCE_S = 10.0  # how long a person waits for an open door to shut before putting the item down anyway
 
     def _next_from_hand(self) -> None:
@@ -225,7 +242,8 @@ class World:
         self.record({"t": item.placed, "kind": "place", "item": item.n, "image": self._rel(item.image)})
         door = self.by_name.get("trapdoor")
         if door is not None and self._open_past_half(door, self.hw.trapdoor_closed_angle, self.hw.trapdoor_open_angle):
-            self._land(item, self._compartment_below(door))  # a door left open: it falls straight through
+            # a door left open: it slides off the edge and falls through, in the camera's view for a moment
+            self.clock.call_at(item.placed + self.FALL_S, lambda: self._land(item, self._compartment_below(door)))
 
     def set_lid(self, state: str) -> None:
         self.lid_open = state == "open"
