@@ -76,7 +76,7 @@ EXPECT = {
     "model-drift": lambda d: ("The model no longer fits this bin: label items and retrain"
                               in part(d, 'class="banner warning"', "</div></div>")
                               and "Peringatan · Warning" in d and "uncertain 38 per 100 items" in d
-                              and text(d, "dest") == "→ Kompartemen\xa06 / Compartment\xa06"),
+                              and text(d, "dest") == "→ Kompartemen\xa07 / Compartment\xa07"),
 }
 
 # Every visible element: no horizontal overflow (text cut or "..."), nothing outside the screen;
