@@ -32,6 +32,77 @@ def held_out_split(data: Path, fraction: float = HELD_OUT, seed: int = SEED) -> 
     return {"train": [rel[i] for i in tr], "held_out": [rel[i] for i in te]}
 
 
+def three_way_split(data: Path) -> dict[str, list[str]]:
+    """held_out (the test split, as before) and, out of the rest, a seeded stratified validation
+    split (15%, seed 7) for every choice: backbone, epochs, thresholds. Training sees neither."""
+    from ecosorter.convert.train import split
+
+    base = held_out_split(data)
+    rest = base["train"]
+    labels = np.array([LABELS.index(f.split("/")[0]) for f in rest])
+    tr, va = split(labels, HELD_OUT, SEED)
+    return {"train": [rest[i] for i in tr], "validation": [rest[i] for i in va], "held_out": base["held_out"]}
+
+
+def make_pack(data: Path, pack: Path, side: int = 260) -> Path:
+    """What finetune_torch.py needs, small enough to carry to a GPU machine: photos squashed to
+    `side` with the edge's own decoder and NEAREST resize (JPEG q75), split.json, ImageNet weights
+    of Lite0/1/2 as float16 npz (a starting point only)."""
+    from PIL import Image
+
+    from ecosorter.convert import efficientnet_lite as lite
+    from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
+
+    split = three_way_split(data)
+    (pack / "photos").mkdir(parents=True, exist_ok=True)
+    (pack / "split.json").write_text(json.dumps(split, indent=1))
+    squash = Preprocessor(PreprocessSpec(color="rgb", mean=(0, 0, 0), scale=1.0), InputSpec(side, side))
+    for rel in split["train"] + split["validation"] + split["held_out"]:
+        dst = pack / "photos" / rel
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            px = np.clip(np.round(squash(decode_image(data / rel), "rgb")[0]), 0, 255).astype(np.uint8)
+            Image.fromarray(px).save(dst, quality=75)
+    (pack / "weights").mkdir(exist_ok=True)
+    for name in lite.VARIANTS:
+        state = lite.read_torch_legacy(lite.default_weights_path(name))
+        np.savez(pack / "weights" / f"{name}.npz",
+                 **{k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in state.items()})
+    return pack
+
+
+def keras_from_torch(weights: Path, backbone: str, out: Path, split: dict, seed: int = SEED) -> Path:
+    """finetune_torch.py's state dict (package tensor names, 7-row _fc) -> the same Keras model
+    ecosorter-train writes (backbone + head_dropout + probabilities) and its .train.json."""
+    import tf_keras as keras
+
+    from ecosorter.convert import efficientnet_lite as lite
+    from ecosorter.edge.preprocess.spec import preset
+
+    state = lite.read_torch_legacy(weights)
+    v = lite.variant(backbone)
+    base = lite.build(keras, include_top=False, backbone=backbone)
+    lite.load_weights(base, state)
+    inp = keras.Input((v.size, v.size, 3), name="image")
+    x = keras.layers.Dropout(0.3, name="head_dropout")(base(inp))
+    head = keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")
+    x = head(x)
+    head.set_weights([state["_fc.weight"].T, state["_fc.bias"]])
+    model = keras.Model(inp, x, name=f"ecosorter_{backbone.replace('-', '_')}")
+    model.save(str(out))
+    from ecosorter.convert.train import sidecar_path
+
+    sidecar_path(out).write_text(json.dumps({
+        "format": "ecosorter-train/1", "model": out.name, "backbone": backbone, "weights": str(weights.name),
+        "labels": LABELS, "preprocess": "tf", "preprocess_spec": preset("tf").to_dict(),
+        "resize": f"PIL NEAREST squash to {v.size}x{v.size} (the edge's Preprocessor)",
+        "recipe": "convert/demo/finetune_torch.py (full fine-tuning), imported by train_demo --from-torch",
+        "seed": seed, "split": {"train": split["train"], "validation": split["validation"]},
+        "params": int(model.count_params()),
+    }, indent=1))
+    return out
+
+
 def link_split(data: Path, out: Path, files: list[str]) -> Path:
     """A class-folder view of a split (symlinks), as ecosorter-train and ecosorter-convert read it."""
     out.mkdir(parents=True, exist_ok=True)
@@ -53,10 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, default=4)
     ap.add_argument("--convert-only", action="store_true", help="convert an already trained demo.h5")
     ap.add_argument("--target", type=Path, default=DEMO_TARGET)
+    ap.add_argument("--pack", type=Path, help="only write finetune_torch.py's input pack to this folder")
+    ap.add_argument("--from-torch", type=Path, metavar="WEIGHTS.pth",
+                    help="convert finetune_torch.py's weights instead of training with ecosorter-train")
+    ap.add_argument("--backbone", default="efficientnet-lite2", help="of --from-torch's weights")
     args = ap.parse_args(argv)
     from ecosorter.convert.train import train
 
+    if args.pack:
+        print(f"wrote {make_pack(args.data, args.pack)}")
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_torch:
+        split = three_way_split(args.data)
+        (args.out / "split.json").write_text(json.dumps(split, indent=1))
+        train_dir = link_split(args.data, args.out / "train", split["train"])
+        link_split(args.data, args.out / "validation", split["validation"])
+        held_dir = link_split(args.data, args.out / "held_out", split["held_out"])
+        keras_from_torch(args.from_torch, args.backbone, args.out / "demo.h5", split)
+        return convert_demo(args.out, split, train_dir, held_dir, args.target)
     split = held_out_split(args.data)
     (args.out / "split.json").write_text(json.dumps(split, indent=1))
     train_dir = link_split(args.data, args.out / "train", split["train"])
