@@ -21,7 +21,14 @@ from ecosorter.convert.images import (
     progress_bar,
     stratified_sample,
 )
-from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
+from ecosorter.convert.quantize import (
+    IO_DTYPES,
+    MODES,
+    PROJECTION_CONVS,
+    convert_mixed,
+    convert_selective,
+    convert_tflite,
+)
 from ecosorter.convert.source_model import load_source_model
 from ecosorter.convert.train import read_sidecar, sidecar_path
 from ecosorter.convert.verify import BinRules, format_outcome, format_table, verify
@@ -59,7 +66,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             io_dtype: str = "int8", min_agreement: float | None = None, force: bool = False,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int = 0, gate: str = "outcome",
-            bin_rules: BinRules | None = None, per_channel: bool = True) -> ConversionResult:
+            bin_rules: BinRules | None = None, per_channel: bool = True,
+            float_ops: str = "auto") -> ConversionResult:
     if not 0 <= model_version < 2**53:
         raise ConversionError(f"--model-version {model_version}: must be a whole number >= 0")
     if quantize not in MODES:
@@ -117,7 +125,13 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
 
     kept_float: list[str] = []
     drift_rows: list[dict] = []
-    if quantize == "int8" and keep_float:
+    mixed = _float_ops(src, quantize, float_ops, keep_float, per_channel)
+    if mixed:
+        # EfficientNet-Lite: int8 alone moves the bin's outcome (docs/int8_study.md); the projection
+        # convs computed in float (their weights still int8, the file stays small) keep it.
+        log(f"int8, with the ops matching {mixed!r} computed in float from int8 weights (--float-ops)")
+        tflite = convert_mixed(src, calib, mixed, bar)
+    elif quantize == "int8" and keep_float:
         if isinstance(keep_float, int):
             full = convert_tflite(src, "int8", calib, "float32", bar)
             drift_rows = _drift(src, full, calib)
@@ -133,7 +147,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
 
     source = {"file": src.path.name, "format": src.kind, "sha256": src.sha256, **src.versions,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
-              "float_layers": kept_float, **({} if per_channel else {"per_channel": False})}
+              "float_layers": kept_float, **({} if per_channel else {"per_channel": False}),
+              **({"float_compute_ops": mixed} if mixed else {})}
     classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
     log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
         f"{len(tflite) / 1e6:.1f} MB")
@@ -187,6 +202,18 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     _atomic_write(output, content)
     log(f"wrote {output} ({len(content) / 1e6:.1f} MB)" + ("" if passed else " despite failed verification (--force)"))
     return ConversionResult(True, output, report, final)
+
+
+def _float_ops(src, quantize: str, given: str, keep_float, per_channel: bool) -> str:
+    """The ops computed in float from int8 weights: `auto` picks the projection convs of a model
+    that has them (EfficientNet-Lite), nothing otherwise; `none`: plain int8."""
+    if quantize != "int8" or given == "none" or (given == "auto" and (keep_float or not per_channel)):
+        return ""
+    if given != "auto":
+        return given
+    import re
+
+    return PROJECTION_CONVS if any(re.search(PROJECTION_CONVS, n) for n in src.layer_names) else ""
 
 
 def _drift(src, quant: bytes, calib) -> list[dict]:
