@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--validation", type=Path, required=True)
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--baseline", type=Path, help="another .tflite timed in the same loop (e.g. the Lite0 demo)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "int8_mixed.json")
     args = ap.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -67,6 +68,10 @@ def main(argv=None) -> int:
                 tensors[name] = Preprocessor(m.manifest.preprocess, m.manifest.input)(photo, "rgb")
                 r["rows"][-1]["input_dtype"] = m.manifest.input.dtype
             classifiers[name] = open_classifier(out.read_bytes(), "litert", args.threads)
+        if args.baseline:
+            with load_model(args.baseline) as m:
+                tensors["baseline"] = Preprocessor(m.manifest.preprocess, m.manifest.input)(photo, "rgb")
+            classifiers["baseline"] = open_classifier(args.baseline.read_bytes(), "litert", args.threads)
         fns = {n: (lambda c=c, t=tensors[n]: c.classify(t)) for n, c in classifiers.items()}
         for fn in fns.values():
             for _ in range(3):
@@ -83,6 +88,11 @@ def main(argv=None) -> int:
     for row in r["rows"]:
         row["ms"] = round(float(np.median(times[row["scheme"]])), 2)
         row["latency_vs_int8"] = round(row["ms"] / base, 2)
+    if args.baseline:
+        b = float(np.median(times["baseline"]))
+        r["baseline"] = {"file": str(args.baseline), "ms": round(b, 2)}
+        for row in r["rows"]:
+            row["latency_vs_baseline"] = round(row["ms"] / b, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=1) + "\n")
     print(f"{r['cpu']} ({r['machine']}), {args.threads} thread(s), {args.iterations} iterations")
@@ -90,7 +100,8 @@ def main(argv=None) -> int:
         o_r, o_c = row["correct_routing"], row["contamination"]
         print(f"{row['scheme']:<50} agree {100 * row['agreement']:.1f}%  routing {100 * o_r['change']:+.1f} pt  "
               f"contamination {100 * o_c['change']:+.1f} pt  {row['bytes'] / 1e6:.2f} MB  {row['ms']:.2f} ms "
-              f"({row['latency_vs_int8']:.2f}x)  gate {'passes' if row['gate_passed'] else 'fails'}")
+              f"({row['latency_vs_int8']:.2f}x)  gate {'passes' if row['gate_passed'] else 'fails'}" +
+              (f"  {row['latency_vs_baseline']:.2f}x the baseline" if args.baseline else ""))
     return 0
 
 
