@@ -26,7 +26,7 @@ from benchmarks.__main__ import ROOT, cpu_name
 # name -> convert() options
 SCHEMES = {
     "int8": {"float_ops": "none"},
-    "int8, projection convs in float (--float-ops auto, the default)": {"float_ops": "auto"},
+    "int8, projection convs in float (--float-ops auto)": {"float_ops": "auto"},
 }
 
 

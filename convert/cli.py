@@ -37,10 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
-    ap.add_argument("--float-ops", default="auto", metavar="auto|none|REGEX",
-                    help="int8: convs (output names matching REGEX) computed in float from int8 weights; auto "
-                         "(default): the projection convs of EfficientNet-Lite models, where int8 alone moves "
-                         "the bin's outcome (docs/int8_study.md); none: plain int8")
+    ap.add_argument("--float-ops", default="none", metavar="none|auto|REGEX",
+                    help="int8: convs (output names matching REGEX) computed in float from int8 weights; auto: "
+                         "the projection convs of EfficientNet-Lite models (where the int8 error starts), "
+                         "closer to float at ~1.6x int8's latency; none (default): plain int8 "
+                         "(docs/int8_study.md)")
     ap.add_argument("--per-tensor", action="store_true",
                     help="int8: one scale per weight tensor instead of per output channel (for comparison)")
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",

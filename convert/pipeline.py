@@ -67,7 +67,7 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int = 0, gate: str = "outcome",
             bin_rules: BinRules | None = None, per_channel: bool = True,
-            float_ops: str = "auto") -> ConversionResult:
+            float_ops: str = "none") -> ConversionResult:
     if not 0 <= model_version < 2**53:
         raise ConversionError(f"--model-version {model_version}: must be a whole number >= 0")
     if quantize not in MODES:
@@ -127,8 +127,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     drift_rows: list[dict] = []
     mixed = _float_ops(src, quantize, float_ops, keep_float, per_channel)
     if mixed:
-        # EfficientNet-Lite: int8 alone moves the bin's outcome (docs/int8_study.md); the projection
-        # convs computed in float (their weights still int8, the file stays small) keep it.
+        # The projection convs computed in float (their weights still int8, the file stays small):
+        # closer to float, at ~1.6x int8's latency (docs/int8_study.md); opt-in.
         log(f"int8, with the ops matching {mixed!r} computed in float from int8 weights (--float-ops)")
         tflite = convert_mixed(src, calib, mixed, bar)
     elif quantize == "int8" and keep_float:

@@ -1,6 +1,6 @@
-"""int8 for EfficientNet-Lite: the projection convs computed in float from int8 weights (the
-default of --quantize int8 for Lite models), with real tf-keras training, the TF converter,
-ai-edge-quantizer and LiteRT, on the committed photos."""
+"""int8 for EfficientNet-Lite with the projection convs computed in float from int8 weights
+(--float-ops auto), with real tf-keras training, the TF converter, ai-edge-quantizer and LiteRT,
+on the committed photos."""
 
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ def lite_h5(tmp_path_factory):
     return out
 
 
-def test_default_int8_computes_the_projection_convs_in_float(lite_h5, tmp_path, capsys):
+def test_float_ops_auto_computes_the_projection_convs_in_float(lite_h5, tmp_path, capsys):
     from ecosorter.convert.cli import main as convert_main
     from ecosorter.edge.model import load_model
     from ecosorter.edge.preprocess import Preprocessor, decode_image
 
     reports = {}
-    for name, extra in (("mixed", []), ("plain", ["--float-ops", "none"])):
+    for name, extra in (("mixed", ["--float-ops", "auto"]), ("plain", [])):
         out = tmp_path / f"{name}.tflite"
         rc = convert_main([str(lite_h5), "-o", str(out), "--calibration", str(DATA), "--calibration-size", "24",
                            "--validation", str(DATA), "--report", str(tmp_path / f"{name}.json"), "--force",
@@ -65,9 +65,9 @@ def test_default_int8_computes_the_projection_convs_in_float(lite_h5, tmp_path, 
         assert "float_compute_ops" not in m.manifest.source
 
 
-def test_float_ops_none_or_non_lite_models_stay_plain(tiny_h5, photo_dir, tmp_path):
+def test_float_ops_auto_leaves_models_without_projection_convs_plain(tiny_h5, photo_dir, tmp_path):
     from ecosorter.convert import convert
 
-    r = convert(tiny_h5, tmp_path / "t.tflite", "int8", calibration=photo_dir, calibration_size=8,
-                validation=photo_dir, force=True, progress=False, log=lambda *a: None)
+    r = convert(tiny_h5, tmp_path / "t.tflite", "int8", calibration=photo_dir, calibration_size=24,
+                validation=photo_dir, force=True, progress=False, log=lambda *a: None, float_ops="auto")
     assert "float_compute_ops" not in r.manifest.source  # no projection convs: nothing to keep in float

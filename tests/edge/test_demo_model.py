@@ -1,5 +1,4 @@
-"""The bundled demo model (EfficientNet-Lite2 fully fine-tuned, int8 with float projection convs) in
-LiteRT: what it claims holds."""
+"""The bundled demo model (EfficientNet-Lite2 fully fine-tuned, int8) in LiteRT: what it claims holds."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ def test_manifest_size_and_recipe():
         man = m.manifest
         assert man.label_ids == LABELS7 and man.preprocess == preset("tf")
         assert man.source["quantization"] == "int8" and man.source["file"] == "demo.h5"
-        assert man.source["float_compute_ops"] == "_project_conv"
+        assert "float_compute_ops" not in man.source  # plain int8: the float convs cost 1.6x on Lite2
         assert m.classifier.input.dtype == "int8" and (m.classifier.input.height, m.classifier.input.width) == (260, 260)
         assert man.verification["agreement"] == REPORT["agreement"]
     assert TRAINING["training"]["preprocess"] == "tf" and TRAINING["held_out"]["seed"] == 7
