@@ -202,7 +202,7 @@ class Backbone:
             pre = [L.Dropout(dropout, name="head_dropout")]
         elif name == "resnet50":
             if fine_tune:
-                raise TrainError("--fine-tune is for efficientnet-lite*; the seed's ResNet50 recipe keeps "
+                raise TrainError("--fine-tune is for efficientnet-lite0/1/2; the seed's ResNet50 recipe keeps "
                                  "the backbone frozen")
             if weights in ("imagenet", "none"):
                 try:
