@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--from-torch", type=Path, metavar="WEIGHTS.pth",
                     help="convert finetune_torch.py's weights instead of training with ecosorter-train")
     ap.add_argument("--backbone", default="efficientnet-lite2", help="of --from-torch's weights")
+    ap.add_argument("--splits-only", action="store_true",
+                    help="only link OUT/train, OUT/validation, OUT/held_out (class folders of the demo's splits)")
     args = ap.parse_args(argv)
     from ecosorter.convert.train import train
 
@@ -135,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {make_pack(args.data, args.pack)}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.splits_only:
+        split = three_way_split(args.data)
+        for part in ("train", "validation", "held_out"):
+            print(f"{link_split(args.data, args.out / part, split[part])}: {len(split[part])} photos")
+        return 0
     if args.from_torch:
         split = three_way_split(args.data)
         (args.out / "split.json").write_text(json.dumps(split, indent=1))
