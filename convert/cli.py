@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
+    ap.add_argument("--float-ops", default="none", metavar="none|auto|REGEX",
+                    help="int8: convs (output names matching REGEX) computed in float from int8 weights; auto: "
+                         "the projection convs of EfficientNet-Lite models (where the int8 error starts), "
+                         "closer to float at ~1.6x int8's latency; none (default): plain int8 "
+                         "(docs/int8_study.md)")
     ap.add_argument("--per-tensor", action="store_true",
                     help="int8: one scale per weight tensor instead of per output channel (for comparison)")
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                          runtime=args.runtime, keep_float=keep_float, report_path=args.report,
                          seed=args.seed, progress=not args.quiet, model_version=args.model_version,
                          gate=args.gate, bin_rules=bin_rules(args), per_channel=not args.per_tensor,
-                         contamination=args.contamination, guarantee=args.guarantee)
+                         contamination=args.contamination, guarantee=args.guarantee,
+                         float_ops=args.float_ops)
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

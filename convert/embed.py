@@ -25,6 +25,15 @@ def embed_metadata(tflite: bytes, payload: bytes, name: str = MANIFEST_NAME) -> 
     check_identifier(tflite)
     fb = _schema()
     model = fb.ModelT.InitFromPackedBuf(bytearray(tflite), 0)
+    for buf in model.buffers or []:
+        # Some writers (ai-edge-quantizer) keep tensor data after the flatbuffer, addressed by
+        # offset/size; repacking would drop it, so bring it inline first.
+        if getattr(buf, "offset", 0) > 1:
+            end = buf.offset + buf.size
+            if end > len(tflite):
+                raise ValueError(f"TFLite buffer runs past the end of the file ({end} > {len(tflite)} bytes)")
+            buf.data = np.frombuffer(tflite[buf.offset:end], dtype=np.uint8)
+            buf.offset = buf.size = 0
     buffer = fb.BufferT()
     buffer.data = np.frombuffer(payload, dtype=np.uint8)
     model.buffers = model.buffers or []

@@ -23,7 +23,14 @@ from ecosorter.convert.images import (
     progress_bar,
     stratified_sample,
 )
-from ecosorter.convert.quantize import IO_DTYPES, MODES, convert_selective, convert_tflite
+from ecosorter.convert.quantize import (
+    IO_DTYPES,
+    MODES,
+    PROJECTION_CONVS,
+    convert_mixed,
+    convert_selective,
+    convert_tflite,
+)
 from ecosorter.convert.source_model import load_source_model
 from ecosorter.convert.thresholds import plot_curve
 from ecosorter.convert.thresholds import report as thresholds_report
@@ -65,7 +72,7 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int | None = None, gate: str = "outcome",
             bin_rules: BinRules | None = None, per_channel: bool = True,
-            contamination: float | None = None, guarantee: str = "crc") -> ConversionResult:
+            contamination: float | None = None, guarantee: str = "crc", float_ops: str = "none") -> ConversionResult:
     converted_at = datetime.now(timezone.utc)
     if model_version is None:  # monotonic by default: a later conversion is never a "downgrade"
         model_version = default_version(converted_at)
@@ -134,7 +141,13 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
 
     kept_float: list[str] = []
     drift_rows: list[dict] = []
-    if quantize == "int8" and keep_float:
+    mixed = _float_ops(src, quantize, float_ops, keep_float, per_channel)
+    if mixed:
+        # The projection convs computed in float (their weights still int8, the file stays small):
+        # closer to float, at ~1.6x int8's latency (docs/int8_study.md); opt-in.
+        log(f"int8, with the ops matching {mixed!r} computed in float from int8 weights (--float-ops)")
+        tflite = convert_mixed(src, calib, mixed, bar)
+    elif quantize == "int8" and keep_float:
         if isinstance(keep_float, int):
             full = convert_tflite(src, "int8", calib, "float32", bar)
             drift_rows = _drift(src, full, calib)
@@ -152,7 +165,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
               "converted_at": converted_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
               "preprocess_from": preprocess_from,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
-              "float_layers": kept_float, **({} if per_channel else {"per_channel": False})}
+              "float_layers": kept_float, **({} if per_channel else {"per_channel": False}),
+              **({"float_compute_ops": mixed} if mixed else {})}
     classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
     log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
         f"{len(tflite) / 1e6:.1f} MB")
@@ -293,6 +307,18 @@ def failed_rules(report: dict, threshold: float, gate: str, agreement_gates: boo
         out.append(f"bin outcome ({outcome['verdict']}): correct routing {100 * outcome['correct_routing']['change']:+.1f} pt, "
                    f"contamination {100 * outcome['contamination']['change']:+.1f} pt")
     return out or ["gate failed"]
+
+
+def _float_ops(src, quantize: str, given: str, keep_float, per_channel: bool) -> str:
+    """The ops computed in float from int8 weights: `auto` picks the projection convs of a model
+    that has them (EfficientNet-Lite), nothing otherwise; `none`: plain int8."""
+    if quantize != "int8" or given == "none" or (given == "auto" and (keep_float or not per_channel)):
+        return ""
+    if given != "auto":
+        return given
+    import re
+
+    return PROJECTION_CONVS if any(re.search(PROJECTION_CONVS, n) for n in src.layer_names) else ""
 
 
 def _drift(src, quant: bytes, calib) -> list[dict]:

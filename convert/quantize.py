@@ -61,3 +61,46 @@ def convert_selective(src: SourceModel, calibration: np.ndarray, keep_float: Seq
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=conv, debug_dataset=representative_dataset(calibration[:4]), debug_options=options)
     return debugger.get_nondebug_quantized_model()
+
+
+# The projection convs of an MBConv block (a linear bottleneck, BatchNorm folded in): where the
+# drift analysis finds EfficientNet-Lite's int8 error (docs/int8_study.md).
+PROJECTION_CONVS = r"_project_conv"
+
+
+def _op_config(float_compute: bool) -> dict:
+    weights = {"num_bits": 8, "symmetric": True, "granularity": "CHANNELWISE", "dtype": "INT"}
+    if float_compute:  # int8 weights in the file, dequantized once, computed in float
+        return {"weight_tensor_config": weights, "compute_precision": "FLOAT", "explicit_dequantize": True,
+                "skip_checks": False, "min_weight_elements": 0}
+    return {"activation_tensor_config": {"num_bits": 8, "symmetric": False, "granularity": "TENSORWISE",
+                                         "dtype": "INT"},
+            "weight_tensor_config": weights, "compute_precision": "INTEGER", "explicit_dequantize": False,
+            "skip_checks": False, "min_weight_elements": 0}
+
+
+def convert_mixed(src: SourceModel, calibration: np.ndarray, float_ops: str = PROJECTION_CONVS,
+                  progress=None) -> bytes:
+    """int8 everywhere (per-channel weights, int8 input and output), except the CONV_2D ops whose
+    output tensor name matches `float_ops`: their weights stay int8 in the file but they compute
+    in float, so their output keeps its precision (Google's ai-edge-quantizer: recipe a8w8 plus
+    weight-only int8 on those ops). Measured against int16 activations in docs/int8_study.md."""
+    try:
+        from ai_edge_quantizer import quantizer
+    except ImportError:
+        raise ImportError("mixed precision needs the PyPI package ai-edge-quantizer "
+                          "(pip install 'ecosorter[convert]')") from None
+    from ai_edge_litert.interpreter import Interpreter
+
+    float_model = convert_tflite(src, "float32")
+    steps = [{"regex": ".*", "operation": "*", "algorithm_key": "min_max_uniform_quantize",
+              "op_config": _op_config(False)}]
+    if float_ops:
+        steps.append({"regex": float_ops, "operation": "CONV_2D", "algorithm_key": "min_max_uniform_quantize",
+                      "op_config": _op_config(True)})
+    q = quantizer.Quantizer(float_model, steps)
+    key, signature = next(iter(Interpreter(model_content=float_model).get_signature_list().items()))
+    items = range(len(calibration))
+    data = {key: [{signature["inputs"][0]: calibration[i:i + 1]} for i in (progress(items) if progress else items)]}
+    result = q.quantize(q.calibrate(data, num_threads=2), enable_progress_report=False)
+    return bytes(result.quantized_model)

@@ -32,6 +32,7 @@ class SourceModel:
     keras3: bool
     _call: Any = field(repr=False)
     _trackable: Any = field(repr=False)
+    layer_names: tuple[str, ...] = ()  # every Keras layer, nested models included (none for a SavedModel)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self._call(batch)).reshape(len(batch), -1).astype(np.float32)
@@ -120,7 +121,7 @@ def load_source_model(path: str | Path) -> SourceModel:
             def call(x, _sig=sig, _i=in_name, _o=out_name):
                 return _sig(**{_i: tf.convert_to_tensor(x, tf.float32)})[_o]
 
-            trackable, keras3 = loaded, False
+            trackable, keras3, names = loaded, False, ()
         else:
             model, versions["keras"] = _load_keras(path, kind)
             if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -133,6 +134,7 @@ def load_source_model(path: str | Path) -> SourceModel:
                 return _m(x, training=False)
 
             trackable, keras3 = model, versions["keras"].startswith("keras ")
+            names = tuple(_layer_names(model))
     except ModelError:
         raise
     except Exception as e:  # h5py/keras raise many types for damaged files
@@ -140,7 +142,14 @@ def load_source_model(path: str | Path) -> SourceModel:
     _check_classifier(path, in_shape, out_shape)
     return SourceModel(path=path, kind=kind, height=int(in_shape[1]), width=int(in_shape[2]),
                        num_outputs=int(out_shape[-1]), sha256=_sha256(path), versions=versions, keras3=keras3,
-                       _call=call, _trackable=trackable)
+                       _call=call, _trackable=trackable, layer_names=names)
+
+
+def _layer_names(model):
+    for layer in model.layers:
+        yield layer.name
+        if hasattr(layer, "layers"):
+            yield from _layer_names(layer)
 
 
 def _load_keras(path: Path, kind: str):

@@ -35,10 +35,18 @@ import numpy as np
 from ecosorter.edge.clikit import add_version, quiet_pipe
 from ecosorter.edge.errors import EcoSorterError
 
-BACKBONES = ("resnet50", "efficientnet-lite0")
-PRESET = {"resnet50": "caffe", "efficientnet-lite0": "tf"}
+BACKBONES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+PRESET = {"resnet50": "caffe", "efficientnet-lite0": "tf", "efficientnet-lite1": "tf", "efficientnet-lite2": "tf"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-SIZE = 224
+SIZE = 224  # resnet50 and Lite0; Lite1 240, Lite2 260 (convert/efficientnet_lite.py)
+
+
+def input_size(backbone: str) -> int:
+    if backbone.startswith("efficientnet-lite"):
+        from ecosorter.convert.efficientnet_lite import variant
+
+        return variant(backbone).size
+    return SIZE
 
 
 class TrainError(EcoSorterError):
@@ -106,14 +114,14 @@ def split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-def load_rgb(files: list[Path], progress: bool) -> tuple[np.ndarray, list[str]]:
+def load_rgb(files: list[Path], progress: bool, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
     """The edge's own decode + PIL-NEAREST squash, RGB uint8; unreadable files are reported."""
     from ecosorter.convert.images import progress_bar
     from ecosorter.edge.errors import ImageError
     from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
 
-    squash = Preprocessor(PreprocessSpec(color="rgb", mean=(0, 0, 0), scale=1.0), InputSpec(SIZE, SIZE))
-    out = np.zeros((len(files), SIZE, SIZE, 3), np.uint8)
+    squash = Preprocessor(PreprocessSpec(color="rgb", mean=(0, 0, 0), scale=1.0), InputSpec(size, size))
+    out = np.zeros((len(files), size, size, 3), np.uint8)
     bad = []
     for i, f in enumerate(progress_bar(files, "decode", progress)):
         try:
@@ -140,13 +148,14 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     from PIL import Image
 
     out = np.empty_like(rgb)
+    size = rgb.shape[1]
     for i, im in enumerate(rgb):
         x = im[:, ::-1] if rng.random() < 0.5 else im
         x = x[::-1] if rng.random() < 0.5 else x
         z = rng.uniform(0.85, 1.0)
-        h = int(SIZE * z)
-        y0, x0 = rng.integers(0, SIZE - h + 1, 2)
-        x = np.asarray(Image.fromarray(np.ascontiguousarray(x[y0:y0 + h, x0:x0 + h])).resize((SIZE, SIZE), Image.NEAREST))
+        h = int(size * z)
+        y0, x0 = rng.integers(0, size - h + 1, 2)
+        x = np.asarray(Image.fromarray(np.ascontiguousarray(x[y0:y0 + h, x0:x0 + h])).resize((size, size), Image.NEAREST))
         x = x.astype(np.float32)
         x = (x - x.mean()) * rng.uniform(0.8, 1.2) + x.mean() + rng.uniform(-25, 25)
         out[i] = np.clip(x, 0, 255).astype(np.uint8)
@@ -165,21 +174,22 @@ class Backbone:
         self.name, self.keras, self.fine_tune = name, keras, fine_tune
         L = keras.layers
         init_head = None
-        if name == "efficientnet-lite0":
+        if name.startswith("efficientnet-lite"):
             from ecosorter.convert import efficientnet_lite as lite
 
-            if not 0 <= fine_tune <= 16:
-                raise TrainError(f"--fine-tune {fine_tune}: EfficientNet-Lite0 has 16 blocks (0..16)")
-            full = lite.build(keras, include_top=False)
+            nb = lite.variant(name).num_blocks
+            if not 0 <= fine_tune <= nb:
+                raise TrainError(f"--fine-tune {fine_tune}: {name} has {nb} blocks (0..{nb})")
+            full = lite.build(keras, include_top=False, backbone=name)
             if weights == "imagenet":
-                lite.load_weights(full, lite.read_torch_legacy(lite.default_weights_path()))
+                lite.load_weights(full, lite.read_torch_legacy(lite.default_weights_path(name)))
             elif weights != "none":
                 init_head = self._copy_from(Path(weights), full)
             self.full_base = full
             if fine_tune:
-                cut = 16 - fine_tune
-                self.lower = lite.build(keras, include_top=False, last_block=cut, name="lower")
-                self.upper_base = lite.build(keras, include_top=False, first_block=cut,
+                cut = nb - fine_tune
+                self.lower = lite.build(keras, include_top=False, last_block=cut, name="lower", backbone=name)
+                self.upper_base = lite.build(keras, include_top=False, first_block=cut, backbone=name,
                                              input_shape=self.lower.output_shape[1:], name="upper")
                 for part in (self.lower, self.upper_base):
                     for layer in part.layers:
@@ -193,7 +203,7 @@ class Backbone:
             pre = [L.Dropout(dropout, name="head_dropout")]
         elif name == "resnet50":
             if fine_tune:
-                raise TrainError("--fine-tune is for efficientnet-lite0; the seed's ResNet50 recipe keeps "
+                raise TrainError("--fine-tune is for efficientnet-lite0/1/2; the seed's ResNet50 recipe keeps "
                                  "the backbone frozen")
             if weights in ("imagenet", "none"):
                 try:
@@ -280,7 +290,7 @@ class Backbone:
     def assemble(self):
         """The whole model to save: input image -> backbone -> head, as ecosorter-convert reads it."""
         keras = self.keras
-        inp = keras.Input((SIZE, SIZE, 3), name="image")
+        inp = keras.Input((input_size(self.name),) * 2 + (3,), name="image")
         x = self.full_base(inp) if self.name == "resnet50" else self._lite_full(inp)
         for layer in self.head_layers:
             x = layer(x)
@@ -289,7 +299,7 @@ class Backbone:
     def _lite_full(self, inp):
         from ecosorter.convert import efficientnet_lite as lite
 
-        base = lite.build(self.keras, include_top=False, name="efficientnet_lite0")
+        base = lite.build(self.keras, include_top=False, backbone=self.name)
         for part in (self.lower, self.upper_base):
             for layer in part.layers if part is not None else []:
                 if layer.weights:
@@ -384,7 +394,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     preset_name = PRESET[backbone]
-    rgb, bad = load_rgb(ds.files, progress)
+    rgb, bad = load_rgb(ds.files, progress, input_size(backbone))
     ok = np.ones(len(ds.files), bool)
     for b in bad:
         log(f"skipped unreadable photo: {b}")
@@ -447,7 +457,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         "format": "ecosorter-train/1",
         "model": output.name, "backbone": backbone, "weights": weights,
         "labels": ds.classes, "preprocess": preset_name, "preprocess_spec": preset(preset_name).to_dict(),
-        "resize": "PIL NEAREST squash to 224x224 (the edge's Preprocessor)",
+        "resize": f"PIL NEAREST squash to {input_size(backbone)}x{input_size(backbone)} (the edge's Preprocessor)",
         "data": str(data), "class_counts": dict(zip(ds.classes, counts.tolist(), strict=True)),
         "seed": seed, "val_split": val_split,
         "split": {"train": [str(ds.files[i].relative_to(data)) for i in train_idx],
@@ -549,14 +559,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("data", type=Path, help="class subfolders of photos (e.g. from `ecosorter export`)")
     ap.add_argument("-o", "--output", type=Path, required=True, help="model to write: .h5 or .keras")
     ap.add_argument("--backbone", choices=BACKBONES, default="resnet50",
-                    help="resnet50 (the seed's recipe) or efficientnet-lite0 (fast on the edge)")
+                    help="resnet50 (the seed's recipe) or efficientnet-lite0/1/2 (fast on the edge; inputs 224/240/260)")
     ap.add_argument("--weights", default="imagenet",
                     help="imagenet | none | PATH of an earlier model to start from: its classes are kept in "
                          "order, and when -o is the same file the original is kept beside it (default imagenet)")
     ap.add_argument("--classes", help="comma list of all output classes in order (default: the subfolders); "
                                       "classes without photos keep an untrained output")
     ap.add_argument("--epochs", type=int, default=30, help="head epochs (default 30)")
-    ap.add_argument("--fine-tune", type=int, default=0, metavar="N", help="also train the top N Lite0 blocks")
+    ap.add_argument("--fine-tune", type=int, default=0, metavar="N",
+                    help="also train the top N EfficientNet-Lite blocks (16 in Lite0, 21 in Lite1/2)")
     ap.add_argument("--fine-tune-epochs", type=int, default=8, help="epochs of fine-tuning (default 8)")
     ap.add_argument("--views", type=int, default=3, help="views per training photo: itself, mirrored, random "
                                                          "augmentations (default 3)")

@@ -100,3 +100,35 @@ def test_headless_backbone_and_wrong_file(lite, tmp_path):
     del state["_blocks.15._bn2.running_var"]
     with pytest.raises(lite.WeightsError, match=r"_blocks\.15\._bn2\.running_var"):
         lite.load_weights(lite.build(tf_keras), state)
+
+
+@pytest.mark.parametrize("backbone, blocks, top1_min, top5_min", [
+    # Measured on the same 25 committed photos at each variant's own input size (240 / 260 px):
+    # Lite1 12 at top-1, 17 in the top 5; Lite2 14 and 18. Symmetric padding: 7 and 13 at top-1.
+    ("efficientnet-lite1", 21, 11, 16),
+    ("efficientnet-lite2", 21, 13, 17),
+])
+def test_lite1_lite2_read_and_answer_imagenet(lite, backbone, blocks, top1_min, top5_min):
+    tf_keras = pytest.importorskip("tf_keras")
+    v = lite.variant(backbone)
+    pytest.importorskip(v.module)
+    from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
+
+    state = lite.read_torch_legacy(lite.default_weights_path(backbone))
+    assert len(state) == v.num_tensors == 386 and v.num_blocks == blocks
+    model = lite.efficientnet_lite(tf_keras, backbone)
+    assert model.input_shape == (None, v.size, v.size, 3) and model.count_params() == v.num_params
+    raw = Preprocessor(PreprocessSpec(color="rgb", mean=(0, 0, 0), scale=1.0), InputSpec(v.size, v.size))
+    files = [(p, c) for c in EXPECTED for p in sorted((DATA / c).glob("*.jpg"))]
+    files += [(p, c) for p in sorted(SAMPLES.glob("*.jpg")) for c in EXPECTED if f"-{c}-" in p.name]
+    x = np.stack([raw(decode_image(p), "rgb")[0] for p, _ in files])
+    classes = [c for _, c in files]
+    top1, top5 = _hits(model.predict(lite.normalize(x), verbose=0), classes)
+    assert top1 >= top1_min and top5 >= top5_min, (top1, top5)
+    symmetric = lite.efficientnet_lite(tf_keras, backbone, padding="symmetric")
+    assert _hits(symmetric.predict(lite.normalize(x), verbose=0), classes)[0] < top1
+
+
+def test_unknown_variant_is_named(lite):
+    with pytest.raises(lite.WeightsError, match="efficientnet-lite9.*allowed: efficientnet-lite0"):
+        lite.variant("efficientnet-lite9")

