@@ -512,10 +512,13 @@ def cmd_config(args) -> int:
     from ecosorter.edge.hardware.check import label_errors, machine_warnings
     from ecosorter.edge.model.loader import read_manifest
     from ecosorter.edge.model.manifest import load_labels_file
+    from ecosorter.edge.sorter import default_model_path
 
     cfg = load_config(args.file)
-    # the compartment map against the model it will run (its manifest is enough)
-    model = Path(cfg.model.path) if cfg.model.path else Path(__file__).resolve().parent / "demo" / "demo_int8.tflite"
+    # the compartment map against the model it will run (its manifest is enough): model.path, else
+    # the installed one, else the bundled demo, as `run` chooses
+    model = Path(cfg.model.path) if cfg.model.path else \
+        default_model_path(Path(cfg.record.state_dir)) or Path(__file__).resolve().parent / "demo" / "demo_int8.tflite"
     labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
     try:
         manifest = read_manifest(model.read_bytes(), model)
@@ -606,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["new", "sign"], help="new: make a pair; sign: sign FILE")
     p.add_argument("private", type=Path, help="the private key file (new: written mode 0600; keep it off the bin)")
     p.add_argument("file", nargs="?", type=Path, help="sign: the .tflite to sign")
-    p.add_argument("-o", "--output", type=Path, help="sign: where the signature goes (default FILE.sig)")
+    p.add_argument("-o", "--output", type=Path, help="sign: where the signature goes (default: FILE with .sig for its suffix, model.tflite -> model.sig)")
     p.set_defaults(fn=cmd_keys)
 
     p = sub.add_parser("sign-command", help="print a signed command for <prefix>/<bin_id>/cmd (e.g. for mosquitto_pub)")

@@ -1,0 +1,48 @@
+"""What a newcomer following the README hit: commands that judged the bundled demo model while the
+bin runs its installed one, and errors that did not say what to do next."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parents[2] / "edge" / "demo" / "demo_int8.tflite"
+
+
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_config_check_judges_the_installed_model(tmp_path):
+    """Without model.path `run` loads record.state_dir/models/current.tflite: `config check` must read
+    that one's labels, not the demo's."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[record]\nstate_dir = "{state}"\n')
+    r = cli(tmp_path, "config", "check", str(cfg))
+    assert r.returncode == 0 and f"{cfg}: valid" in r.stdout, r.stderr
+    installed = state / "models" / "current.tflite"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b"not a model")
+    r = cli(tmp_path, "config", "check", str(cfg))
+    assert r.returncode == 2 and str(installed) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    shutil.copyfile(DEMO, installed)
+    r = cli(tmp_path, "config", "check", str(cfg))
+    assert r.returncode == 0 and f"{cfg}: valid" in r.stdout, r.stderr
+
+
+def test_a_missing_config_says_how_to_make_one(tmp_path):
+    r = cli(tmp_path, "config", "check", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "file not found" in r.stderr and "ecosorter config example > FILE" in r.stderr
+
+
+def test_signature_lands_where_help_says(tmp_path):
+    model = tmp_path / "model2_int8.tflite"
+    shutil.copyfile(DEMO, model)
+    assert cli(tmp_path, "keys", "new", str(tmp_path / "owner.key")).returncode == 0
+    r = cli(tmp_path, "keys", "sign", str(tmp_path / "owner.key"), str(model))
+    assert r.returncode == 0 and (tmp_path / "model2_int8.sig").is_file(), r.stderr
+    assert "model.tflite -> model.sig" in cli(tmp_path, "keys", "--help").stdout
