@@ -218,6 +218,7 @@ def format_counts(s, names: dict[str, str], compartments: dict[str, int], shown:
 
 
 def cmd_simulate(args) -> int:
+    from ecosorter.edge.machine import compartment_label
     from ecosorter.edge.simulate import run_scenario, write_timeline
 
     result = run_scenario(args.scenario, args.config)
@@ -230,7 +231,12 @@ def cmd_simulate(args) -> int:
         print(f"{it['placed']} items placed, {it['decided']} decided, {it['routed']} routed "
               f"({it['rerouted']} rerouted), {it['not_routed']} not routed, {it['held']} waited on a hold; "
               f"{s['virtual_s']:.0f} virtual s in {s['wall_s']:.1f} s")
-        print(f"  routed per compartment: {s['compartments']['routed']}; landed (physics): {s['compartments']['landed']}")
+        comps = s["compartments"]
+
+        def shown(counts: dict) -> str:  # as printed on the bin, like `run`'s summary and the page
+            return ", ".join(f"{compartment_label(int(c), comps['names'])}: {n}" for c, n in counts.items()) or "none"
+        print(f"  routed per compartment (as printed on the bin): {shown(comps['routed'])}; "
+              f"landed (physics): {shown(comps['landed'])}")
         print(f"  holds raised: {s['holds'] or 'none'}; faults raised: {s['faults'] or 'none'}")
         if it["never_recorded"]:
             print(f"  WARNING: {it['never_recorded']} items were put on the tray and never recorded")

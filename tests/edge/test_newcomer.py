@@ -46,3 +46,20 @@ def test_signature_lands_where_help_says(tmp_path):
     r = cli(tmp_path, "keys", "sign", str(tmp_path / "owner.key"), str(model))
     assert r.returncode == 0 and (tmp_path / "model2_int8.sig").is_file(), r.stderr
     assert "model.tflite -> model.sig" in cli(tmp_path, "keys", "--help").stdout
+
+
+def test_simulate_summary_numbers_compartments_as_printed_on_the_bin(tmp_path):
+    """`run` and the page show compartments as printed (names, else 1..7); the simulator's summary
+    showed config numbers 0..6, so the same bin read one compartment apart."""
+    jam = Path(__file__).resolve().parents[1] / "scenarios" / "jam.toml"
+    r = cli(tmp_path, "simulate", str(jam))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "routed per compartment" in x)
+    # jam.toml: two items to kardus (config 1), one to logam (config 4)
+    assert "(as printed on the bin): 1: 0, 2: 2, 3: 0, 4: 0, 5: 1, 6: 0, 7: 0; landed (physics): 2: 2, 5: 1" in line
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[hardware]\ncompartment_names = ["A", "B", "C", "D", "E", "F", "G"]\n')
+    r = cli(tmp_path, "simulate", str(jam), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "routed per compartment" in x)
+    assert "A: 0, B: 2, C: 0, D: 0, E: 1, F: 0, G: 0; landed (physics): B: 2, E: 1" in line
