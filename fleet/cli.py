@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
     def broker_args(p) -> None:
         p.add_argument("--broker", metavar="HOST:PORT", help="default: the --config file's [mqtt], else localhost:1883")
         p.add_argument("--config", type=Path, help="a config TOML like a bin's: its [mqtt] (login, TLS, prefix)")
-        p.add_argument("--username")
-        p.add_argument("--password-file", type=Path)
+        p.add_argument("--username", help="broker login (default: the --config file's mqtt.username)")
+        p.add_argument("--password-file", type=Path, help="a file (mode 0600) holding the broker password")
         p.add_argument("--prefix", help="topic prefix (default ecosorter)")
 
     p = fsub.add_parser("status", help="every bin on the broker, from its retained state and last will")
@@ -38,27 +38,31 @@ def add_parser(sub) -> None:
     p.add_argument("model", type=Path, nargs="?", help="the .tflite to roll out")
     p.add_argument("--key", type=Path, help="the owner's private key (ecosorter keys new)")
     p.add_argument("--version", type=int, help="the model's manifest version, checked before anything is sent")
-    p.add_argument("--canary", type=int, default=2, metavar="K")
+    p.add_argument("--canary", type=int, default=2, metavar="K",
+                   help="online bins updated first and soaked; then waves of 2K, 4K, ... (default 2)")
     p.add_argument("--soak", default="10m", metavar="DURATION", help="e.g. 30m, 2h (default 10m)")
-    p.add_argument("--bins", default="*", metavar="PATTERN")
+    p.add_argument("--bins", default="*", metavar="PATTERN", help="only bins matching (fnmatch, e.g. 'site2-*')")
     p.add_argument("--min-items", type=int, default=20, help="new items per bin before it is judged (default 20)")
-    p.add_argument("--max-uncertain-rise", type=float, default=0.15)
-    p.add_argument("--max-wrong-rise", type=float, default=0.10)
+    p.add_argument("--max-uncertain-rise", type=float, default=0.15,
+                   help="roll back when a bin's uncertain share rises more than this over its own before (default 0.15)")
+    p.add_argument("--max-wrong-rise", type=float, default=0.10,
+                   help="roll back when the share of items flagged wrong rises more than this (default 0.10)")
     p.add_argument("--resend", default="60s", metavar="DURATION", help="send again after no answer (default 60s)")
     p.add_argument("--url", help="a URL the bins may fetch the model from (their model.download_hosts); "
                                  "default: served by this command over HTTP (--serve)")
-    p.add_argument("--serve", default="0.0.0.0:8765", metavar="BIND:PORT")
+    p.add_argument("--serve", default="0.0.0.0:8765", metavar="BIND:PORT",
+                   help="where this command serves the model file to the bins without --url (default 0.0.0.0:8765)")
     p.add_argument("--url-host", help="the host name the bins reach this machine by (default: the address "
                                       "this machine uses to reach the broker)")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"rollout state (default {DEFAULT_DB})")
     p.add_argument("--status", action="store_true", help="where the last rollout stands, then exit")
     p.add_argument("--resume", action="store_true", help="carry on with the unfinished rollout")
     p.add_argument("--abandon", action="store_true", help="mark the unfinished rollout ended, as it stands")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="with --status: as JSON")
     p.set_defaults(fn=cmd_rollout)
 
     p = fsub.add_parser("pool", help="one training folder from many bins' exports, de-duplicated by event id")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="the training folder (class folders + labels.csv); pooling into it again adds only what is new")
     p.add_argument("exports", type=Path, nargs="*", help="`ecosorter export` folders (e.g. from a USB stick)")
     p.add_argument("--ssh", action="append", default=[], metavar="USER@HOST",
                    help="also fetch a bin's labelled photos over SSH (its own `ecosorter export`); repeatable")
