@@ -86,7 +86,7 @@ def format_table(rows: list[dict]) -> str:
              "holds/faults"]
     for r in rows:
         model = f"v{r['model_version']} {str(r['model_sha256'] or '')[:12]}" if r["model_sha256"] else "?"
-        full = ",".join(str(f["compartment"]) for f in r["fill"] if f["full"]) or "-"
+        full = ",".join(f["name"] for f in r["fill"] if f["full"]) or "-"
         share = "-" if r["uncertain_share"] is None else f"{100 * r['uncertain_share']:.0f}%"
         online = {True: "yes", False: "NO", None: "?"}[r["online"]]
         lines.append(f"{r['bin_id']:<14} {online:<7} {model:<18} {r['items_today']:>6} {share:>7} {full:<10} "
