@@ -63,3 +63,42 @@ def test_simulate_summary_numbers_compartments_as_printed_on_the_bin(tmp_path):
     assert r.returncode == 0, r.stderr
     line = next(x for x in r.stdout.splitlines() if "routed per compartment" in x)
     assert "A: 0, B: 2, C: 0, D: 0, E: 1, F: 0, G: 0; landed (physics): B: 2, E: 1" in line
+
+
+def test_a_normal_stop_is_not_a_lost_broker(mosquitto, tmp_path, caplog):
+    """Every Ctrl-C / systemctl stop logged a WARNING 'connection lost (Normal disconnection)': a
+    person reads the journal for trouble, so only a real loss warns."""
+    import logging
+    import time
+
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.record.events import EventLog
+    from ecosorter.edge.record.mqtt import MqttLink
+
+    def wait(cond, timeout=20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            time.sleep(0.05)
+        return False
+
+    caplog.set_level(logging.INFO, "ecosorter.mqtt")
+    cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
+    EventLog(tmp_path / "events.db").close()
+    link = MqttLink(cfg, "bin7", tmp_path / "events.db", {})
+    link.client.reconnect_delay_set(1, 1)
+    link.start()
+    try:
+        assert wait(link.connected.is_set)
+        mosquitto.stop()  # a real loss: warned
+        assert wait(lambda: not link.connected.is_set())
+        assert any(r.levelno == logging.WARNING and "connection lost" in r.getMessage() for r in caplog.records)
+        mosquitto.start()
+        assert wait(link.connected.is_set)
+        caplog.clear()
+    finally:
+        link.close()
+    msgs = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (logging.INFO, f"MQTT broker 127.0.0.1:{mosquitto.port}: disconnected (the sorter is stopping)") in msgs
+    assert not [m for lvl, m in msgs if lvl >= logging.WARNING], msgs
