@@ -353,7 +353,7 @@ def _describe_installed(store, name: str) -> list[str]:
     digest = store.installed(name)
     tag = f"{name} ({'running' if name == 'current' else 'rollback target'})"
     if digest is None:
-        return [f"{tag}: -" + (" (none installed: the bin runs model.path, else the bundled demo)"
+        return [f"{tag}: -" + (f" (none installed in {store.dir}: the bin runs model.path, else the bundled demo)"
                                if name == "current" else "")]
     path = store.dir / f"sha-{digest}.tflite"
     try:

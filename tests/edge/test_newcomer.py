@@ -102,3 +102,11 @@ def test_a_normal_stop_is_not_a_lost_broker(mosquitto, tmp_path, caplog):
     msgs = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert (logging.INFO, f"MQTT broker 127.0.0.1:{mosquitto.port}: disconnected (the sorter is stopping)") in msgs
     assert not [m for lvl, m in msgs if lvl >= logging.WARNING], msgs
+
+
+def test_model_list_names_the_folder_it_looked_in(tmp_path):
+    """Without a config `model list` looks in the default state folder: it says which, so a person
+    who installed with --config knows to give it here too."""
+    r = cli(tmp_path, "model", "list", "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 0, r.stderr
+    assert f"current (running): - (none installed in {tmp_path / 'state' / 'models'}:" in r.stdout
