@@ -110,3 +110,15 @@ def test_model_list_names_the_folder_it_looked_in(tmp_path):
     r = cli(tmp_path, "model", "list", "--state-dir", str(tmp_path / "state"))
     assert r.returncode == 0, r.stderr
     assert f"current (running): - (none installed in {tmp_path / 'state' / 'models'}:" in r.stdout
+
+
+def test_calibrate_without_a_terminal_stops_without_saving(tmp_path):
+    """`ecosorter calibrate` over ssh without -t, or with Ctrl-D, ended in an EOFError traceback."""
+    cfg = tmp_path / "config.toml"
+    text = '[hardware]\nprofile = "chute"\npin_factory = "mock"\n'
+    cfg.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", "calibrate", "--config", str(cfg)],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "end of input: stopping without saving" in r.stdout
+    assert cfg.read_text() == text
