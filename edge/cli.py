@@ -384,7 +384,13 @@ def cmd_keys(args) -> int:
     if args.action == "sign":
         return _sign_model(args)
     private, public = new_keypair()
-    fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # never over a key whose public half bins may already trust
+        raise EcoSorterError(f"keys new: {args.private} already exists; a key pair is never overwritten "
+                             "(bins may trust its public key): give another file name") from None
+    except OSError as e:
+        raise EcoSorterError(f"keys new: cannot write {args.private}: {e.strerror or e}") from None
     with os.fdopen(fd, "w") as f:
         f.write(private + "\n")
     from ecosorter.edge.model.trust import key_id

@@ -122,3 +122,14 @@ def test_calibrate_without_a_terminal_stops_without_saving(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "end of input: stopping without saving" in r.stdout
     assert cfg.read_text() == text
+
+
+def test_keys_new_over_an_existing_key_is_refused_in_words(tmp_path):
+    key = tmp_path / "owner.key"
+    assert cli(tmp_path, "keys", "new", str(key)).returncode == 0
+    before = key.read_text()
+    r = cli(tmp_path, "keys", "new", str(key))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{key} already exists" in r.stderr and key.read_text() == before
+    r = cli(tmp_path, "keys", "new", str(tmp_path / "no" / "such" / "dir.key"))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
