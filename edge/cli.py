@@ -22,7 +22,8 @@ SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
 
 def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
-        p.add_argument("--model", type=Path, help="a .tflite (default: the bundled demo model)")
+        p.add_argument("--model", type=Path, help="a .tflite (default: the bundled demo model, or with --config "
+                                                  "the bin's)")
     p.add_argument("--backend", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"],
                    help="the runtime (default auto: LiteRT, then tflite-runtime, then TensorFlow)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
@@ -36,7 +37,15 @@ def _load(args):
     from ecosorter.edge.preprocess.spec import preset
 
     labels = load_labels_file(args.labels)
-    return load_model(args.model, args.backend, args.threads or None, labels,
+    path = args.model
+    if path is None and getattr(args, "config", None) is not None:
+        # the bin's decision needs the bin's model: model.path, else the installed one (as `run`)
+        from ecosorter.edge.config import load_config
+        from ecosorter.edge.sorter import default_model_path
+
+        cfg = load_config(args.config)
+        path = cfg.model.path or default_model_path(Path(cfg.record.state_dir))
+    return load_model(path, args.backend, args.threads or None, labels,
                       preset(args.preprocess) if args.preprocess else None)
 
 
@@ -555,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files")
     p.add_argument("images", nargs="+", type=Path, help="JPEG/PNG files")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with the bin's decision")
-    p.add_argument("--config", type=Path, help="the bin's config.toml: its [decision] and compartments "
-                                               "decide (default: the defaults and the model's thresholds)")
+    p.add_argument("--config", type=Path, help="the bin's config.toml: its model (model.path, else the "
+                                               "installed one), [decision] and compartments decide (default: "
+                                               "the defaults and the model's thresholds)")
     _model_args(p)
     p.set_defaults(fn=cmd_classify)
 

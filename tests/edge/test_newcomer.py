@@ -133,3 +133,20 @@ def test_keys_new_over_an_existing_key_is_refused_in_words(tmp_path):
     assert f"{key} already exists" in r.stderr and key.read_text() == before
     r = cli(tmp_path, "keys", "new", str(tmp_path / "no" / "such" / "dir.key"))
     assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_classify_with_the_bins_config_uses_the_bins_model(tmp_path):
+    """`classify --config` promised "the bin's decision" but classified with the demo model."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[record]\nstate_dir = "{state}"\n')
+    photo = str(Path(__file__).resolve().parents[2] / "edge" / "demo" / "samples" / "01-kaca-trashnet-glass1.jpg")
+    r = cli(tmp_path, "classify", photo, "--json", "--config", str(cfg))
+    assert r.returncode == 0 and '"label": "kaca"' in r.stdout, r.stderr  # nothing installed: the demo
+    installed = state / "models" / "current.tflite"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b"not a model")
+    r = cli(tmp_path, "classify", photo, "--config", str(cfg))
+    assert r.returncode == 2 and str(installed) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = cli(tmp_path, "classify", photo, "--config", str(cfg), "--model", str(DEMO))  # --model still wins
+    assert r.returncode == 0, r.stderr
