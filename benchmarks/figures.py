@@ -45,8 +45,8 @@ def blocks(r: dict) -> dict[str, str]:
             f"{loop['resnet50']['loop_ms_per_item']:.1f} ms "
             f"({_x(loop['resnet50']['loop_ms_per_item'], loop['lite0']['loop_ms_per_item'])}); all figures: {src}.\n"),
         "readme-simulate": (
-            f"24 hours and {day['items']['placed']:,} items in {day['wall_s']:.0f} s here, "
-            f"{where(r)}: {src}.\n"),
+            f"24 hours and {day['items']['placed']:,} items (`ecosorter simulate benchmarks/day24h.toml`) in "
+            f"{day['wall_s']:.0f} s here, {where(r)}, by `python -m benchmarks`: {src}.\n"),
         "simulate-day": (
             f"`ecosorter simulate benchmarks/day24h.toml --json` ({where(r)}, by `python -m benchmarks`):\n"
             f"{day['virtual_s']:,.0f} virtual seconds; {day['items']['placed']:,} items placed, "

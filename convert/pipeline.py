@@ -238,7 +238,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
 
     verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
-    verification["min_agreement"] = threshold
+    if agreement_gates:  # only a minimum that judged the model: the bin prints it beside "passed"
+        verification["min_agreement"] = threshold
     # what the bin checks before running it: a --force'd model says so in its own manifest
     verification["verified"] = bool(passed)
     if not passed:

@@ -22,7 +22,8 @@ SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
 
 def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
-        p.add_argument("--model", type=Path, help="a .tflite (default: the bundled demo model)")
+        p.add_argument("--model", type=Path, help="a .tflite (default: the bundled demo model, or with --config "
+                                                  "the bin's)")
     p.add_argument("--backend", default="auto", choices=["auto", "litert", "tflite-runtime", "tensorflow"],
                    help="the runtime (default auto: LiteRT, then tflite-runtime, then TensorFlow)")
     p.add_argument("--threads", type=int, default=0, help="inference threads (default: all cores)")
@@ -36,7 +37,15 @@ def _load(args):
     from ecosorter.edge.preprocess.spec import preset
 
     labels = load_labels_file(args.labels)
-    return load_model(args.model, args.backend, args.threads or None, labels,
+    path = args.model
+    if path is None and getattr(args, "config", None) is not None:
+        # the bin's decision needs the bin's model: model.path, else the installed one (as `run`)
+        from ecosorter.edge.config import load_config
+        from ecosorter.edge.sorter import default_model_path
+
+        cfg = load_config(args.config)
+        path = cfg.model.path or default_model_path(Path(cfg.record.state_dir))
+    return load_model(path, args.backend, args.threads or None, labels,
                       preset(args.preprocess) if args.preprocess else None)
 
 
@@ -206,7 +215,7 @@ def history_for(sorter, cfg):
     captures = sorter.captures.root if sorter.captures is not None else sorter.events.path.parent / "captures"
     names = cfg.hardware.compartment_names
     return History(sorter.events.path, captures, sorter.board.labels,
-                   model=lambda: model_panel(sorter.model, sorter.model.classifier.runtime),
+                   model=lambda: model_panel(sorter.model, sorter.model.classifier.runtime, sorter.board.model),
                    compartment_name=lambda c: compartment_label(c, names))
 
 
@@ -228,6 +237,7 @@ def format_counts(s, names: dict[str, str], compartments: dict[str, int], shown:
 
 
 def cmd_simulate(args) -> int:
+    from ecosorter.edge.machine import compartment_label
     from ecosorter.edge.simulate import run_scenario
 
     # the timeline is streamed to its file as it happens: a week's run in bounded memory
@@ -239,7 +249,12 @@ def cmd_simulate(args) -> int:
         print(f"{it['placed']} items placed, {it['decided']} decided, {it['routed']} routed "
               f"({it['rerouted']} rerouted), {it['not_routed']} not routed, {it['held']} waited on a hold; "
               f"{s['virtual_s']:.0f} virtual s in {s['wall_s']:.1f} s")
-        print(f"  routed per compartment: {s['compartments']['routed']}; landed (physics): {s['compartments']['landed']}")
+        comps = s["compartments"]
+
+        def shown(counts: dict) -> str:  # as printed on the bin, like `run`'s summary and the page
+            return ", ".join(f"{compartment_label(int(c), comps['names'])}: {n}" for c, n in counts.items()) or "none"
+        print(f"  routed per compartment (as printed on the bin): {shown(comps['routed'])}; "
+              f"landed (physics): {shown(comps['landed'])}")
         print(f"  holds raised: {s['holds'] or 'none'}; faults raised: {s['faults'] or 'none'}")
         if it["never_recorded"]:
             print(f"  WARNING: {it['never_recorded']} items were put on the tray and never recorded")
@@ -356,7 +371,7 @@ def _describe_installed(store, name: str) -> list[str]:
     digest = store.installed(name)
     tag = f"{name} ({'running' if name == 'current' else 'rollback target'})"
     if digest is None:
-        return [f"{tag}: -" + (" (none installed: the bin runs model.path, else the bundled demo)"
+        return [f"{tag}: -" + (f" (none installed in {store.dir}: the bin runs model.path, else the bundled demo)"
                                if name == "current" else "")]
     path = store.dir / f"sha-{digest}.tflite"
     try:
@@ -387,7 +402,13 @@ def cmd_keys(args) -> int:
     if args.action == "sign":
         return _sign_model(args)
     private, public = new_keypair()
-    fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(args.private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # never over a key whose public half bins may already trust
+        raise EcoSorterError(f"keys new: {args.private} already exists; a key pair is never overwritten "
+                             "(bins may trust its public key): give another file name") from None
+    except OSError as e:
+        raise EcoSorterError(f"keys new: cannot write {args.private}: {e.strerror or e}") from None
     with os.fdopen(fd, "w") as f:
         f.write(private + "\n")
     from ecosorter.edge.model.trust import key_id
@@ -531,11 +552,14 @@ def cmd_config(args) -> int:
     from ecosorter.edge.model.loader import read_manifest
     from ecosorter.edge.model.manifest import load_labels_file
     from ecosorter.edge.preflight import preflight
+    from ecosorter.edge.sorter import default_model_path
 
     errors: list = []
     cfg = load_config(args.file, errors=errors)  # schema and machine rules: all of them, then the rest
-    # the compartment map against the model it will run (its manifest is enough)
-    model = Path(cfg.model.path) if cfg.model.path else Path(__file__).resolve().parent / "demo" / "demo_int8.tflite"
+    # the compartment map against the model it will run (its manifest is enough): model.path, else
+    # the installed one, else the bundled demo, as `run` chooses
+    model = Path(cfg.model.path) if cfg.model.path else \
+        default_model_path(Path(cfg.record.state_dir)) or Path(__file__).resolve().parent / "demo" / "demo_int8.tflite"
     labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
     try:
         manifest = read_manifest(model.read_bytes(), model)
@@ -562,8 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="classify image files")
     p.add_argument("images", nargs="+", type=Path, help="JPEG/PNG files")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with the bin's decision")
-    p.add_argument("--config", type=Path, help="the bin's config.toml: its [decision] and compartments "
-                                               "decide (default: the defaults and the model's thresholds)")
+    p.add_argument("--config", type=Path, help="the bin's config.toml: its model (model.path, else the "
+                                               "installed one), [decision] and compartments decide (default: "
+                                               "the defaults and the model's thresholds)")
     _model_args(p)
     p.set_defaults(fn=cmd_classify)
 
@@ -628,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["new", "sign"], help="new: make a pair; sign: sign FILE")
     p.add_argument("private", type=Path, help="the private key file (new: written mode 0600; keep it off the bin)")
     p.add_argument("file", nargs="?", type=Path, help="sign: the .tflite to sign")
-    p.add_argument("-o", "--output", type=Path, help="sign: where the signature goes (default FILE.sig)")
+    p.add_argument("-o", "--output", type=Path, help="sign: where the signature goes (default: FILE with .sig for its suffix, model.tflite -> model.sig)")
     p.set_defaults(fn=cmd_keys)
 
     p = sub.add_parser("sign-command", help="print a signed command for <prefix>/<bin_id>/cmd (e.g. for mosquitto_pub)")

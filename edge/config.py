@@ -246,7 +246,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(str(p), "file not found") from None
+            raise ConfigError(str(p), "file not found (`ecosorter config example > FILE` writes one with every key)") from None
         except UnicodeDecodeError as e:
             raise ConfigError(str(p), f"not UTF-8 text: {e}") from None
         except tomllib.TOMLDecodeError as e:

@@ -350,9 +350,14 @@ def run_doctor(args, root: Path = Path("/")) -> int:
 
     def model():
         from ecosorter.edge.model import load_model
+        from ecosorter.edge.sorter import default_model_path
 
-        with load_model(cfg.model.path or None, cfg.model.backend) as m:
-            return f"{m.path} ({m.size_bytes / 1e6:.1f} MB, {len(m.labels)} labels, {m.classifier.runtime})"
+        # the model `run` would load: model.path, else the installed one, else the bundled demo
+        installed = default_model_path(Path(cfg.record.state_dir))
+        path = cfg.model.path or installed
+        which = "model.path" if cfg.model.path else "installed" if installed else "the bundled demo"
+        with load_model(path, cfg.model.backend) as m:
+            return f"{m.path} ({which}; {m.size_bytes / 1e6:.1f} MB, {len(m.labels)} labels, {m.classifier.runtime})"
 
     check("model", model)
     check("camera", doc.camera_present)

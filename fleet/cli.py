@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
         p.add_argument("--broker", metavar="HOST:PORT", help="default: the --config file's [mqtt], else localhost:1883")
         p.add_argument("--config", type=Path, help="a config TOML like a bin's: its [mqtt] (login, TLS, prefix)")
         p.add_argument("--username", help="broker login (default: the --config file's mqtt.username)")
-        p.add_argument("--password-file", type=Path, help="a 0600 file holding the broker password")
+        p.add_argument("--password-file", type=Path, help="a file (mode 0600) holding the broker password")
         p.add_argument("--prefix", help="topic prefix (default ecosorter)")
 
     p = fsub.add_parser("status", help="every bin on the broker, from its retained state and last will")
@@ -38,19 +38,20 @@ def add_parser(sub) -> None:
     p.add_argument("model", type=Path, nargs="?", help="the .tflite to roll out")
     p.add_argument("--key", type=Path, help="the owner's private key (ecosorter keys new)")
     p.add_argument("--version", type=int, help="the model's manifest version, checked before anything is sent")
-    p.add_argument("--canary", type=int, default=2, metavar="K", help="bins that get the model first (default 2)")
+    p.add_argument("--canary", type=int, default=2, metavar="K",
+                   help="online bins updated first and soaked; then waves of 2K, 4K, ... (default 2)")
     p.add_argument("--soak", default="10m", metavar="DURATION", help="e.g. 30m, 2h (default 10m)")
     p.add_argument("--bins", default="*", metavar="PATTERN", help="only bins matching (fnmatch, e.g. 'site2-*')")
     p.add_argument("--min-items", type=int, default=20, help="new items per bin before it is judged (default 20)")
     p.add_argument("--max-uncertain-rise", type=float, default=0.15,
-                   help="a canary whose uncertain share rises by more than this is a regression (default 0.15)")
+                   help="roll back when a bin's uncertain share rises more than this over its own before (default 0.15)")
     p.add_argument("--max-wrong-rise", type=float, default=0.10,
-                   help="a canary whose \"wrong\" share rises by more than this is a regression (default 0.10)")
+                   help="roll back when the share of items flagged wrong rises more than this (default 0.10)")
     p.add_argument("--resend", default="60s", metavar="DURATION", help="send again after no answer (default 60s)")
     p.add_argument("--url", help="a URL the bins may fetch the model from (their model.download_hosts); "
                                  "default: served by this command over HTTP (--serve)")
     p.add_argument("--serve", default="0.0.0.0:8765", metavar="BIND:PORT",
-                   help="where this command serves the model file (default 0.0.0.0:8765)")
+                   help="where this command serves the model file to the bins without --url (default 0.0.0.0:8765)")
     p.add_argument("--url-host", help="the host name the bins reach this machine by (default: the address "
                                       "this machine uses to reach the broker)")
     p.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"rollout state (default {DEFAULT_DB})")
@@ -61,7 +62,7 @@ def add_parser(sub) -> None:
     p.set_defaults(fn=cmd_rollout)
 
     p = fsub.add_parser("pool", help="one training folder from many bins' exports, de-duplicated by event id")
-    p.add_argument("out", type=Path, help="the training folder to write (class folders + labels.csv)")
+    p.add_argument("out", type=Path, help="the training folder (class folders + labels.csv); pooling into it again adds only what is new")
     p.add_argument("exports", type=Path, nargs="*", help="`ecosorter export` folders (e.g. from a USB stick)")
     p.add_argument("--ssh", action="append", default=[], metavar="USER@HOST",
                    help="also fetch a bin's labelled photos over SSH (its own `ecosorter export`); repeatable")
@@ -85,7 +86,7 @@ def format_table(rows: list[dict]) -> str:
              "holds/faults"]
     for r in rows:
         model = f"v{r['model_version']} {str(r['model_sha256'] or '')[:12]}" if r["model_sha256"] else "?"
-        full = ",".join(str(f["compartment"]) for f in r["fill"] if f["full"]) or "-"
+        full = ",".join(f["name"] for f in r["fill"] if f["full"]) or "-"
         share = "-" if r["uncertain_share"] is None else f"{100 * r['uncertain_share']:.0f}%"
         online = {True: "yes", False: "NO", None: "?"}[r["online"]]
         lines.append(f"{r['bin_id']:<14} {online:<7} {model:<18} {r['items_today']:>6} {share:>7} {full:<10} "

@@ -54,7 +54,9 @@ class BinSeen:
             "state": machine.get("state"),
             "holds": [w for w in words if w["kind"] == "hold"],
             "faults": [w for w in words if w["kind"] == "fault"],
-            "fill": [{"compartment": c.get("index"), "full": bool(c.get("full")), "today": c.get("count", 0)}
+            # name: as printed on the bin (the page's words; numbered from 1 by bins that do not say)
+            "fill": [{"compartment": c.get("index"), "full": bool(c.get("full")), "today": c.get("count", 0),
+                      "name": str(c.get("name") or (c["index"] + 1 if isinstance(c.get("index"), int) else "?"))}
                      for c in s.get("compartments") or []],
             "items_today": s.get("items_today", sum(((s.get("today") or {}).get("counts") or {}).values())),
             "uncertain_share": s.get("uncertain_share"),

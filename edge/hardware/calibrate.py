@@ -16,7 +16,11 @@ def _adjust(name: str, angle: float, move: Callable[[float], None], ask: Callabl
     lo, hi = span
     while True:
         move(angle)
-        answer = ask(f"{name}: {angle:.0f} deg > ").strip()
+        try:
+            answer = ask(f"{name}: {angle:.0f} deg > ").strip()
+        except EOFError:  # Ctrl-D, or no terminal (ssh without -t, a pipe): as q, never a traceback
+            say("\n  end of input: stopping without saving (calibrate needs a terminal to answer)")
+            return None
         if answer == "":
             return angle
         if answer == "q":

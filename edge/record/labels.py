@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import getpass
 import io
+import re
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
@@ -25,8 +26,8 @@ class LabelError(EcoSorterError):
     pass
 
 
-def known_labels(state_dir: Path) -> list[str]:
-    """The labels of the model the bin runs (models/current.tflite), else the default seven."""
+def model_labels(state_dir: Path) -> list:
+    """The labels (id, display name) of the model the bin runs (models/current.tflite), else the default seven."""
     from ecosorter.edge.model.loader import read_manifest
     from ecosorter.edge.model.manifest import DEFAULT_LABELS
 
@@ -34,8 +35,23 @@ def known_labels(state_dir: Path) -> list[str]:
     if current.exists():
         manifest = read_manifest(current.read_bytes(), current)
         if manifest is not None:
-            return list(manifest.label_ids)
-    return [lb.id for lb in DEFAULT_LABELS]
+            return list(manifest.labels)
+    return list(DEFAULT_LABELS)
+
+
+def known_labels(state_dir: Path) -> list[str]:
+    return [lb.id for lb in model_labels(state_dir)]
+
+
+def unknown_label(label: str, labels: list) -> str:
+    """Why LABEL is refused, with the id meant when it is a display name or one of its words
+    ("glass", "Kaca"): people type what is printed on the bin, not the id."""
+    said = label.strip().casefold()
+    meant = [lb.id for lb in labels
+             if said and (said == lb.id.casefold() or said == lb.name.casefold()
+                          or said in re.findall(r"[^\W\d_]+", lb.name.casefold()))]
+    hint = f" (did you mean {meant[0]!r}?)" if len(meant) == 1 else ""
+    return f"label {label!r} is not one of the model's labels{hint}: {', '.join(lb.id for lb in labels)}"
 
 
 def _who(by: str) -> str:
@@ -55,9 +71,9 @@ def _events(state_dir: Path) -> EventLog:
 
 
 def label_one(state_dir: Path, event_id: str, label: str, by: str = "") -> None:
-    labels = known_labels(state_dir)
-    if label not in labels:
-        raise LabelError(f"label {label!r} is not one of the model's labels: {', '.join(labels)}")
+    labels = model_labels(state_dir)
+    if label not in [lb.id for lb in labels]:
+        raise LabelError(unknown_label(label, labels))
     with _events(state_dir) as events:
         if not events.set_label(event_id, label, _who(by)):
             raise LabelError(f"no event with id {event_id!r} in {events.path}")
@@ -65,7 +81,8 @@ def label_one(state_dir: Path, event_id: str, label: str, by: str = "") -> None:
 
 def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
     """Rows with columns id and true_label (or label); empty labels are skipped (not labelled yet)."""
-    labels = known_labels(state_dir)
+    full = model_labels(state_dir)
+    labels = [lb.id for lb in full]
     who = _who(by)
     try:
         with open(path, "rb") as f:
@@ -103,7 +120,7 @@ def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
         if not event_id:
             errors.append(f"line {line}: no id")
         elif label not in labels:
-            errors.append(f"line {line}: label {label!r} is not one of {', '.join(labels)}")
+            errors.append(f"line {line}: {unknown_label(label, full)}")
         elif event_id in lines:
             errors.append(f"line {line}: id {event_id} already labelled on line {lines[event_id]}")
         else:

@@ -112,7 +112,9 @@ class MqttLink:
         self._set_link("connected", f"{self.cfg.host}:{self.cfg.port}", logging.INFO)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and self._stop.is_set():  # our own close(): not a warning at every stop
+            self._set_link("disconnected", "the sorter is stopping", logging.INFO)
+        elif self.connected.is_set():
             self._set_link("disconnected", f"connection lost ({reason_code}); events wait in the outbox")
         self.connected.clear()
 

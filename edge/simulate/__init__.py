@@ -219,7 +219,9 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter, record: Recorder) -> 
                   "routed": sum(summary.routed.values()), "not_routed": summary.unrouted, "held": summary.held,
                   "rerouted": summary.rerouted},
         "compartments": {"routed": {str(c): n for c, n in sorted(summary.routed.items())},
-                         "landed": {str(c): n for c, n in sorted(Counter(c for _, _, c in world.drops).items())}},
+                         "landed": {str(c): n for c, n in sorted(Counter(c for _, _, c in world.drops).items())},
+                         # keys above are config numbers (0..n-1); these are as printed on the bin
+                         "names": list(cfg.hardware.compartment_names)},
         "holds": {name: n for (kind, name), n in sorted(raised.items()) if kind == "hold"},
         "faults": {name: n for (kind, name), n in sorted(raised.items()) if kind == "fault"},
         "warnings": {name: n for (kind, name), n in sorted(raised.items()) if kind == "warning"},

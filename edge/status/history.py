@@ -144,8 +144,10 @@ def parse_query(query: str, labels: dict[str, str]) -> dict:
     return out
 
 
-def model_panel(model, runtime: str = "") -> dict:
-    """What the model panel shows, from the running model and its manifest (whatever it carries)."""
+def model_panel(model, runtime: str = "", running: dict | None = None) -> dict:
+    """What the model panel shows, from the running model and its manifest (whatever it carries).
+    `running`: the board's model info (trust.describe_running): whether it passed its gate at
+    conversion and who signed it, which live in the verification figures and the install record."""
     m = model.manifest
     d = m.to_dict() if hasattr(m, "to_dict") else {}
     path = Path(model.path)
@@ -156,6 +158,10 @@ def model_panel(model, runtime: str = "") -> dict:
     source = d.get("source") or {}
     trust = {k: d[k] for k in TRUST_KEYS if k in d}
     trust.update({k: source[k] for k in TRUST_KEYS if k in source and k not in trust})
+    if running:
+        if isinstance(running.get("verified"), bool):
+            trust["verified"] = running["verified"]
+        trust["signed"] = (running.get("key_id") or True) if running.get("signed") else False
     return {"file": path.name, "sha256": model.sha256, "version": d.get("version", 0), "installed": installed,
             "runtime": runtime, "source": {k: source[k] for k in ("file", "format", "sha256", "tensorflow", "keras",
                                                                 "quantization", "calibration_images") if k in source},

@@ -149,6 +149,8 @@ def test_a_forced_conversion_says_verified_false_and_a_passed_one_true(tiny_h5, 
     assert convert_main([*common, "-o", str(forced), "--min-agreement", "1.01", "--force"]) == 1
     with load_model(ok) as m:
         assert m.manifest.verification["verified"] is True and verification_status(m.manifest)[0]
+        # judged by the outcome gate: no agreement minimum is shown, as if it had been a gate
+        assert "min_agreement" not in m.manifest.verification and "(min" not in verification_status(m.manifest)[1]
     with load_model(forced) as m:
         v = m.manifest.verification
         assert v["verified"] is False and v["failed"] == ["agreement 100.0% < 101.0%"]

@@ -216,3 +216,33 @@ def test_no_pin_library_gets_advice_not_a_traceback(tmp_path):
     assert "FAIL" in line and "python3-lgpio" in line
     budget = next(x for x in d.stdout.splitlines() if x.startswith("budget"))
     assert "OK" in budget
+
+
+def test_model_line_checks_the_model_run_would_load(tmp_path, capsys):
+    """Without model.path the bin runs the installed model (record.state_dir/models/current.tflite):
+    doctor must load and name that one, not the bundled demo."""
+    import argparse
+
+    from ecosorter.edge.doctor import run_doctor
+
+    demo = Path(__file__).resolve().parents[2] / "edge" / "demo" / "demo_int8.tflite"
+    state_dir = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[hardware]\npin_factory = "mock"\n[camera]\nsource = "folder"\ndevice = "{tmp_path}"\n'
+                   f'[record]\nstate_dir = "{state_dir}"\n')
+    root = tmp_path / "root"
+    root.mkdir()
+
+    def model_line() -> str:
+        run_doctor(argparse.Namespace(config=cfg), root=root)
+        return next(x for x in capsys.readouterr().out.splitlines() if x.startswith("model"))
+
+    line = model_line()
+    assert "OK" in line and str(demo) in line and "the bundled demo" in line
+    installed = state_dir / "models" / "current.tflite"
+    installed.parent.mkdir(parents=True)
+    shutil.copyfile(demo, installed)
+    line = model_line()
+    assert "OK" in line and str(installed) in line and "(installed;" in line
+    installed.write_bytes(b"not a model")  # a broken installed model is a FAIL, not a silent demo
+    assert "FAIL" in model_line()

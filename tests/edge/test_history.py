@@ -210,3 +210,27 @@ def test_history_page_in_chromium_filters_and_labels(served, sorted_bin, size, t
     assert labelled[-1] == (first, "logam", "page@127.0.0.1")
     with sqlite3.connect(state / "events.db") as db:
         assert db.execute("SELECT true_label FROM events WHERE id = ?", (first,)).fetchone()[0] == "logam"
+
+
+def test_model_panel_says_verified_and_signed_as_the_bin_knows_them(tmp_path):
+    """The manifest keeps `verified` inside its verification figures and the signer is in the install
+    record: the panel said "not recorded" for a signed, verified model. The bin's describe_running knows."""
+    import shutil
+
+    from ecosorter.edge.model import load_model
+    from ecosorter.edge.model.store import ModelStore
+    from ecosorter.edge.model.trust import describe_running
+    from ecosorter.edge.security import new_keypair, sign_file
+
+    key, pub = new_keypair()
+    cfg = load_config(overrides={"model.public_key": pub})
+    model = tmp_path / "m.tflite"
+    shutil.copyfile(SAMPLES.parent / "demo_int8.tflite", model)
+    store = ModelStore.from_config(cfg, tmp_path / "state")
+    store.install(model, None, sign_file(key, model.read_bytes()), "auto")
+
+    with load_model(store.current) as m:
+        running = describe_running(m, store, False)
+        panel = model_panel(m, "litert", running)
+        assert panel["trust"]["verified"] is True and panel["trust"]["signed"] == running["key_id"] != ""
+        assert model_panel(m, "litert")["trust"] == {}  # without the bin's word: "not recorded", as before

@@ -83,7 +83,12 @@ def test_label_cli_one_and_strict_import(tmp_path, sorted_bin, capsys):
     ids = [e.id for e in sorted_bin[1]]
     assert main(["label", ids[0], "kaca", "--state-dir", str(state), "--by", "ops"]) == 0
     assert main(["label", ids[1], "glass", "--state-dir", str(state)]) == 2
-    assert "'glass' is not one of the model's labels: kaca, kardus" in capsys.readouterr().err
+    # what is printed on the bin (the English or Indonesian word) points at the id meant
+    assert "'glass' is not one of the model's labels (did you mean 'kaca'?): kaca, kardus" in capsys.readouterr().err
+    assert main(["label", ids[1], "Plastik", "--state-dir", str(state)]) == 2
+    assert "(did you mean 'plastik'?)" in capsys.readouterr().err
+    assert main(["label", ids[1], "sampah", "--state-dir", str(state)]) == 2
+    assert "'sampah' is not one of the model's labels: kaca," in capsys.readouterr().err
     assert main(["label", "nope", "kaca", "--state-dir", str(state)]) == 2
     assert "no event with id 'nope'" in capsys.readouterr().err
 
@@ -91,7 +96,8 @@ def test_label_cli_one_and_strict_import(tmp_path, sorted_bin, capsys):
     bad.write_text(f"id,true_label\n{ids[1]},kardus\nnope,kaca\n{ids[2]},paper\n{ids[3]},\n")
     assert main(["label", "--import", str(bad), "--state-dir", str(state)]) == 2
     err = capsys.readouterr().err
-    assert "line 4: label 'paper'" in err and "nothing imported" in err
+    assert "line 4: label 'paper' is not one of the model's labels (did you mean 'kertas'?)" in err
+    assert "nothing imported" in err
     bad.write_text(f"id,true_label\n{ids[1]},kardus\nnope,kaca\n")
     assert main(["label", "--import", str(bad), "--state-dir", str(state)]) == 2
     assert "line 3: no event with id 'nope'" in capsys.readouterr().err

@@ -43,6 +43,8 @@ def test_status_sees_every_retained_bin_and_ignores_what_is_not_a_bin(mosquitto)
     r = subprocess.run([*ECOSORTER, "fleet", "status", "--bins", "b00*", "--broker",
                         f"127.0.0.1:{mosquitto.port}"], capture_output=True, text=True, timeout=60)
     assert "10 bins, 9 online" in r.stdout and "fault jam: Jammed: chute" in r.stdout
+    # the full compartment as printed on the bin (index 0 is "1"), as the page and `run` show it
+    assert next(x for x in r.stdout.splitlines() if x.startswith("b009")).split()[6] == "1"
 
 
 def test_an_unreachable_broker_is_named():

@@ -1,0 +1,152 @@
+"""What a newcomer following the README hit: commands that judged the bundled demo model while the
+bin runs its installed one, and errors that did not say what to do next."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parents[2] / "edge" / "demo" / "demo_int8.tflite"
+
+
+def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+def test_config_check_judges_the_installed_model(tmp_path):
+    """Without model.path `run` loads record.state_dir/models/current.tflite: `config check` must read
+    that one's labels, not the demo's."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[record]\nstate_dir = "{state}"\n')
+    r = cli(tmp_path, "config", "check", str(cfg))
+    assert r.returncode == 0 and f"{cfg}: valid" in r.stdout, r.stderr
+    installed = state / "models" / "current.tflite"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b"not a model")
+    r = cli(tmp_path, "config", "check", str(cfg))
+    assert r.returncode == 2 and str(installed) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    shutil.copyfile(DEMO, installed)
+    r = cli(tmp_path, "config", "check", str(cfg))
+    assert r.returncode == 0 and f"{cfg}: valid" in r.stdout, r.stderr
+
+
+def test_a_missing_config_says_how_to_make_one(tmp_path):
+    r = cli(tmp_path, "config", "check", str(tmp_path / "nope.toml"))
+    assert r.returncode == 2 and "file not found" in r.stderr and "ecosorter config example > FILE" in r.stderr
+
+
+def test_signature_lands_where_help_says(tmp_path):
+    model = tmp_path / "model2_int8.tflite"
+    shutil.copyfile(DEMO, model)
+    assert cli(tmp_path, "keys", "new", str(tmp_path / "owner.key")).returncode == 0
+    r = cli(tmp_path, "keys", "sign", str(tmp_path / "owner.key"), str(model))
+    assert r.returncode == 0 and (tmp_path / "model2_int8.sig").is_file(), r.stderr
+    assert "model.tflite -> model.sig" in cli(tmp_path, "keys", "--help").stdout
+
+
+def test_simulate_summary_numbers_compartments_as_printed_on_the_bin(tmp_path):
+    """`run` and the page show compartments as printed (names, else 1..7); the simulator's summary
+    showed config numbers 0..6, so the same bin read one compartment apart."""
+    jam = Path(__file__).resolve().parents[1] / "scenarios" / "jam.toml"
+    r = cli(tmp_path, "simulate", str(jam))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "routed per compartment" in x)
+    # jam.toml: two items to kardus (config 1), one to logam (config 4)
+    assert "(as printed on the bin): 1: 0, 2: 2, 3: 0, 4: 0, 5: 1, 6: 0, 7: 0; landed (physics): 2: 2, 5: 1" in line
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[hardware]\ncompartment_names = ["A", "B", "C", "D", "E", "F", "G"]\n')
+    r = cli(tmp_path, "simulate", str(jam), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "routed per compartment" in x)
+    assert "A: 0, B: 2, C: 0, D: 0, E: 1, F: 0, G: 0; landed (physics): B: 2, E: 1" in line
+
+
+def test_a_normal_stop_is_not_a_lost_broker(mosquitto, tmp_path, caplog):
+    """Every Ctrl-C / systemctl stop logged a WARNING 'connection lost (Normal disconnection)': a
+    person reads the journal for trouble, so only a real loss warns."""
+    import logging
+    import time
+
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.record.events import EventLog
+    from ecosorter.edge.record.mqtt import MqttLink
+
+    def wait(cond, timeout=20.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return True
+            time.sleep(0.05)
+        return False
+
+    caplog.set_level(logging.INFO, "ecosorter.mqtt")
+    cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
+    EventLog(tmp_path / "events.db").close()
+    link = MqttLink(cfg, "bin7", tmp_path / "events.db", {})
+    link.client.reconnect_delay_set(1, 1)
+    link.start()
+    try:
+        assert wait(link.connected.is_set)
+        mosquitto.stop()  # a real loss: warned
+        assert wait(lambda: not link.connected.is_set())
+        assert any(r.levelno == logging.WARNING and "connection lost" in r.getMessage() for r in caplog.records)
+        mosquitto.start()
+        assert wait(link.connected.is_set)
+        caplog.clear()
+    finally:
+        link.close()
+    msgs = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert (logging.INFO, f"MQTT broker 127.0.0.1:{mosquitto.port}: disconnected (the sorter is stopping)") in msgs
+    assert not [m for lvl, m in msgs if lvl >= logging.WARNING], msgs
+
+
+def test_model_list_names_the_folder_it_looked_in(tmp_path):
+    """Without a config `model list` looks in the default state folder: it says which, so a person
+    who installed with --config knows to give it here too."""
+    r = cli(tmp_path, "model", "list", "--state-dir", str(tmp_path / "state"))
+    assert r.returncode == 0, r.stderr
+    assert f"current (running): - (none installed in {tmp_path / 'state' / 'models'}:" in r.stdout
+
+
+def test_calibrate_without_a_terminal_stops_without_saving(tmp_path):
+    """`ecosorter calibrate` over ssh without -t, or with Ctrl-D, ended in an EOFError traceback."""
+    cfg = tmp_path / "config.toml"
+    text = '[hardware]\nprofile = "chute"\npin_factory = "mock"\n'
+    cfg.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", "calibrate", "--config", str(cfg)],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "end of input: stopping without saving" in r.stdout
+    assert cfg.read_text() == text
+
+
+def test_keys_new_over_an_existing_key_is_refused_in_words(tmp_path):
+    key = tmp_path / "owner.key"
+    assert cli(tmp_path, "keys", "new", str(key)).returncode == 0
+    before = key.read_text()
+    r = cli(tmp_path, "keys", "new", str(key))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{key} already exists" in r.stderr and key.read_text() == before
+    r = cli(tmp_path, "keys", "new", str(tmp_path / "no" / "such" / "dir.key"))
+    assert r.returncode == 2 and "cannot write" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_classify_with_the_bins_config_uses_the_bins_model(tmp_path):
+    """`classify --config` promised "the bin's decision" but classified with the demo model."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[record]\nstate_dir = "{state}"\n')
+    photo = str(Path(__file__).resolve().parents[2] / "edge" / "demo" / "samples" / "01-kaca-trashnet-glass1.jpg")
+    r = cli(tmp_path, "classify", photo, "--json", "--config", str(cfg))
+    assert r.returncode == 0 and '"label": "kaca"' in r.stdout, r.stderr  # nothing installed: the demo
+    installed = state / "models" / "current.tflite"
+    installed.parent.mkdir(parents=True)
+    installed.write_bytes(b"not a model")
+    r = cli(tmp_path, "classify", photo, "--config", str(cfg))
+    assert r.returncode == 2 and str(installed) in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = cli(tmp_path, "classify", photo, "--config", str(cfg), "--model", str(DEMO))  # --model still wins
+    assert r.returncode == 0, r.stderr
