@@ -1,0 +1,79 @@
+"""A hostile party on the broker, as `ecosorter fleet` sees it: retained states and results that are not
+what a bin sends (wrong types, NaN, terminal escapes). Real Mosquitto, the real fleet tool."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ecosorter.fleet.broker import Broker
+from ecosorter.fleet.rollout import Params, judge
+from ecosorter.fleet.view import FleetView
+
+pytestmark = pytest.mark.broker
+ECOSORTER = [sys.executable, "-m", "ecosorter.edge.cli"]
+
+# each would end `fleet status` (and a rollout's judge or rollback) with a traceback before
+HOSTILE = {
+    "b-model-str": {"model": "x"},
+    "b-machine-str": {"machine": "x"},
+    "b-holds-str": {"machine": {"holds": ["x"], "faults": [7]}},
+    "b-fill-ints": {"compartments": [1, 2]},
+    "b-counts-str": {"today": {"counts": {"kaca": "x"}}, "totals": {"counts": {"kaca": "x"}, "uncertain": "y"}},
+    "b-last-str": {"last": "x", "at": 5},
+    "b-sha-list": {"model": {"sha256": ["x"], "version": "9"}},
+    "b-nan": {"uncertain_share": float("nan"), "items_today": 50, "model": {"sha256": "ab" * 32}},
+    "b-escape": {"model": {"sha256": "\x1b]0;owned\x07" + "cd" * 32},
+                 "machine": {"faults": [{"name": "jam\x1b[2J", "kind": "fault", "reason_en": "\x1b[31mred"}]}},
+}
+
+
+def publish(port: int, states: dict) -> None:
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    for b, s in states.items():
+        c.publish(f"ecosorter/{b}/state", json.dumps(s), qos=1, retain=True).wait_for_publish(5)
+    c.publish("ecosorter/good/state", json.dumps({"model": {"sha256": "ef" * 32, "version": 3}, "items_today": 4}),
+              qos=1, retain=True).wait_for_publish(5)
+    c.loop_stop()
+    c.disconnect()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["table", "json"])
+def test_hostile_retained_states_do_not_end_fleet_status_nor_reach_the_terminal(mosquitto, as_json):
+    publish(mosquitto.port, HOSTILE)
+    r = subprocess.run([*ECOSORTER, "fleet", "status", "--broker", f"127.0.0.1:{mosquitto.port}",
+                        *(["--json"] if as_json else [])], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout and "Traceback" not in r.stderr
+    if as_json:
+        rows = {b["bin_id"]: b for b in json.loads(r.stdout)["bins"]}
+        assert rows["good"]["model_sha256"] == "ef" * 32 and rows["good"]["model_version"] == 3
+        assert rows["b-model-str"]["model_sha256"] is None and rows["b-sha-list"]["model_version"] is None
+        assert rows["b-nan"]["uncertain_share"] is None  # not NaN: `json.loads` of the output must not need it
+        assert set(rows) == {*HOSTILE, "good"}
+    else:
+        assert "good" in r.stdout and "v3 efefefefefef" in r.stdout and "10 bins" in r.stdout
+
+
+def test_a_rollout_can_judge_and_roll_back_past_a_hostile_bin(mosquitto):
+    """The rollout reads the same view: its judge and its rollback's model check must not raise on any
+    bin's state, or one bin would stop the rollback of every other."""
+    publish(mosquitto.port, HOSTILE)
+    view = FleetView(Broker(port=mosquitto.port)).start()
+    try:
+        for b in HOSTILE:
+            seen = view.get(b)
+            assert seen is not None, b
+            assert isinstance(seen.model_sha, str)
+            verdict, why = judge(seen.state, seen.state, seen.state, Params(min_items=1))
+            assert verdict in ("wait", "pass", "fail") and "\x1b" not in why
+        assert view.get("b-escape").model_sha == "?]0;owned?" + "cd" * 32  # printable, never the escape
+    finally:
+        view.close()
