@@ -43,7 +43,9 @@ def discovery(bin_id: str, base: str, labels: dict[str, str], compartments: dict
     for label, name in labels.items():
         add("sensor", label, unique=f"{label}_today", payload={
             "name": f"{name} today", "state_topic": state, "state_class": "total_increasing",
-            "unit_of_measurement": "items", "value_template": f"{{{{ value_json.today.counts.{label} | default(0) }}}}"})
+            # subscript, not `.{label}`: ids may hold `-` or start with a digit (a quote they cannot hold)
+            "unit_of_measurement": "items",
+            "value_template": f"{{{{ value_json.today.counts['{label}'] | default(0) }}}}"})
     add("sensor", "last", {"name": "Last item", "state_topic": state,
                            "value_template": "{{ value_json.last.label if value_json.last else 'none' }}"})
     add("binary_sensor", "health", {"name": "Health", "device_class": "problem", "state_topic": state,
