@@ -108,8 +108,11 @@ class History:
     def _photo_path(self, image: str) -> Path | None:
         """The kept photo's file, only if it is a .jpg inside the captures folder (the log is not trusted)."""
         root = self.captures_dir.resolve()
-        path = (root / image).resolve()
-        if path.suffix != ".jpg" or not path.is_relative_to(root) or not path.is_file():
+        try:  # a NUL byte, a name too long: no photo for that row, never the whole page's failure
+            path = (root / image).resolve()
+            if path.suffix != ".jpg" or not path.is_relative_to(root) or not path.is_file():
+                return None
+        except (OSError, ValueError):
             return None
         return path
 
