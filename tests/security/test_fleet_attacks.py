@@ -77,3 +77,70 @@ def test_a_rollout_can_judge_and_roll_back_past_a_hostile_bin(mosquitto):
         assert view.get("b-escape").model_sha == "?]0;owned?" + "cd" * 32  # printable, never the escape
     finally:
         view.close()
+
+
+class LyingBin:
+    """A bin on the broker that answers every signed command `ok` and never changes its state: it says
+    it installed the model but keeps reporting the old one (as a bin whose live swap refused it does)."""
+
+    def __init__(self, port: int, bin_id: str, model_sha: str):
+        import paho.mqtt.client as mqtt
+
+        self.bin_id, self.commands = bin_id, []
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"ecosorter/{bin_id}/cmd", qos=1)
+        c.on_message = self._on_command
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        state = {"model": {"sha256": model_sha, "version": 1}, "items_today": 500, "uncertain_share": 0.05,
+                 "totals": {"counts": {"kaca": 500}, "uncertain": 25}, "wrong_today": 0,
+                 "machine": {"state": "ready", "holds": [], "faults": []}}
+        c.publish(f"ecosorter/{bin_id}/availability", "online", qos=1, retain=True).wait_for_publish(5)
+        c.publish(f"ecosorter/{bin_id}/state", json.dumps(state), qos=1, retain=True).wait_for_publish(5)
+        self.client = c
+
+    def _on_command(self, cl, u, m) -> None:
+        if not m.payload:
+            return
+        cmd = json.loads(m.payload)
+        self.commands.append(cmd["action"])
+        cl.publish(f"ecosorter/{self.bin_id}/cmd/result", json.dumps(
+            {"action": cmd["action"], "ok": True, "nonce": cmd["nonce"], "self_test": "kaca 1.00",
+             "model": "sha-" + "0" * 64 + ".tflite"}), qos=1)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_a_canary_that_says_installed_but_never_runs_the_model_does_not_let_it_spread(mosquitto, tmp_path):
+    import threading
+
+    from ecosorter.edge.security import new_keypair
+    from ecosorter.fleet.rollout import DONE, Rollout, open_db
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"a model the bins would fetch")
+    old = "11" * 32
+    canary, rest = LyingBin(mosquitto.port, "a-canary", old), LyingBin(mosquitto.port, "b-rest", old)
+    broker = Broker(port=mosquitto.port)
+    db = open_db(tmp_path / "rollouts.db")
+    view = FleetView(broker).start()
+    try:
+        rid = Rollout.create(db, view, model, Params(canary=1, soak_s=1.0, min_items=1, resend_s=30),
+                             "https://models.example.org/m.tflite", "", 2)
+    finally:
+        view.close()
+    stop = threading.Event()
+    ro = Rollout(db, rid, broker, new_keypair()[0], say=lambda s: None, poll_s=0.1)
+    timer = threading.Timer(30, stop.set)  # a limit for a hung test: the soak is 1 s, a wave passes by 3 s
+    timer.start()
+    out = [ro.run(stop)]
+    timer.cancel()
+    canary.close()
+    rest.close()
+    assert canary.commands[:1] == ["install_model"]
+    assert "install_model" not in rest.commands, "the model spread past a canary that never ran it"
+    assert out and out[0] != DONE
+    reason = db.execute("SELECT reason FROM rollouts WHERE id = ?", (rid,)).fetchone()[0]
+    assert "a-canary" in reason and old[:12] in reason
