@@ -31,3 +31,15 @@ def test_label_ids_with_a_dash_or_a_digit_first_render_their_own_count():
     # a label without items today is 0, not an error
     empty = next(p for t, p in discovery("bin7", "ecosorter/bin7", labels) if p["unique_id"].endswith("e-waste_today"))
     assert jinja2.Environment().from_string(empty["value_template"]).render(value_json={"today": {"counts": {}}}) == "0"
+
+
+def test_labels_named_like_the_bins_own_sensors_do_not_overwrite_them():
+    """Discovery configs are retained per topic: a label `items` or `last` on the same topic as the
+    bin's "Items today" or "Last item" would replace one entity with the other in Home Assistant."""
+    labels = {i: i for i in ("last", "items", "uncertain_share", "model_version", "compartment_0_items", "kaca")}
+    out = discovery("bin7", "ecosorter/bin7", labels, compartments={"kaca": 0, "last": 1})
+    topics = [t for t, _ in out]
+    assert len(topics) == len(set(topics)), sorted(t for t in topics if topics.count(t) > 1)
+    ids = [p["unique_id"] for _, p in out]
+    assert len(ids) == len(set(ids))
+    assert {f"ecosorter_bin7_{i}_today" for i in labels} <= set(ids)  # unique ids as before: HA keeps its entities
