@@ -5,6 +5,7 @@ link), a `verified` flag of the wrong type, a model whose thresholds cannot keep
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 
@@ -117,3 +118,24 @@ def test_hostile_decision_blocks_and_huge_manifests_are_refused_at_install(tmp_p
     bad = raw_manifest(tmp_path / "m.tflite", patch)
     with pytest.raises(EcoSorterError, match="decision|manifest is [0-9]+ bytes"):
         ModelStore(tmp_path / "s").install(bad, allow_unsigned=True)
+
+
+@pytest.mark.parametrize("figures", [{"n_certify": 0, "mean_confidence": 0.9, "confidence_sd": 0.1},
+                                     {"n_certify": -5, "mean_confidence": 0.9, "confidence_sd": 0.1},
+                                     {"fallback_share": float("nan"), "top1_error": float("inf"),
+                                      "mean_confidence": 1e308, "confidence_sd": -1.0}],
+                         ids=["n-zero", "n-negative", "non-finite"])
+def test_a_models_figures_cannot_break_the_drift_watch(tmp_path, caplog, figures):
+    """The drift watch compares the bin with the figures in the model's `decision` block: figures no
+    conversion writes (n = 0, NaN) must be left out, not fail the watch on every item."""
+    import logging
+
+    state = tmp_path / "state"
+    cfg = cfg_for(state, **{"camera.loop": True})
+    model = raw_manifest(tmp_path / "m.tflite", lambda d: d.update(decision={**decision(0.02, 0.3), **figures}))
+    ModelStore.from_config(cfg).install(model, allow_unsigned=True)
+    with caplog.at_level(logging.ERROR), build_sorter(cfg) as sorter:
+        sorter.run(max_items=60)
+        assert sorter.summary.items == 60
+        assert all(math.isfinite(v) for v in sorter.drift.expected.values())
+    assert "drift watch failed" not in caplog.text
