@@ -82,6 +82,10 @@ def pool(out: Path, exports: list[Path], warn: Callable[[str], None] = lambda m:
                 warn(f"{where}: {photo} leads outside the export folder (a link); skipped")
                 continue
             old = have.get(row["id"])
+            if old is not None and old.get("bin_id") and old["bin_id"] != bin_id:
+                # ids are unique across bins: another bin's copy of it is a forgery, never a replacement
+                warn(f"{where}: id {row['id']} came from bin {old['bin_id']!r} already, not {bin_id!r}; skipped")
+                continue
             if old is not None and (old.get("true_label") or not row.get("true_label")):
                 dups += 1
                 continue

@@ -66,3 +66,24 @@ def test_pooled_labels_csv_escapes_cells_a_spreadsheet_would_run(tmp_path):
     assert r.returncode == 0, r.stderr
     row = next(csv.DictReader(open(tmp_path / "out2" / "labels.csv", newline="")))  # noqa: SIM115
     assert row["labeled_by"].startswith("'=HYPERLINK") and not row["labeled_by"].startswith("''")
+
+
+def test_an_id_seen_from_one_bin_cannot_be_taken_over_by_another(tmp_path):
+    """Event ids are unique across bins: the same id from another bin is a forgery (or a copy), and must
+    not replace the first bin's photo and label, labelled or not."""
+    real = export_folder(tmp_path / "real", [{"photo": "_unlabeled/a.jpg", "id": "d" * 32, "bin_id": "bin7"}])
+    (real / "_unlabeled").mkdir()
+    shutil.copyfile(JPEG, real / "_unlabeled" / "a.jpg")
+    forged = export_folder(tmp_path / "forged", [{"photo": "logam/b.jpg", "id": "d" * 32, "bin_id": "bin9",
+                                                  "true_label": "logam"}])
+    (forged / "logam").mkdir()
+    shutil.copyfile(SAMPLES / "05-logam-trashnet-metal1.jpg" if (SAMPLES / "05-logam-trashnet-metal1.jpg").exists()
+                    else JPEG, forged / "logam" / "b.jpg")
+    out = tmp_path / "out"
+    assert pool(out, real).returncode == 0
+    r = pool(out, forged)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(open(out / "labels.csv", newline="")))  # noqa: SIM115
+    assert [(x["id"], x["bin_id"], x["photo"]) for x in rows] == [("d" * 32, "bin7", "_unlabeled/bin7-a.jpg")]
+    assert (out / "_unlabeled" / "bin7-a.jpg").is_file() and not (out / "logam").exists()
+    assert "bin9" in r.stderr and "bin7" in r.stderr
