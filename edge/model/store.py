@@ -479,6 +479,18 @@ class ModelStore:
         _symlink_atomically(self.current, target.name)
         self._prune()
 
+    def check_current(self) -> None:
+        """current.tflite must be the store's own link to one of its sha-<hash>.tflite copies (whose
+        content the loader checks against the name): re-pointed elsewhere, nobody checked that model."""
+        from ecosorter.edge.model.loader import CONTENT_NAME
+
+        if not self.current.is_symlink():
+            raise ModelError(self.current, "is not the store's link to an installed model (replaced outside "
+                                           "`ecosorter model install`)")
+        target = os.readlink(self.current)
+        if not CONTENT_NAME.fullmatch(target):
+            raise ModelError(self.current, f"points to {target!r}, not an installed sha-<hash>.tflite in {self.dir}")
+
     def rollback(self, sha256: str | None = None) -> str:
         """Back to the previous model; with `sha256` (a signed remote rollback) only if it is that one."""
         if not self.previous.is_symlink():
@@ -489,7 +501,7 @@ class ModelStore:
                                     "rollback refused")
         self._check_rollback_target(self.dir / prev)
         _symlink_atomically(self.current, prev)
-        if cur:
+        if cur and cur.startswith("sha-") and "/" not in cur:  # a link re-pointed elsewhere is not kept
             _symlink_atomically(self.previous, cur)
         log.warning("rolled back to model %s", prev)
         return prev

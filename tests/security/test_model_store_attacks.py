@@ -139,3 +139,22 @@ def test_a_models_figures_cannot_break_the_drift_watch(tmp_path, caplog, figures
         assert sorter.summary.items == 60
         assert all(math.isfinite(v) for v in sorter.drift.expected.values())
     assert "drift watch failed" not in caplog.text
+
+
+@pytest.mark.parametrize("plant", ["link-outside", "plain-file"])
+def test_current_tflite_pointed_outside_the_store_is_refused_and_the_bin_rolls_back(tmp_path, plant):
+    """current.tflite is the store's link to a checked sha-<hash>.tflite copy: re-pointed at a file
+    elsewhere (or replaced by a file) it would load a model nobody checked, shown only as UNSIGNED."""
+    state = tmp_path / "state"
+    store = ModelStore(state)
+    store.install(DEMO, allow_unsigned=True)
+    store.install(versioned_model(tmp_path, 3), allow_unsigned=True)
+    other = versioned_model(tmp_path, 4)
+    store.current.unlink()
+    if plant == "link-outside":
+        os.symlink(other, store.current)
+    else:
+        store.current.write_bytes(other.read_bytes())
+    with build_sorter(cfg_for(state)) as sorter:
+        assert sorter.model.sha256 == sha(DEMO)
+        assert "rolled back" in sorter.board.snapshot()["health"]["model"]["detail"]
