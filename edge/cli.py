@@ -196,7 +196,7 @@ def history_for(sorter, cfg):
     captures = sorter.captures.root if sorter.captures is not None else sorter.events.path.parent / "captures"
     names = cfg.hardware.compartment_names
     return History(sorter.events.path, captures, sorter.board.labels,
-                   model=lambda: model_panel(sorter.model, sorter.model.classifier.runtime),
+                   model=lambda: model_panel(sorter.model, sorter.model.classifier.runtime, sorter.board.model),
                    compartment_name=lambda c: compartment_label(c, names))
 
 

@@ -20,8 +20,6 @@ EVENT_ID = re.compile(r"[0-9a-f]{32}")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PARAMS = ("class", "wrong", "limit", "before")
 PHOTO_MAX_BYTES = 8 << 20
-# Manifest keys shown when present: what the model's trust (signature, verification) says.
-TRUST_KEYS = ("verified", "signed", "signature", "signer", "signed_by", "key_id")
 
 
 class HistoryError(ValueError):
@@ -147,8 +145,12 @@ def parse_query(query: str, labels: dict[str, str]) -> dict:
     return out
 
 
-def model_panel(model, runtime: str = "") -> dict:
-    """What the model panel shows, from the running model and its manifest (whatever it carries)."""
+def model_panel(model, runtime: str = "", judged: dict | None = None) -> dict:
+    """What the model panel shows, from the running model and its manifest. Trust (verified, signed)
+    is what the bin judged, never the manifest's own claims: `verified` from the converter's gate as
+    edge/model/trust.py reads it, `signed` from `judged` (describe_running: the install record)."""
+    from ecosorter.edge.model.trust import verification_status
+
     m = model.manifest
     d = m.to_dict() if hasattr(m, "to_dict") else {}
     path = Path(model.path)
@@ -157,8 +159,12 @@ def model_panel(model, runtime: str = "") -> dict:
     except OSError:
         installed = ""
     source = d.get("source") or {}
-    trust = {k: d[k] for k in TRUST_KEYS if k in d}
-    trust.update({k: source[k] for k in TRUST_KEYS if k in source and k not in trust})
+    trust: dict = {}
+    verified, _ = verification_status(m)
+    if verified is not None:
+        trust["verified"] = verified
+    if judged:
+        trust["signed"] = f"key {judged.get('key_id', '')}" if judged.get("signed") else False
     return {"file": path.name, "sha256": model.sha256, "version": d.get("version", 0), "installed": installed,
             "runtime": runtime, "source": {k: source[k] for k in ("file", "format", "sha256", "tensorflow", "keras",
                                                                 "quantization", "calibration_images") if k in source},

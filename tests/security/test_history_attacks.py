@@ -47,3 +47,40 @@ def test_a_row_with_an_impossible_photo_path_does_not_take_the_history_down(serv
     code, jpeg = request(base + f"/api/history/photo/{ids[1]}.jpg")
     assert code == 200 and jpeg[:3] == b"\xff\xd8\xff"
     assert Path(state / "events.db").is_file()
+
+
+def test_the_model_panel_shows_the_bins_own_trust_not_what_the_manifest_claims(tmp_path):
+    """A model installed UNSIGNED whose manifest says `signed: "key 3f9a..."` and `verified: true` in its
+    source block: the history page must show what the bin judged (the install record, the gate), like
+    the kiosk's "Model: UNSIGNED", not the file's own claims."""
+    import dataclasses
+
+    from ecosorter.convert.embed import embed_metadata
+    from ecosorter.edge.cli import history_for
+    from ecosorter.edge.model.loader import read_manifest
+    from ecosorter.edge.model.store import ModelStore
+    from tests.security.conftest import DEMO
+
+    content = DEMO.read_bytes()
+    m = read_manifest(content)
+    claims = {"signed": "key 3f9a1c2b7d0e4a51 (model.public_keys[0])", "signer": "the owner", "key_id": "3f9a1c2b"}
+    forged = dataclasses.replace(m, version=2, source={**m.source, **claims})
+    model = tmp_path / "claims.tflite"
+    model.write_bytes(embed_metadata(content, forged.to_json()))
+    state = tmp_path / "state"
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
+                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
+                                 "record.state_dir": str(state)})
+    ModelStore.from_config(cfg).install(model, allow_unsigned=True)
+    with build_sorter(cfg) as sorter:
+        sorter.run(max_items=1)
+        assert sorter.board.snapshot()["model"]["unsigned"] is True  # the kiosk says UNSIGNED
+        server = start_status_server(sorter.board, "127.0.0.1", 0, history=history_for(sorter, cfg))
+        try:
+            code, body = request(f"http://127.0.0.1:{server.server_port}/api/model")
+        finally:
+            server.shutdown()
+    assert code == 200
+    trust = json.loads(body)["trust"]
+    assert trust.get("signed") is False and trust.get("verified") is True, trust
+    assert "3f9a1c2b" not in json.dumps(trust)
