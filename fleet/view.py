@@ -209,7 +209,7 @@ class FleetView:
                     self.on_result(bin_id, result)
             elif self.on_change is not None:
                 self.on_change(bin_id, kind)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: JSON nested too deep
             self._bad(msg.topic, str(e)[:80])
         except Exception:
             log.exception("message on %s not handled", msg.topic)

@@ -39,6 +39,7 @@ def publish(port: int, states: dict) -> None:
     c.loop_start()
     for b, s in states.items():
         c.publish(f"ecosorter/{b}/state", json.dumps(s), qos=1, retain=True).wait_for_publish(5)
+    c.publish("ecosorter/b-deep/state", b"[" * 100_000, qos=1, retain=True).wait_for_publish(5)  # RecursionError
     c.publish("ecosorter/good/state", json.dumps({"model": {"sha256": "ef" * 32, "version": 3}, "items_today": 4}),
               qos=1, retain=True).wait_for_publish(5)
     c.loop_stop()
@@ -57,9 +58,9 @@ def test_hostile_retained_states_do_not_end_fleet_status_nor_reach_the_terminal(
         assert rows["good"]["model_sha256"] == "ef" * 32 and rows["good"]["model_version"] == 3
         assert rows["b-model-str"]["model_sha256"] is None and rows["b-sha-list"]["model_version"] is None
         assert rows["b-nan"]["uncertain_share"] is None  # not NaN: `json.loads` of the output must not need it
-        assert set(rows) == {*HOSTILE, "good"}
+        assert set(rows) == {*HOSTILE, "good", "b-deep"}
     else:
-        assert "good" in r.stdout and "v3 efefefefefef" in r.stdout and "10 bins" in r.stdout
+        assert "good" in r.stdout and "v3 efefefefefef" in r.stdout and "11 bins" in r.stdout
 
 
 def test_a_rollout_can_judge_and_roll_back_past_a_hostile_bin(mosquitto):
