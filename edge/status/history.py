@@ -8,6 +8,7 @@ path comes from the event log and must stay inside the captures folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+log = logging.getLogger("ecosorter.status")
 EVENT_ID = re.compile(r"[0-9a-f]{32}")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PARAMS = ("class", "wrong", "limit", "before")
@@ -67,7 +69,15 @@ class History:
         finally:
             db.close()
         more = len(rows) > params["limit"]
-        return {"items": [self._item(r) for r in rows[:params["limit"]]], "more": more}
+        items, skipped = [], 0
+        for r in rows[:params["limit"]]:
+            try:  # SQLite keeps any type in any column: one edited row is left out, not the page
+                items.append(self._item(r))
+            except (TypeError, ValueError):
+                skipped += 1
+        if skipped:
+            log.warning("history: %d event log row(s) with values of the wrong type left out", skipped)
+        return {"items": items, "more": more, **({"skipped": skipped} if skipped else {})}
 
     def _item(self, r: sqlite3.Row) -> dict:
         wrong = bool(r["true_label"]) and r["true_label"] != r["label"]
@@ -110,7 +120,7 @@ class History:
             path = (root / image).resolve()
             if path.suffix != ".jpg" or not path.is_relative_to(root) or not path.is_file():
                 return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # TypeError: not text at all (SQLite keeps any type)
             return None
         return path
 

@@ -84,3 +84,17 @@ def test_the_model_panel_shows_the_bins_own_trust_not_what_the_manifest_claims(t
     trust = json.loads(body)["trust"]
     assert trust.get("signed") is False and trust.get("verified") is True, trust
     assert "3f9a1c2b" not in json.dumps(trust)
+
+
+@pytest.mark.parametrize(("column", "value"), [("routed_to", "x"), ("compartment", "x"), ("flagged", "yes"),
+                                                ("model_sha256", 5), ("label", 7), ("image", 3)])
+def test_a_row_with_a_value_of_the_wrong_type_does_not_take_the_history_down(served, column, value):
+    """SQLite keeps any type in any column: an edited or recovered log may hold text where a number was."""
+    state, ids, base = served
+    with sqlite3.connect(state / "events.db") as db:
+        db.execute(f"UPDATE events SET {column} = ? WHERE id = ?", (value, ids[0]))  # noqa: S608 - test's own names
+    code, body = request(base + "/api/history")
+    assert code == 200, body
+    got = [i["id"] for i in json.loads(body)["items"]]
+    assert set(ids[1:]) <= set(got)
+    assert request(base + f"/api/history/photo/{ids[0]}.jpg")[0] in (200, 404)  # an answer, not a dropped connection
