@@ -158,3 +158,21 @@ def test_current_tflite_pointed_outside_the_store_is_refused_and_the_bin_rolls_b
     with build_sorter(cfg_for(state)) as sorter:
         assert sorter.model.sha256 == sha(DEMO)
         assert "rolled back" in sorter.board.snapshot()["health"]["model"]["detail"]
+
+
+def test_model_list_does_not_write_a_manifests_terminal_escapes(tmp_path):
+    """`ecosorter model list` prints the manifest's source fields: a model's own text must not drive the
+    operator's terminal (retitle it, clear it, hide lines)."""
+    import subprocess
+    import sys
+
+    m = read_manifest(DEMO.read_bytes())
+    evil = remanifest(tmp_path / "e.tflite", version=2,
+                      source={**m.source, "file": "model\x1b]0;owned\x07.h5", "converted_at": "\x1b[2J\x1b[1A"})
+    state = tmp_path / "state"
+    ModelStore(state).install(evil, allow_unsigned=True)
+    r = subprocess.run([sys.executable, "-m", "ecosorter.edge.cli", "model", "list", "--state-dir", str(state)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout
+    assert "model?]0;owned?.h5" in r.stdout  # shown, with what it cannot print as ?
