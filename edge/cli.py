@@ -386,7 +386,7 @@ def _describe_installed(store, name: str) -> list[str]:
     else:
         signer = "UNSIGNED (installed with --allow-unsigned)"
     src = m.source if m else {}
-    return [f"{tag}: sha-{digest[:12]}",
+    lines = [f"{tag}: sha-{digest[:12]}",
             f"  version       {m.version if m else '-'}",
             f"  converted     {src.get('converted_at', '-')}",
             f"  source        {src.get('file', '-')} ({src.get('quantization', '?')})",
@@ -394,6 +394,8 @@ def _describe_installed(store, name: str) -> list[str]:
             f"  verification  {verification_status(m)[1]}",
             f"  signed by     {signer}",
             f"  installed     {rec.get('installed_at', '-')} from {rec.get('installed_from', '-')}"]
+    # the manifest's and the record's text is the model's, not ours: no escapes to the terminal
+    return ["".join(c if c.isprintable() else "?" for c in line) for line in lines]
 
 
 def cmd_keys(args) -> int:

@@ -675,6 +675,8 @@ def _load_with_rollback(cfg: Config, store: ModelStore, labels, preprocess) -> t
     path = cfg.model.path or default_model_path(store.dir.parent)
     args = (cfg.model.backend, cfg.model.num_threads or None, labels, preprocess)
     try:
+        if not cfg.model.path and path is not None:
+            store.check_current()  # the store's link, to one of its checked copies
         return load_model(path, *args), ""
     except ModelError as e:
         if cfg.model.path or not store.previous.is_symlink():

@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ecosorter.edge.record.export import CSV_COLUMNS, UNLABELED
+from ecosorter.edge.record.export import CSV_COLUMNS, UNLABELED, _cell
 from ecosorter.fleet.broker import FleetError
 
 FOLDER = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -62,6 +62,7 @@ def pool(out: Path, exports: list[Path], warn: Callable[[str], None] = lambda m:
     for src in map(Path, exports):
         if not (src / "labels.csv").is_file():
             raise FleetError(f"{src}: no labels.csv; give folders written by `ecosorter export`")
+        root = src.resolve()
         for n, row in enumerate(_read(src / "labels.csv"), 2):
             where = f"{src / 'labels.csv'} line {n}"
             folder, _, name = (row.get("photo") or "").partition("/")
@@ -77,7 +78,14 @@ def pool(out: Path, exports: list[Path], warn: Callable[[str], None] = lambda m:
             if not photo.is_file() or photo.is_symlink():
                 warn(f"{where}: {photo} is missing; skipped")
                 continue
+            if not photo.resolve().is_relative_to(root):  # a class folder linked elsewhere on this machine
+                warn(f"{where}: {photo} leads outside the export folder (a link); skipped")
+                continue
             old = have.get(row["id"])
+            if old is not None and old.get("bin_id") and old["bin_id"] != bin_id:
+                # ids are unique across bins: another bin's copy of it is a forgery, never a replacement
+                warn(f"{where}: id {row['id']} came from bin {old['bin_id']!r} already, not {bin_id!r}; skipped")
+                continue
             if old is not None and (old.get("true_label") or not row.get("true_label")):
                 dups += 1
                 continue
@@ -95,7 +103,9 @@ def pool(out: Path, exports: list[Path], warn: Callable[[str], None] = lambda m:
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
-        w.writerows(sorted(have.values(), key=lambda r: (r.get("time", ""), r["id"])))
+        # a stick's cells are not trusted: what a spreadsheet would run gets the export's leading '
+        w.writerows({k: _cell(v) for k, v in r.items()}
+                    for r in sorted(have.values(), key=lambda r: (r.get("time", ""), r["id"])))
     tmp.replace(merged)
     return {"photos": added, "duplicates": dups, "bins": len(bins)}
 

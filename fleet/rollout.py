@@ -413,6 +413,15 @@ class Rollout:
         enough = all(v == "pass" for v, _ in judged.values())
         if elapsed < p.soak_s or (not enough and elapsed < 3 * p.soak_s):
             return
+        # a bin that answered "installed" but whose state never showed the new model has not run it
+        # (a swap it refused, or a lie): it cannot vouch for the model, so the rest must not get it
+        unseen = [t for t in installed if not t["base"]]
+        if unseen:
+            b = self.view.get(unseen[0]["bin_id"])
+            shows = b.model_sha[:12] if b is not None and b.model_sha else "no model"
+            self._stop(f"{unseen[0]['bin_id']}: answered that it installed {sha[:12]} but its state still shows "
+                       f"{shows} after the soak")
+            return
         for t in installed:
             self._set(t["bin_id"], phase="ok", detail=judged[t["bin_id"]][1])
         self._rollout(wave=wave + 1, soak_from=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -21,6 +22,65 @@ from ecosorter.fleet.broker import Broker
 log = logging.getLogger("ecosorter.fleet")
 BIN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as edge/commands.py accepts in a signed command
 MAX_STATE = 256 * 1024  # a bin's state is a few kB; anything far larger is not a bin's
+MAX_TEXT = 300  # a reason or action line; longer text from a bin is cut
+# The parts of a bin's state this tool reads, and their JSON types: anything else there is dropped, so
+# one bin's malformed (or hostile) retained state cannot end `fleet status` or a rollout.
+_DICT, _LIST, _STR, _INT, _NUM, _BOOL = dict, list, str, "int", "num", bool
+STATE_SHAPE: dict = {
+    "model": {"sha256": _STR, "version": _INT}, "machine": {"state": _STR, "holds": [dict], "faults": [dict]},
+    "compartments": [dict], "items_today": _INT, "today": {"counts": {"*": _INT}}, "uncertain_share": _NUM,
+    "wrong_today": _INT, "healthy": _BOOL, "at": _STR, "last": {"time": _STR},
+    "totals": {"counts": {"*": _INT}, "uncertain": _INT}, "drift": _DICT,
+}
+
+
+def _text(s: str) -> str:
+    """A bin's text as this tool prints it: no control characters (no terminal escapes), bounded."""
+    s = s[:MAX_TEXT]
+    return s if s.isprintable() else "".join(c if c.isprintable() else "?" for c in s)
+
+
+def scrub(v, depth: int = 0):
+    """Every string printable and bounded, non-finite numbers gone (JSON's NaN), nesting bounded."""
+    if isinstance(v, str):
+        return _text(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if depth > 8:
+        return None
+    if isinstance(v, dict):
+        return {_text(str(k)): scrub(x, depth + 1) for k, x in v.items()}
+    if isinstance(v, list):
+        return [scrub(x, depth + 1) for x in v]
+    return v
+
+
+def _fits(v, shape) -> bool:
+    if shape == _INT:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if shape == _NUM:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, dict if isinstance(shape, dict) else list if isinstance(shape, list) else shape)
+
+
+def _shaped(v, shape):
+    """`v` with what does not fit `shape` left out (None when `v` itself does not fit)."""
+    if v is None or not _fits(v, shape):
+        return None
+    if isinstance(shape, dict) and shape:
+        if "*" in shape:
+            return {k: x for k, x in v.items() if _fits(x, shape["*"])}
+        out = {k: v[k] for k in v if k not in shape}
+        out.update({k: s for k, s in ((k, _shaped(v.get(k), sh)) for k, sh in shape.items()) if s is not None})
+        return out
+    if isinstance(shape, list):
+        return [x for x in v if _fits(x, shape[0])]
+    return v
+
+
+def clean_state(state: dict) -> dict:
+    """A bin's retained state as the fleet tool may read it: the parts it uses have their types."""
+    return _shaped(scrub(state), {**STATE_SHAPE}) or {}
 
 
 @dataclass
@@ -142,16 +202,16 @@ class FleetView:
                     state = json.loads(msg.payload)
                     if not isinstance(state, dict):
                         raise ValueError("state is not a JSON object")
-                    b.state = state
+                    b.state = clean_state(state)
                     if not msg.retain:
                         b.state_live_at = now
             if kind == "result":
-                result = json.loads(msg.payload)
+                result = scrub(json.loads(msg.payload))
                 if isinstance(result, dict) and self.on_result is not None:
                     self.on_result(bin_id, result)
             elif self.on_change is not None:
                 self.on_change(bin_id, kind)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: JSON nested too deep
             self._bad(msg.topic, str(e)[:80])
         except Exception:
             log.exception("message on %s not handled", msg.topic)

@@ -54,12 +54,20 @@ def expected_from_manifest(decision: dict | None, verification: dict | None) -> 
                           ("mean_confidence", "mean_confidence"), ("confidence_sd", "confidence_sd"),
                           ("top1_error", "top1_error"), ("n_certify", "n")):
             v = decision.get(key)
-            if isinstance(v, int | float) and not isinstance(v, bool):
+            if _plausible(v, name):
                 out[name] = float(v)
     ver = verification or {}
-    if "top1_error" not in out and isinstance(ver.get("tflite_accuracy"), int | float):
+    if "top1_error" not in out and _plausible(ver.get("tflite_accuracy"), "accuracy"):
         out["top1_error"] = 1.0 - float(ver["tflite_accuracy"])
     return out
+
+
+def _plausible(v: Any, name: str) -> bool:
+    """A figure a conversion could have written: a finite share in 0..1, or a count n >= 1. Anything
+    else (NaN, n = 0) is left out; the watch would fail, or never raise, on it."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return False
+    return v >= 1 if name == "n" else 0.0 <= v <= 1.0
 
 
 def expected_for(rule, verification: dict | None) -> dict[str, float]:

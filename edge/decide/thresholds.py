@@ -19,6 +19,7 @@ import numpy as np
 
 from ecosorter.edge.errors import ConfigError
 
+MAX_LADDER = 100  # budgets a model carries thresholds for (convert writes a handful)
 EPS = 1e-7  # int8 outputs hold exact zeros: log(0) would make a class impossible at any temperature
 
 
@@ -54,8 +55,8 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
     t = d.get("temperature", 1.0)
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or not 0.01 <= t <= 100:
         raise ValueError(f"manifest decision.temperature must be a number in 0.01..100, got {t!r}")
-    if not isinstance(d.get("ladder", []), list):
-        raise ValueError("manifest decision.ladder must be a list")
+    if not isinstance(d.get("ladder", []), list) or len(d.get("ladder") or []) > MAX_LADDER:
+        raise ValueError(f"manifest decision.ladder must be a list of at most {MAX_LADDER} budgets")
     entries = [("decision", d)] + [(f"decision.ladder[{i}]", e) for i, e in enumerate(d.get("ladder") or [])]
     for where, e in entries:
         if not isinstance(e, dict):

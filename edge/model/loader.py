@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,18 @@ def read_manifest(content: bytes, path: object = "<bytes>") -> Manifest | None:
         raise ModelError(path, f"embedded manifest is invalid: {e}") from None
 
 
+def _content_name(path: Path) -> re.Match | None:
+    """The store's sha-<hash>.tflite name on the way to the file: a link planted in place of the store's
+    copy (sha-<hash>.tflite -> elsewhere) must not hide that name from the check."""
+    p = Path(path)
+    for _ in range(16):
+        named = CONTENT_NAME.fullmatch(p.name)
+        if named or not p.is_symlink():
+            return named
+        p = p.parent / os.readlink(p)
+    return CONTENT_NAME.fullmatch(p.resolve().name)
+
+
 def load_model(path: str | Path | None = None, backend: str = "auto", num_threads: int | None = None,
                labels: list[Label] | None = None, preprocess: PreprocessSpec | None = None) -> LoadedModel:
     """Load `path` (default: the bundled demo model).
@@ -68,10 +81,10 @@ def load_model(path: str | Path | None = None, backend: str = "auto", num_thread
     except OSError as e:
         raise ModelError(path, f"cannot read: {e.strerror or e}") from None
     sha256 = hashlib.sha256(content).hexdigest()
-    named = CONTENT_NAME.fullmatch(path.resolve().name)
+    named = _content_name(path)
     if named and named.group(1) != sha256:  # an installed file changed on disk since it was verified
         raise ModelError(path, f"its content hashes to {sha256[:12]}..., not the {named.group(1)[:12]}... in its "
-                               f"name {path.resolve().name}: the installed file was changed or damaged")
+                               f"name {named.group(0)}: the installed file was changed or damaged")
     manifest = read_manifest(content, path)
     try:
         classifier = open_classifier(content, backend, num_threads)

@@ -104,6 +104,8 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         """Parse and check a manifest; ValueError says which field is wrong (whatever the bytes are)."""
+        if len(data) > MAX_MANIFEST_BYTES:  # ours are a few kB; every load, page and install reads it whole
+            raise ValueError(f"manifest is {len(data)} bytes, more than {MAX_MANIFEST_BYTES}")
         try:
             d = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -121,6 +123,9 @@ class Manifest:
         for key in ("input", "preprocess", "output", "source", "verification"):
             if key in d and not isinstance(d[key], dict | type(None)):
                 raise ValueError(f"manifest {key!r} must be an object, got {type(d[key]).__name__}")
+        verified = (d.get("verification") or {}).get("verified")
+        if verified is not None and not isinstance(verified, bool):  # "false" must not fall back to the figures
+            raise ValueError(f"manifest verification.verified must be true or false, got {verified!r}")
         version = d.get("version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**53:
             raise ValueError(f"manifest 'version' must be a whole number >= 0, got {version!r}")
@@ -146,6 +151,7 @@ class Manifest:
 
 
 MAX_LABELS = 1000
+MAX_MANIFEST_BYTES = 1 << 20
 MAX_NAME = 64
 LABEL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

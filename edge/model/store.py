@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ecosorter.edge.errors import ModelError
 from ecosorter.edge.model.trust import (
@@ -215,6 +216,9 @@ class ModelStore:
         self.keys_from = keys_from
         self.allow_unverified = allow_unverified  # model.allow_unverified: --force'd conversions may run
         self.label_check = label_check  # the bin's config against a model's labels: error lines
+        # the bin's [decision] against a model's thresholds (a budget it cannot keep): error lines. Checked
+        # here, or the bin would install it, refuse the live swap and then fail at every start
+        self.decision_check: Callable[[Any], list[str]] | None = None
         self.downloads = downloads or DownloadPolicy()
         for stale in self.incoming.glob("*.download"):  # a download cut short by a kill or power cut
             stale.unlink(missing_ok=True)
@@ -224,9 +228,11 @@ class ModelStore:
         """The store as the config sets it up: keys, download policy, unverified models, label rules."""
         from ecosorter.edge.hardware.check import label_errors
 
-        return cls(state_dir or cfg.record.state_dir, downloads=DownloadPolicy.from_config(cfg.model),
-                   keys=keys_from_config(cfg.model), allow_unverified=cfg.model.allow_unverified,
-                   label_check=lambda ids: [str(e) for e in label_errors(cfg, ids)], keys_from=keys_from)
+        store = cls(state_dir or cfg.record.state_dir, downloads=DownloadPolicy.from_config(cfg.model),
+                    keys=keys_from_config(cfg.model), allow_unverified=cfg.model.allow_unverified,
+                    label_check=lambda ids: [str(e) for e in label_errors(cfg, ids)], keys_from=keys_from)
+        store.decision_check = lambda m: _decision_errors(cfg, m)
+        return store
 
     @property
     def current(self) -> Path:
@@ -365,12 +371,18 @@ class ModelStore:
 
     def running_version(self) -> int:
         """The manifest `version` of current.tflite; 0 without one (or without a current model)."""
-        from ecosorter.edge.model.loader import read_manifest
+        from ecosorter.edge.model.loader import _content_name, read_manifest
 
         if not self.current.exists():
             return 0
         try:
-            manifest = read_manifest(self.current.read_bytes(), self.current)
+            content = self.current.read_bytes()
+            named = _content_name(self.current)
+            if named and hashlib.sha256(content).hexdigest() != named.group(1):
+                # changed on disk: not the model that was checked; its install record says what was
+                v = (self.record(named.group(1)) or {}).get("version", 0)
+                return v if isinstance(v, int) and not isinstance(v, bool) else 0
+            manifest = read_manifest(content, self.current)
         except (OSError, ModelError):
             return 0
         return manifest.version if manifest is not None else 0
@@ -395,6 +407,8 @@ class ModelStore:
                     raise ModelInstallError(f"model {source}: labels {labels} differ from this bin's "
                                             f"{self.expected_labels}; refused")
                 problems = self.label_check(labels) if self.label_check is not None else []
+                if not problems and self.decision_check is not None:
+                    problems = self.decision_check(m)
                 if problems:
                     raise ModelInstallError(f"model {source}: its labels do not fit this bin's config: "
                                             + "; ".join(problems) + ": refused")
@@ -453,7 +467,9 @@ class ModelStore:
     def _swap(self, content: bytes, digest: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         target = self.dir / f"sha-{digest}.tflite"
-        if not target.exists():
+        # a copy already there is reused only if it is that content: one changed on disk (or a link
+        # planted in its place) is written again, so installing the right model repairs it
+        if target.is_symlink() or not target.is_file() or _sha256_file(target) != digest:
             write_durably(target, content)
         old = os.readlink(self.current) if self.current.is_symlink() else None
         if old == target.name:
@@ -462,6 +478,18 @@ class ModelStore:
             _symlink_atomically(self.previous, old)
         _symlink_atomically(self.current, target.name)
         self._prune()
+
+    def check_current(self) -> None:
+        """current.tflite must be the store's own link to one of its sha-<hash>.tflite copies (whose
+        content the loader checks against the name): re-pointed elsewhere, nobody checked that model."""
+        from ecosorter.edge.model.loader import CONTENT_NAME
+
+        if not self.current.is_symlink():
+            raise ModelError(self.current, "is not the store's link to an installed model (replaced outside "
+                                           "`ecosorter model install`)")
+        target = os.readlink(self.current)
+        if not CONTENT_NAME.fullmatch(target):
+            raise ModelError(self.current, f"points to {target!r}, not an installed sha-<hash>.tflite in {self.dir}")
 
     def rollback(self, sha256: str | None = None) -> str:
         """Back to the previous model; with `sha256` (a signed remote rollback) only if it is that one."""
@@ -473,7 +501,7 @@ class ModelStore:
                                     "rollback refused")
         self._check_rollback_target(self.dir / prev)
         _symlink_atomically(self.current, prev)
-        if cur:
+        if cur and cur.startswith("sha-") and "/" not in cur:  # a link re-pointed elsewhere is not kept
             _symlink_atomically(self.previous, cur)
         log.warning("rolled back to model %s", prev)
         return prev
@@ -493,6 +521,18 @@ class ModelStore:
         for f in [*self.dir.glob("sha-*.tflite"), *self.dir.glob("sha-*.json")]:
             if f.with_suffix(".tflite").name not in keep:
                 f.unlink(missing_ok=True)
+
+
+def _decision_errors(cfg, manifest) -> list[str]:
+    """The Voter's own rule (edge/decide/thresholds.py) for this config and the model's thresholds."""
+    from ecosorter.edge.decide.thresholds import decision_rule
+    from ecosorter.edge.errors import ConfigError
+
+    try:
+        decision_rule(cfg.decision, manifest.label_ids, manifest.decision)
+    except ConfigError as e:
+        return [str(e)]
+    return []
 
 
 def write_durably(path: Path, content: bytes, mode: int = 0o644) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -19,7 +21,7 @@ def decode_image(source: str | Path | bytes, max_megapixels: float = DEFAULT_MAX
     """Decode to an H x W x 3 RGB uint8 array, or raise ImageError naming the file and the fault."""
     name = "<bytes>" if isinstance(source, bytes | bytearray) else str(source)
     try:
-        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else open(source, "rb")  # noqa: SIM115
+        fp = io.BytesIO(source) if isinstance(source, bytes | bytearray) else _open_file(source)
     except OSError as e:
         raise ImageError(name, f"cannot open: {e.strerror or e}") from None
     with fp:
@@ -45,6 +47,21 @@ def decode_image(source: str | Path | bytes, max_megapixels: float = DEFAULT_MAX
         except (OSError, SyntaxError, ValueError) as e:
             raise ImageError(name, f"corrupt or truncated: {e}") from None
         return to_rgb(im, name)
+
+
+def _open_file(path: str | Path):
+    """Open without blocking and only a regular file: a FIFO would wait forever for a writer (a stalled
+    loop or CLI), a device (/dev/zero) never ends."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageError(str(path), "not a regular file (a FIFO, device or socket): not read")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def to_rgb(im: Image.Image, name: str = "<image>") -> np.ndarray:

@@ -40,10 +40,20 @@ def discovery(bin_id: str, base: str, labels: dict[str, str], compartments: dict
 
     # unique ids are what HA keys its entities on: the per-label ones keep their first form
     # (`<label>_today`), and no other id ends in `_today`, so no label can collide with them
+    # a label named like one of the bin's own sensors (`items`, `last`) gets another topic: configs are
+    # retained per topic, and one would replace the other in HA (its unique id stays `<label>_today`)
+    used = {"last", "items", "uncertain_share", "model_version",
+            *(f"compartment_{c}_items" for c in set((compartments or {}).values()))}
     for label, name in labels.items():
-        add("sensor", label, unique=f"{label}_today", payload={
+        object_id = label
+        while object_id in used:
+            object_id += "_label"
+        used.add(object_id)
+        add("sensor", object_id, unique=f"{label}_today", payload={
             "name": f"{name} today", "state_topic": state, "state_class": "total_increasing",
-            "unit_of_measurement": "items", "value_template": f"{{{{ value_json.today.counts.{label} | default(0) }}}}"})
+            # subscript, not `.{label}`: ids may hold `-` or start with a digit (a quote they cannot hold)
+            "unit_of_measurement": "items",
+            "value_template": f"{{{{ value_json.today.counts['{label}'] | default(0) }}}}"})
     add("sensor", "last", {"name": "Last item", "state_topic": state,
                            "value_template": "{{ value_json.last.label if value_json.last else 'none' }}"})
     add("binary_sensor", "health", {"name": "Health", "device_class": "problem", "state_topic": state,

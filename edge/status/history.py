@@ -8,6 +8,7 @@ path comes from the event log and must stay inside the captures folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
@@ -16,12 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qsl
 
+log = logging.getLogger("ecosorter.status")
 EVENT_ID = re.compile(r"[0-9a-f]{32}")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 200
 PARAMS = ("class", "wrong", "limit", "before")
 PHOTO_MAX_BYTES = 8 << 20
-# Manifest keys shown when present: what the model's trust (signature, verification) says.
-TRUST_KEYS = ("verified", "signed", "signature", "signer", "signed_by", "key_id")
 
 
 class HistoryError(ValueError):
@@ -69,7 +69,15 @@ class History:
         finally:
             db.close()
         more = len(rows) > params["limit"]
-        return {"items": [self._item(r) for r in rows[:params["limit"]]], "more": more}
+        items, skipped = [], 0
+        for r in rows[:params["limit"]]:
+            try:  # SQLite keeps any type in any column: one edited row is left out, not the page
+                items.append(self._item(r))
+            except (TypeError, ValueError):
+                skipped += 1
+        if skipped:
+            log.warning("history: %d event log row(s) with values of the wrong type left out", skipped)
+        return {"items": items, "more": more, **({"skipped": skipped} if skipped else {})}
 
     def _item(self, r: sqlite3.Row) -> dict:
         wrong = bool(r["true_label"]) and r["true_label"] != r["label"]
@@ -108,8 +116,11 @@ class History:
     def _photo_path(self, image: str) -> Path | None:
         """The kept photo's file, only if it is a .jpg inside the captures folder (the log is not trusted)."""
         root = self.captures_dir.resolve()
-        path = (root / image).resolve()
-        if path.suffix != ".jpg" or not path.is_relative_to(root) or not path.is_file():
+        try:  # a NUL byte, a name too long: no photo for that row, never the whole page's failure
+            path = (root / image).resolve()
+            if path.suffix != ".jpg" or not path.is_relative_to(root) or not path.is_file():
+                return None
+        except (OSError, ValueError, TypeError):  # TypeError: not text at all (SQLite keeps any type)
             return None
         return path
 
@@ -144,10 +155,12 @@ def parse_query(query: str, labels: dict[str, str]) -> dict:
     return out
 
 
-def model_panel(model, runtime: str = "", running: dict | None = None) -> dict:
-    """What the model panel shows, from the running model and its manifest (whatever it carries).
-    `running`: the board's model info (trust.describe_running): whether it passed its gate at
-    conversion and who signed it, which live in the verification figures and the install record."""
+def model_panel(model, runtime: str = "", judged: dict | None = None) -> dict:
+    """What the model panel shows, from the running model and its manifest. Trust (verified, signed)
+    is what the bin judged, never the manifest's own claims: `verified` from the converter's gate as
+    edge/model/trust.py reads it, `signed` from `judged` (describe_running: the install record)."""
+    from ecosorter.edge.model.trust import verification_status
+
     m = model.manifest
     d = m.to_dict() if hasattr(m, "to_dict") else {}
     path = Path(model.path)
@@ -156,12 +169,12 @@ def model_panel(model, runtime: str = "", running: dict | None = None) -> dict:
     except OSError:
         installed = ""
     source = d.get("source") or {}
-    trust = {k: d[k] for k in TRUST_KEYS if k in d}
-    trust.update({k: source[k] for k in TRUST_KEYS if k in source and k not in trust})
-    if running:
-        if isinstance(running.get("verified"), bool):
-            trust["verified"] = running["verified"]
-        trust["signed"] = (running.get("key_id") or True) if running.get("signed") else False
+    trust: dict = {}
+    verified, _ = verification_status(m)
+    if verified is not None:
+        trust["verified"] = verified
+    if judged:
+        trust["signed"] = f"key {judged.get('key_id', '')}" if judged.get("signed") else False
     return {"file": path.name, "sha256": model.sha256, "version": d.get("version", 0), "installed": installed,
             "runtime": runtime, "source": {k: source[k] for k in ("file", "format", "sha256", "tensorflow", "keras",
                                                                 "quantization", "calibration_images") if k in source},

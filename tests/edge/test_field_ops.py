@@ -114,7 +114,7 @@ def test_availability_state_and_home_assistant_discovery(mosquitto, tmp_path):
     last_machine = json.loads(retained["ecosorter/bin7/machine"])
     assert last_machine["name"] == "jam" and last_machine["who"] == "test" and last_machine["reason_en"].startswith("Jammed")
     disc = json.loads(retained["homeassistant/sensor/ecosorter_bin7/kaca/config"])
-    assert disc["state_topic"] == "ecosorter/bin7/state" and "value_json.today.counts.kaca" in disc["value_template"]
+    assert disc["state_topic"] == "ecosorter/bin7/state" and "value_json.today.counts['kaca']" in disc["value_template"]
     c.loop_stop()
 
 

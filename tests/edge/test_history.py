@@ -112,7 +112,8 @@ def test_model_panel_reads_the_manifest(sorted_bin):
     assert panel["file"] == "demo_int8.tflite" and len(panel["sha256"]) == 64 and panel["runtime"]
     assert panel["verification"]["images"] == 349 and panel["source"]["format"] == "h5"
     assert panel["installed"] and panel["version"] == 0
-    assert panel["trust"] == {}  # the demo manifest records no signature: the page says "not recorded"
+    # the converter's gate passed; no install record was given here: signed is "not recorded"
+    assert panel["trust"] == {"verified": True}
 
 
 @pytest.fixture()
@@ -232,5 +233,6 @@ def test_model_panel_says_verified_and_signed_as_the_bin_knows_them(tmp_path):
     with load_model(store.current) as m:
         running = describe_running(m, store, False)
         panel = model_panel(m, "litert", running)
-        assert panel["trust"]["verified"] is True and panel["trust"]["signed"] == running["key_id"] != ""
-        assert model_panel(m, "litert")["trust"] == {}  # without the bin's word: "not recorded", as before
+        assert panel["trust"]["verified"] is True and running["key_id"] != ""
+        assert panel["trust"]["signed"] == f"key {running['key_id']}"
+        assert "signed" not in model_panel(m, "litert")["trust"]  # without the bin's word: "not recorded"

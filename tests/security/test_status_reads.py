@@ -15,7 +15,8 @@ from tests.edge.page_states import normal
 from tests.security.conftest import wait
 
 TOKEN = "s3cret-page-token-42"
-READS = ["/api/status", "/metrics", "/api/last.jpg", f"/api/photo/{'a' * 32}.jpg"]
+READS = ["/api/status", "/metrics", "/api/last.jpg", f"/api/photo/{'a' * 32}.jpg", "/api/history", "/api/model",
+         f"/api/history/photo/{'a' * 32}.jpg", "/api/history?class=kaca"]
 
 
 def lan_address() -> str | None:
