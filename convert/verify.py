@@ -260,18 +260,23 @@ def format_outcome(o: dict) -> str:
     return "\n".join([
         f"{'bin outcome':<22}{rule}, fallback {rules['fallback']}; {o['images']} labelled photos",
         f"{'correct routing':<22}{100 * r['keras']:.1f}% -> {100 * r['tflite']:.1f}% "
-        f"({100 * r['change']:+.1f} pt; {r['worse']} worse, {r['better']} better; 95% range "
-        f"{-100 * r['harm_bound_95']:+.1f}..{-100 * r['harm_lower_95']:+.1f} pt; gate >= "
+        f"({_pt(100 * r['change'])} pt; {r['worse']} worse, {r['better']} better; 95% range "
+        f"{_pt(-100 * r['harm_bound_95'])}..{_pt(-100 * r['harm_lower_95'])} pt; gate >= "
         f"{-100 * rules['max_routing_loss']:.1f} pt: {r['verdict']})",
         f"{'contamination':<22}{100 * c['keras']:.1f}% -> {100 * c['tflite']:.1f}% "
-        f"({100 * c['change']:+.1f} pt; {c['worse']} worse, {c['better']} better; 95% range "
-        f"{100 * c['harm_lower_95']:+.1f}..{100 * c['harm_bound_95']:+.1f} pt; "
+        f"({_pt(100 * c['change'])} pt; {c['worse']} worse, {c['better']} better; 95% range "
+        f"{_pt(100 * c['harm_lower_95'])}..{_pt(100 * c['harm_bound_95'])} pt; "
         f"gate <= +{100 * rules['max_contamination_gain']:.1f} pt: {c['verdict']})",
         f"{'same compartment':<22}{100 * o['compartment_agreement']:.1f}%",
         f"{'top-1 flips':<22}{o['top1_flips']} (Keras top prob max "
         f"{top}, {fm['below_threshold']} below "
         f"threshold, {fm['same_compartment']} to the same compartment)",
     ])
+
+
+def _pt(x: float) -> str:
+    """A signed figure in points, never "-0.0" (rounding a tiny negative to zero)."""
+    return f"{round(x, 1) + 0.0:+.1f}"
 
 
 RULES = (("correct_routing", "correct-routing rule", "max_routing_loss", -1),
@@ -287,9 +292,9 @@ def gate_lines(o: dict, mode: str) -> list[str]:
         if v == "pass":
             continue
         lo, hi = sorted((sign * 100 * r["harm_lower_95"], sign * 100 * r["harm_bound_95"]))
-        what = (f"{name}: {mode} changes {key.replace('_', ' ')} by {100 * r['change']:+.1f} pt on {o['images']} "
-                f"photos (95% range {lo:+.1f}..{hi:+.1f} pt), gate {'>=' if sign < 0 else '<='} "
-                f"{sign * 100 * o['rules'][tol_key]:+.1f} pt")
+        what = (f"{name}: {mode} changes {key.replace('_', ' ')} by {_pt(100 * r['change'])} pt on {o['images']} "
+                f"photos (95% range {_pt(lo)}..{_pt(hi)} pt), gate {'>=' if sign < 0 else '<='} "
+                f"{_pt(sign * 100 * o['rules'][tol_key])} pt")
         need = r["photos_needed"]
         more = (f"about {need:,} labelled photos (--validation DIR) would tell at these rates"
                 if need else f"more photos would not tell (even {MAX_PHOTOS:,} would not at these rates)")

@@ -24,7 +24,7 @@ from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
 from ecosorter.edge.decide.drift import DriftWatch, expected_for
 from ecosorter.edge.decide.vote import Decision
-from ecosorter.edge.errors import ConfigError, ConfigErrors, EcoSorterError, ModelError, SourceError
+from ecosorter.edge.errors import ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.check import label_errors
 from ecosorter.edge.hardware.inputs import Inputs
@@ -32,12 +32,14 @@ from ecosorter.edge.machine import Entry, Machine
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import load_labels_file
 from ecosorter.edge.model.store import ModelStore
+from ecosorter.edge.model.swap import prepare_swap
 from ecosorter.edge.model.trust import describe_running
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.record import Event, EventLog
 from ecosorter.edge.record.captures import CaptureStore
 from ecosorter.edge.record.event import wall_iso
+from ecosorter.edge.record.feedback import Feedback
 from ecosorter.edge.record.guard import RecordGuard
 from ecosorter.edge.record.machine_log import MachineLog
 from ecosorter.edge.record.mqtt import MqttLink
@@ -105,6 +107,7 @@ class Sorter:
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)
         self.voter = Voter(cfg.decision, labels, self.route, model.manifest.decision)
         self.drift = DriftWatch(expected_for(self.voter.rule, model.manifest.verification))
+        self.feedback = Feedback(events, captures, board, lambda: self.model.manifest.label_ids, lambda: self.drift)
         self.trigger = make_trigger(cfg.trigger, roi, is_present)
         self.quality = QualityMonitor(cfg.trigger.dark_below, cfg.trigger.blur_below)
         self.summary = Summary(counts=dict.fromkeys(labels, 0), routed=dict.fromkeys(range(self.route.count), 0))
@@ -285,37 +288,10 @@ class Sorter:
 
     # ------------------------------------------------------------------ between items
     def flag(self, event_id: str) -> bool:
-        """A person says this item was sorted wrongly: keep its photo for retraining."""
-        ok = self.events.flag(event_id) if self.events is not None else False
-        self.drift.wrong(event_id)
-        if ok:
-            self._keep_photo(event_id)
-        if ok and self.board is not None:
-            self.board.flagged(event_id)
-        return ok
+        return self.feedback.flag(event_id)
 
     def label(self, event_id: str, label: str, who: str) -> bool:
-        """A person says what the item really was (page, MQTT, CLI): kept for retraining, photo too."""
-        if label not in self.model.manifest.label_ids or self.events is None:
-            return False
-        ok = self.events.set_label(event_id, label, who)
-        if ok:
-            self.drift.label(event_id, label)
-            self._keep_photo(event_id)
-        if ok and self.board is not None:
-            self.board.labelled(event_id, label)
-        return ok
-
-    def _keep_photo(self, event_id: str) -> None:
-        """A flagged or labelled item's photo is what retraining needs: keep it (longest), if still held."""
-        if self.captures is None or self.events is None:
-            return
-        image = self.captures.flag(event_id)
-        if image:
-            self.events.set_image(event_id, image)
-        else:
-            log.warning("item %s: its photo is no longer held (only the last %d are), so export will not have it",
-                        event_id, self.captures.RECENT)
+        return self.feedback.label(event_id, label, who)
 
     def clear_fault(self, who: str) -> bool:
         """A person says the mechanism is free again (button held, page, MQTT)."""
@@ -401,39 +377,24 @@ class Sorter:
     def _swap_model(self, path: Path) -> None:
         self._swap_to = None
         try:
-            new = load_model(path, self.cfg.model.backend, self.cfg.model.num_threads or None)
-            try:
-                if new.manifest.label_ids != self.model.manifest.label_ids:
-                    raise ModelError(path, "labels differ from the running model's")
-                trust = describe_running(new, self.store, self.cfg.model.allow_unverified)
-            except EcoSorterError:
-                new.close()
-                raise
-            try:  # its thresholds must meet the config's budget too
-                voter = Voter(self.cfg.decision, new.manifest.label_ids, self.route, new.manifest.decision)
-            except ConfigError as e:
-                new.close()
-                raise ModelError(path, str(e)) from None
+            new = prepare_swap(path, self.cfg, self.model, self.store, self.route, self.preprocessor.roi)
         except EcoSorterError as e:  # keep sorting with the model we have
             log.error("model swap refused, keeping %s: %s", self.model.sha256[:12], e)
             self._health("model", True, f"{self.model.path.name} (update refused: {e})")
             return
-        old, self.model, self.voter = self.model, new, voter
-        self.drift = DriftWatch(expected_for(voter.rule, new.manifest.verification))
-        self.machine.clear("model_drift", who="new model")
-        roi = self.preprocessor.roi
-        self.preprocessor = Preprocessor(new.manifest.preprocess, new.manifest.input, roi)
+        old, self.model, self.voter, self.preprocessor = self.model, new.model, new.voter, new.preprocessor
         self._tensor = self.preprocessor.new_buffer()
+        self.drift = DriftWatch(expected_for(self.voter.rule, self.model.manifest.verification))
+        self.machine.clear("model_drift", who="new model")
         old.close()
-        names = {lb.id: lb.name for lb in new.labels}  # same ids (checked above), maybe new display names
-        if self.board is not None:
-            self.board.labels = names
+        if self.board is not None:  # same ids (checked), maybe new display names
+            self.board.labels = new.names
+            self.board.set_model(new.trust)
         if self.mqtt is not None:
-            self.mqtt.labels = names
-        log.info("now sorting with model %s", new.sha256[:12])
-        self._health("model", True, f"{new.path.name} ({new.sha256[:12]}) on {new.classifier.runtime}")
-        if self.board is not None:
-            self.board.set_model(trust)
+            self.mqtt.labels = new.names
+        log.info("now sorting with model %s", self.model.sha256[:12])
+        self._health("model", True, f"{self.model.path.name} ({self.model.sha256[:12]}) on "
+                                    f"{self.model.classifier.runtime}")
 
     def _camera(self, ok: bool, detail: str) -> None:
         if ok != self._camera_ok:  # the hold and the page's chip change with the state, not every frame
