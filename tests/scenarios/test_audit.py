@@ -246,3 +246,53 @@ def test_events_db_damaged_mid_run_under_the_simulator(monkeypatch, tmp_path, ho
     db = sqlite3.connect(state / "events.db")
     n = db.execute("SELECT count(*) FROM events").fetchone()[0]
     assert n >= len(after), f"{len(after)} items sorted after the damage, {n} in the new log"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB tmpfs (root only), as tests/reliability's fixture."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_disk_filled_under_the_simulated_bin_holds_and_clears_by_itself(monkeypatch, small_disk):
+    """Issue 18.12 under the simulator: from the moment the disk is full nothing moves; the item on
+    the tray waits; when the other process frees the space the hold clears by itself and every item
+    is routed, recorded once, landed where recorded, and in the log."""
+    import sqlite3
+
+    import ecosorter.edge.simulate as sim
+    from tests.security.test_disk_full import fill
+
+    real = sim._apply
+    marks: dict[str, float] = {}
+
+    def apply(ev, world, *a):
+        if ev.kind == "camera":
+            fill(small_disk / "filler")
+            marks["full"] = world.clock.monotonic()
+        elif ev.kind == "empty":
+            (small_disk / "filler").unlink()
+            marks["free"] = world.clock.monotonic()
+        return real(ev, world, *a)
+
+    monkeypatch.setattr(sim, "_apply", apply)
+    r = run_scenario(load_scenario(HERE / "audit_disk_hold.toml"), state_dir=small_disk)
+    assert_physics(r.timeline)
+    assert_counts_match_drops(r.timeline)
+    raised = first(r, "hold", name="disk", state="raised")
+    cleared = first(r, "hold", name="disk", state="cleared")
+    assert marks["full"] <= raised["t"] and marks["free"] <= cleared["t"] <= marks["free"] + 2.0
+    moved = [s for s in r.of("servo") if raised["t"] < s["t"] < cleared["t"] and s["angle"] is not None]
+    assert not moved, f"servos driven while the record could not be written: {moved}"
+    assert not [d for d in r.of("drop") if raised["t"] < d["t"] < cleared["t"]]
+    assert all(i["routed_to"] is not None for i in items(r)) and len(items(r)) == 10
+    db = sqlite3.connect(small_disk / "events.db")
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 10
