@@ -340,10 +340,7 @@ def cmd_model(args) -> int:
             raise EcoSorterError("model install needs a FILE")
         if args.signature and args.allow_unsigned:
             raise EcoSorterError("model install: give --signature or --allow-unsigned, not both")
-        try:
-            sig = args.signature.read_bytes() if args.signature else None
-        except OSError as e:
-            raise EcoSorterError(f"--signature {args.signature}: cannot read: {e.strerror or e}") from None
+        sig = _read_signature(args.signature) if args.signature else None
         try:
             r = store.install(args.file, args.sha256, sig, cfg.model.backend, allow_downgrade=args.allow_downgrade,
                               allow_unsigned=args.allow_unsigned, origin="cli")
@@ -361,6 +358,21 @@ def cmd_model(args) -> int:
         for name in ("current", "previous"):
             print("\n".join(_describe_installed(store, name)))
     return 0
+
+
+def _read_signature(path: Path) -> bytes:
+    """An ed25519 signature is 64 raw bytes (`ecosorter keys sign`): read no more than that, so
+    /dev/zero or a huge file is refused, not read until memory runs out."""
+    try:
+        with open(path, "rb") as f:
+            sig = f.read(65)
+    except OSError as e:
+        raise EcoSorterError(f"--signature {path}: cannot read: {e.strerror or e}") from None
+    if len(sig) != 64:
+        size = "more than 64" if len(sig) > 64 else str(len(sig))
+        raise EcoSorterError(f"--signature {path}: {size} bytes; an ed25519 signature file is 64 raw bytes "
+                             "(as `ecosorter keys sign` writes it): refused")
+    return sig
 
 
 def _describe_installed(store, name: str) -> list[str]:

@@ -96,7 +96,7 @@ class DecisionConfig:
                                            "class_thresholds only")
     contamination_budget: float = opt(0.0, min=0.0, max=1.0,
                                       doc="share of items allowed confidently into a wrong compartment: 0 = the "
-                                          "budget the model's thresholds were chosen for; else the strictest "
+                                          "budget the model's thresholds were chosen for; else the largest "
                                           "of the model's budgets at or below it (docs/training.md)")
     fallback: str = opt("khusus", doc="label whose compartment takes uncertain items")
 

@@ -9,7 +9,8 @@ Signals, each over the last `window` items:
 - mean top confidence (expected: the validation mean).
 
 Rule (docs/training.md "The bin watches its model"): with at least `min_items` items seen, a rate
-raises when the 99% Wilson lower bound of the window's share is above the expected share, and the
+raises when the 99% Wilson lower bound of the window's share is above the expected share (its 99%
+Wilson upper bound when the manifest says on how many photos it was measured), and the
 mean confidence when the window's mean plus 2.58 standard errors is below the expected mean. Each
 clears by itself, with hysteresis, when the window's own estimate is back within the expected value.
 It is a warning: it never holds or stops the bin.
@@ -35,6 +36,15 @@ def wilson_lower(k: int, n: int, z: float = Z) -> float:
     centre = p + z * z / (2 * n)
     margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, (centre - margin) / (1 + z * z / n))
+
+
+def wilson_upper(p: float, n: float, z: float = Z) -> float:
+    """Upper bound of a share p measured on n items (the validation photos)."""
+    if n <= 0:
+        return p
+    centre = p + z * z / (2 * n)
+    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return min(1.0, (centre + margin) / (1 + z * z / n))
 
 
 @dataclass
@@ -132,9 +142,12 @@ class DriftWatch:
         for name, k, p0 in rates:
             if p0 is None:
                 continue
-            if name not in self.active and wilson_lower(k, n) > p0:
+            # the expected share is itself measured on e["n"] photos (0 of 36 is not "never"): judge
+            # against its upper bound, else one press after a faultless validation would raise
+            hi = wilson_upper(p0, e["n"]) if "n" in e else p0
+            if name not in self.active and wilson_lower(k, n) > hi:
                 self.active[name] = f"{name} {100 * k / n:.0f} per 100 items (expected {100 * p0:.0f})"
-            elif name in self.active and k / n <= p0:
+            elif name in self.active and k / n <= hi:
                 del self.active[name]
         mu0 = e.get("mean_confidence")
         if mu0 is not None:
@@ -150,4 +163,4 @@ class DriftWatch:
         return "; ".join(self.active.values())
 
 
-__all__ = ["DriftWatch", "expected_for", "expected_from_manifest", "wilson_lower"]
+__all__ = ["DriftWatch", "expected_for", "expected_from_manifest", "wilson_lower", "wilson_upper"]

@@ -77,7 +77,7 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
 def decision_rule(cfg, labels: Sequence[str], model_decision: dict[str, Any] | None = None) -> DecisionRule:
     """The rule for `cfg` (edge/config.py DecisionConfig) and the model's decision block.
 
-    Order: the model's thresholds for its own budget (or the strictest of its budgets at or below
+    Order: the model's thresholds for its own budget (or the largest of its budgets at or below
     `decision.contamination_budget`), then `decision.class_thresholds` on top; classes left without
     one use `decision.threshold`. Without a block (an older model) it is the config alone."""
     labels = list(labels)

@@ -269,6 +269,8 @@ def _apply(ev: SimEvent, world: World, camera: SimCamera, pins: ClockedMockFacto
         world.record({"t": clock.monotonic(), "kind": "input", "name": "button", "value": ev.value, "hold_s": hold})
         button.drive_low()
         clock.call_at(clock.monotonic() + hold, button.drive_high)
+    elif ev.kind == "take":
+        world.take()
     elif ev.kind == "signal":
         world.record({"t": clock.monotonic(), "kind": "input", "name": "signal", "value": ev.value})
         stop.set()  # as the CLI's handler does: finish the current step, then stop safely

@@ -33,6 +33,7 @@ EVENT_KINDS: dict[str, tuple | None] = {
     "press": ("wrong", "clear"),
     "power": ("fail", "ok"),
     "signal": ("TERM", "INT", "HUP"),
+    "take": ("tray",),  # a person lifts the item off the tray (nothing if it is empty)
 }
 EVENT_EXTRA = {"at", "hold_s"}
 BIN_KEYS = {"servo_speed_deg_s": (float, 1.0), "compartment_capacity": (int, 1), "fps": (float, 0.1),

@@ -245,6 +245,14 @@ class World:
             # a door left open: it slides off the edge and falls through, in the camera's view for a moment
             self.clock.call_at(item.placed + self.FALL_S, lambda: self._land(item, self._compartment_below(door)))
 
+    def take(self) -> None:
+        """A person lifts the item off the tray: it goes nowhere the bin could route it."""
+        item, self.tray = self.tray, None
+        self.record({"t": self.clock.monotonic(), "kind": "input", "name": "take",
+                     "value": None if item is None else item.n})
+        if item is not None and self.waiting:
+            self.clock.call_at(self.clock.monotonic() + self.gap_s, self._next_from_hand)
+
     def set_lid(self, state: str) -> None:
         self.lid_open = state == "open"
         self.record({"t": self.clock.monotonic(), "kind": "input", "name": "lid", "value": state})

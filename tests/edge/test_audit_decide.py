@@ -1,0 +1,74 @@
+"""Audit of issue 17 in the real Sorter: a model carrying a `decision` block (written by
+`ecosorter-convert thresholds` on the committed photos), the config's budget picking from its
+ladder, and the drift watch on the figures that block states."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from ecosorter.convert.cli import main as convert_main
+from ecosorter.edge.config import load_config
+from ecosorter.edge.decide.drift import DriftWatch
+from ecosorter.edge.sorter import build_sorter
+from tests.conftest import LABELS7, SAMPLES
+from tests.convert.test_thresholds import DEMO, _photos
+
+
+@pytest.fixture(scope="module")
+def thresholded(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("decide")
+    model = tmp / "t.tflite"
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(_photos(tmp)), "--contamination", "0.05",
+                         "-o", str(model), "--quiet"]) == 0
+    cam = tmp / "camera"
+    shutil.copytree(SAMPLES, cam)
+    return model, cam
+
+
+def _cfg(model, cam, **over):
+    return load_config(overrides={"model.path": str(model), "camera.source": "folder", "camera.device": str(cam),
+                                  "camera.loop": True, "hardware.pin_factory": "mock", "hardware.settle_s": 0.0,
+                                  "hardware.drop_s": 0.0, "hardware.led_on_s": 0.0, "record.capture": "none",
+                                  **over})
+
+
+def test_one_wrong_press_is_not_drift_when_validation_saw_no_mistake(thresholded, tmp_path):
+    """The model routed all 36 certify photos right: expected "wrong" share 0 from 36 photos, whose
+    own 99% upper bound is ~15%. One "wrong" press in 55 items (1.8%) fits that; the bin must not
+    say "the model no longer fits this bin". Fifteen presses do not fit: raised, sorting goes on,
+    and it clears once those items have rolled out of the window."""
+    model, cam = thresholded
+    with build_sorter(_cfg(model, cam), state_dir=tmp_path) as sorter:
+        assert sorter.voter.rule.source == "model" and sorter.drift.expected["routed_right"] == 1.0
+        sorter.drift = DriftWatch(sorter.drift.expected, window=60, min_items=50)
+        sorter.run(max_items=55)
+        ids = [r["id"] for r in sorter.events.query("SELECT id FROM events ORDER BY rowid")]
+        assert sorter.flag(ids[-3])
+        sorter.run(max_items=56)
+        assert not sorter.machine.active("model_drift"), sorter.drift.check()[1]
+        for i in ids[-20:-5]:
+            sorter.flag(i)
+        sorter.run(max_items=57)
+        assert sorter.machine.active("model_drift") and "wrong" in sorter.drift.check()[1]
+        assert sorter.machine.may_move()  # a warning, never a hold
+        sorter.run(max_items=120)
+        assert sorter.summary.items == 120 and not sorter.machine.active("model_drift")
+
+
+def test_the_config_budget_picks_from_the_ladder_and_routes_by_it(thresholded, tmp_path):
+    model, cam = thresholded
+    budgets = {}
+    for budget in (0.0, 0.02, 0.03, 0.5):
+        with build_sorter(_cfg(model, cam, **{"decision.contamination_budget": budget}),
+                          state_dir=tmp_path / f"b{budget}") as sorter:
+            rule = sorter.voter.rule
+            budgets[budget] = rule.budget
+            sorter.run(max_items=13)
+            t = dict(zip(LABELS7, rule.thresholds, strict=True))
+            for r in sorter.events.query("SELECT label, confidence, uncertain, compartment, routed_to FROM events"):
+                assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]]), dict(r)
+                assert r["routed_to"] == r["compartment"]
+    # 0 = the model's own 5%; otherwise the loosest of its budgets at or below the config's
+    assert budgets == {0.0: 0.05, 0.02: 0.02, 0.03: 0.03, 0.5: 0.1}
