@@ -24,8 +24,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ecosorter.edge.durable import write_durably
 from ecosorter.edge.errors import EcoSorterError
-from ecosorter.edge.model.store import write_durably
 
 log = logging.getLogger("ecosorter.security")
 ENVELOPE = ("bin_id", "ts", "nonce", "sig")

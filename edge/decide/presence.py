@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecosorter.edge.config import TriggerConfig
 from ecosorter.edge.preprocess.transform import nearest_indices, roi_pixels
+
+if TYPE_CHECKING:  # types only: edge.config runs rules that import this package back
+    from ecosorter.edge.config import TriggerConfig
 
 THUMB_W, THUMB_H = 64, 48
 

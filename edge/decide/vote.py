@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecosorter.edge.config import DecisionConfig
 from ecosorter.edge.decide.thresholds import calibrate, decision_rule
 from ecosorter.edge.errors import ConfigError
+
+if TYPE_CHECKING:  # types only: edge.config runs rules that import this package back
+    from ecosorter.edge.config import DecisionConfig
 
 
 @dataclass(frozen=True)

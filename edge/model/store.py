@@ -28,6 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ecosorter.edge.durable import fsync_dir as _fsync_dir
+from ecosorter.edge.durable import write_durably
 from ecosorter.edge.errors import ModelError
 from ecosorter.edge.model.trust import (
     ModelInstallError,
@@ -535,33 +537,9 @@ def _decision_errors(cfg, manifest) -> list[str]:
     return []
 
 
-def write_durably(path: Path, content: bytes, mode: int = 0o644) -> None:
-    """Write to a temporary file, fsync, rename over `path`, fsync the folder: all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _symlink_atomically(link: Path, target: str) -> None:
     tmp = link.with_name(f".{link.name}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
     _fsync_dir(link.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
