@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--preprocess", choices=list(PRESETS), default=None,
                     help="the training transform (default: MODEL.train.json's from ecosorter-train, "
                          "else caffe: the seed's vgg16.preprocess_input)")
-    ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
+    ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input type (and output type with --int8-head int8; the default float head outputs float32)")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
     ap.add_argument("--float-ops", default="none", metavar="none|auto|REGEX",
