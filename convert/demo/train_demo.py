@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -194,8 +195,9 @@ def convert_demo(out: Path, split: dict, train_dir: Path, held_dir: Path, target
         # reach (91% top-1): at 1% it sends ~78% of validation photos to khusus (docs/training.md).
         from ecosorter.convert.decision import thresholds_main
 
-        rc = thresholds_main([str(target), "--validation", str(validation_dir), "--contamination",
-                              str(BUDGET), "--guarantee", "crc", "-o", str(target), "--quiet",
+        rel = os.path.relpath(target)  # the report names the file as run from the repo root
+        rc = thresholds_main([rel, "--validation", str(validation_dir), "--contamination",
+                              str(BUDGET), "--guarantee", "crc", "-o", rel, "--quiet",
                               "--report", str(target.with_suffix(".thresholds.json"))])
         if rc:
             return rc
