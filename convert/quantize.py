@@ -51,7 +51,7 @@ def convert_tflite(src: SourceModel, mode: str, calibration: np.ndarray | None =
     return _converter(src, mode, calibration, io_dtype, progress, per_channel).convert()
 
 
-# A classifier's head: the last dense layer and its softmax. In int8 the softmax output comes in
+# A classifier's head: the last dense layer and its softmax (head_nodes finds them). In int8 the softmax output comes in
 # steps of 1/256 and a confident model's photos pile up on the top steps, where no threshold can
 # separate right from wrong (docs/training.md "The decision rule"); kept float, the probabilities
 # are continuous, for ~1% of the model's compute (the body and the input stay int8).
@@ -73,8 +73,27 @@ def convert_float_head(src: SourceModel, calibration: np.ndarray, io_dtype: str 
     # does for inference_input_type), so the edge still feeds int8 from its lookup table.
     quantized = tf_convert.mlir_quantize(
         calibrated, disable_per_channel=not per_channel, fully_quantize=False,
-        inference_type=_types_pb2.QUANTIZED_INT8, denylisted_ops=list(HEAD_OPS))
+        inference_type=_types_pb2.QUANTIZED_INT8, denylisted_nodes=head_nodes(calibrated))
     return tf_util.modify_model_io_type(quantized, getattr(tf, io_dtype), tf.float32)
+
+
+def head_nodes(model: bytes) -> list[str]:
+    """Output tensor names of the SOFTMAX and of the FULLY_CONNECTED that feeds it: only the last
+    dense layer, so a head with several (the seed ResNet50's) keeps the others int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    made_by = {o: op for op in ops for o in op["outputs"]}
+    nodes = []
+    for op in ops:
+        if op["op_name"] == "SOFTMAX":
+            nodes.append(names[op["outputs"][0]])
+            src = made_by.get(op["inputs"][0])
+            if src is not None and src["op_name"] == "FULLY_CONNECTED":
+                nodes.append(names[src["outputs"][0]])
+    return nodes
 
 
 def convert_selective(src: SourceModel, calibration: np.ndarray, keep_float: Sequence[str],
