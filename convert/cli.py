@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--preprocess", choices=list(PRESETS), default=None,
                     help="the training transform (default: MODEL.train.json's from ecosorter-train, "
                          "else caffe: the seed's vgg16.preprocess_input)")
-    ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input/output type")
+    ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input type (and output type with --int8-head int8; the default float head outputs float32)")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
                     help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
     ap.add_argument("--float-ops", default="none", metavar="none|auto|REGEX",
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "the projection convs of EfficientNet-Lite models (where the int8 error starts), "
                          "closer to float at ~1.6x int8's latency; none (default): plain int8 "
                          "(docs/int8_study.md)")
+    ap.add_argument("--int8-head", choices=["float", "int8"], default="float",
+                    help="int8: the classifier head (last dense + softmax) computed in float (default), so the "
+                         "probabilities are continuous float32 for the decision thresholds, not steps of "
+                         "1/256; int8: the whole model int8 (int8 output)")
     ap.add_argument("--per-tensor", action="store_true",
                     help="int8: one scale per weight tensor instead of per output channel (for comparison)")
     ap.add_argument("--runtime", choices=["litert", "tflite-runtime", "tensorflow"], default="litert",
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, progress=not args.quiet, model_version=args.model_version,
                          gate=args.gate, bin_rules=bin_rules(args), per_channel=not args.per_tensor,
                          contamination=args.contamination, guarantee=args.guarantee,
-                         float_ops=args.float_ops)
+                         float_ops=args.float_ops, float_head=args.int8_head == "float")
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:
         print(f"ecosorter-convert: error: {e}", file=sys.stderr)

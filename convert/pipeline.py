@@ -27,6 +27,7 @@ from ecosorter.convert.quantize import (
     IO_DTYPES,
     MODES,
     PROJECTION_CONVS,
+    convert_float_head,
     convert_mixed,
     convert_selective,
     convert_tflite,
@@ -72,7 +73,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int | None = None, gate: str = "outcome",
             bin_rules: BinRules | None = None, per_channel: bool = True,
-            contamination: float | None = None, guarantee: str = "crc", float_ops: str = "none") -> ConversionResult:
+            contamination: float | None = None, guarantee: str = "crc", float_ops: str = "none",
+            float_head: bool = True) -> ConversionResult:
     converted_at = datetime.now(timezone.utc)
     if model_version is None:  # monotonic by default: a later conversion is never a "downgrade"
         model_version = default_version(converted_at)
@@ -158,6 +160,10 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         else:
             kept_float = list(keep_float)
         tflite = convert_selective(src, calib, kept_float, bar)
+    elif quantize == "int8" and float_head:
+        # The head (last dense + softmax) in float: continuous probabilities for the thresholds.
+        log("int8, with the classifier head (dense + softmax) in float: float32 probabilities (--int8-head float)")
+        tflite = convert_float_head(src, calib, io_dtype, bar, per_channel)
     else:
         tflite = convert_tflite(src, quantize, calib, io_dtype, bar, per_channel)
 
@@ -166,7 +172,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
               "preprocess_from": preprocess_from,
               "quantization": quantize, "calibration_images": 0 if calib is None else int(len(calib)),
               "float_layers": kept_float, **({} if per_channel else {"per_channel": False}),
-              **({"float_compute_ops": mixed} if mixed else {})}
+              **({"float_compute_ops": mixed} if mixed else {}),
+              **({"float_head": True} if quantize == "int8" and float_head and not mixed and not keep_float else {})}
     classifier = _test_load(tflite, runtime, quantize)  # the runtime the bins use must load it
     log(f"loads in {classifier.runtime} {classifier.version}: input {classifier.input.dtype}, "
         f"{len(tflite) / 1e6:.1f} MB")

@@ -51,6 +51,51 @@ def convert_tflite(src: SourceModel, mode: str, calibration: np.ndarray | None =
     return _converter(src, mode, calibration, io_dtype, progress, per_channel).convert()
 
 
+# A classifier's head: the last dense layer and its softmax (head_nodes finds them). In int8 the softmax output comes in
+# steps of 1/256 and a confident model's photos pile up on the top steps, where no threshold can
+# separate right from wrong (docs/training.md "The decision rule"); kept float, the probabilities
+# are continuous, for ~1% of the model's compute (the body and the input stay int8).
+HEAD_OPS = ("FULLY_CONNECTED", "SOFTMAX")
+
+
+def convert_float_head(src: SourceModel, calibration: np.ndarray, io_dtype: str = "int8",
+                       progress=None, per_channel: bool = True) -> bytes:
+    """int8 body and input (`io_dtype`), the head (HEAD_OPS) computed in float: float32 output."""
+    tf = import_tf()
+    from tensorflow.lite.python import convert as tf_convert  # the quantizer TF's own debugger calls
+    from tensorflow.lite.python import util as tf_util
+    from tensorflow.lite.python.convert import _types_pb2
+
+    conv = _converter(src, "int8", calibration, io_dtype, progress, per_channel)
+    conv._experimental_calibrate_only = True  # calibrate here; quantize below with the head denylisted
+    calibrated = conv.convert()
+    # Float in and out around an int8 body, then the input's QUANTIZE op removed (as the converter
+    # does for inference_input_type), so the edge still feeds int8 from its lookup table.
+    quantized = tf_convert.mlir_quantize(
+        calibrated, disable_per_channel=not per_channel, fully_quantize=False,
+        inference_type=_types_pb2.QUANTIZED_INT8, denylisted_nodes=head_nodes(calibrated))
+    return tf_util.modify_model_io_type(quantized, getattr(tf, io_dtype), tf.float32)
+
+
+def head_nodes(model: bytes) -> list[str]:
+    """Output tensor names of the SOFTMAX and of the FULLY_CONNECTED that feeds it: only the last
+    dense layer, so a head with several (the seed ResNet50's) keeps the others int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    names = {t["index"]: t["name"] for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    made_by = {o: op for op in ops for o in op["outputs"]}
+    nodes = []
+    for op in ops:
+        if op["op_name"] == "SOFTMAX":
+            nodes.append(names[op["outputs"][0]])
+            src = made_by.get(op["inputs"][0])
+            if src is not None and src["op_name"] == "FULLY_CONNECTED":
+                nodes.append(names[src["outputs"][0]])
+    return nodes
+
+
 def convert_selective(src: SourceModel, calibration: np.ndarray, keep_float: Sequence[str],
                       progress=None) -> bytes:
     """int8 everywhere except the named tensors' ops, which stay float (float input/output)."""

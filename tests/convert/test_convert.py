@@ -50,6 +50,46 @@ def test_int8_calibrated_on_photos_skips_corrupt_jpeg(tiny_h5, photo_dir, tmp_pa
     assert "ecosorter.manifest" in read_metadata(out.read_bytes())
 
 
+def _op_types(content: bytes) -> dict[str, list[str]]:
+    """Op name -> dtypes of its outputs, read by LiteRT from the converted file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=content)
+    types = {t["index"]: np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    return {op["op_name"]: [types[i] for i in op["outputs"]] for op in interp._get_ops_details()}
+
+
+def test_int8_keeps_the_head_float_for_continuous_probabilities(tiny_h5, photo_dir, tmp_path):
+    # int8 body and input, the last dense + softmax in float: the probabilities are float32, not
+    # steps of 1/256 (where a confident model's photos tie and no threshold separates them).
+    head, plain = tmp_path / "head.tflite", tmp_path / "plain.tflite"
+    common = ["--quantize", "int8", "--calibration", str(photo_dir), "--validation", str(DATA),
+              "--min-agreement", "0.9", "--quiet"]
+    assert convert_main([str(tiny_h5), "-o", str(head), *common]) == 0
+    assert convert_main([str(tiny_h5), "-o", str(plain), *common, "--int8-head", "int8"]) == 0
+    ops = _op_types(head.read_bytes())
+    assert ops["FULLY_CONNECTED"] == ["float32"] and ops["SOFTMAX"] == ["float32"]
+    assert "int8" in ops["CONV_2D"]  # the body stays int8
+    assert _op_types(plain.read_bytes())["SOFTMAX"] == ["int8"]
+    photos = sorted(DATA.glob("*/*.jpg"))[:12]
+    with load_model(head) as m:
+        assert m.classifier.input.dtype == "int8" and m.classifier.output_dtype == "float32"
+        assert m.manifest.source["float_head"] is True
+        probs = np.stack([m.classifier.classify(_tensor(m, p)) for p in photos])
+    with load_model(plain) as m:
+        assert m.classifier.output_dtype == "int8" and "float_head" not in m.manifest.source
+        steps = np.stack([m.classifier.classify(_tensor(m, p)) for p in photos])
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    on_grid = lambda a: np.isclose(a * 256, np.round(a * 256), atol=1e-3)  # noqa: E731
+    assert on_grid(steps).all() and not on_grid(probs).all()
+
+
+def _tensor(m, photo):
+    from ecosorter.edge.preprocess import Preprocessor, decode_image
+
+    return Preprocessor(m.manifest.preprocess, m.classifier.input)(decode_image(photo), "rgb")
+
+
 @pytest.mark.parametrize("mode", ["float16", "dynamic"])
 def test_other_modes_load_and_agree(tiny_h5, tmp_path, mode):
     out = tmp_path / f"{mode}.tflite"

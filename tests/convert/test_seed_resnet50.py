@@ -33,7 +33,8 @@ def test_seed_resnet50_h5_to_int8_runs_in_litert(tmp_path, photo_dir):
                 validation=DATA, min_agreement=0.0, gate="agreement", progress=False)  # random weights: no gate
     assert q.written
     size8, size32 = (tmp_path / "int8.tflite").stat().st_size, (tmp_path / "f32.tflite").stat().st_size
-    assert size8 <= 0.26 * size32, (size8, size32)
+    # int8 body; the head (Dense 100352x7 + softmax) stays float for continuous probabilities: +2.1 MB
+    assert size8 <= 0.26 * size32 + 3 * 100352 * 7 * 1.05, (size8, size32)
     with load_model(tmp_path / "int8.tflite", backend="litert") as m:
         assert m.classifier.runtime == "litert" and m.classifier.input.dtype == "int8"
         assert m.manifest.label_ids == LABELS7 and m.manifest.source["quantization"] == "int8"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,6 +11,7 @@ import pytest
 
 from ecosorter.convert import thresholds as th
 from ecosorter.convert.cli import main as convert_main
+from ecosorter.convert.embed import embed_metadata
 from ecosorter.edge.cli import main as edge_main
 from ecosorter.edge.config import load_config
 from ecosorter.edge.decide import CompartmentMap, Voter
@@ -281,9 +283,13 @@ def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
             assert r["compartment"] == (KHUSUS if r["uncertain"] else LABELS7.index(r["label"]))
 
     # a swap to a model that cannot keep the config's budget (no thresholds) is refused; sorting goes on
+    bare = tmp_path / "bare.tflite"  # the demo without its decision block (the demo now ships one)
+    with load_model(DEMO) as m:
+        manifest = dataclasses.replace(m.manifest, decision=None)
+    bare.write_bytes(embed_metadata(DEMO.read_bytes(), manifest.to_json()))
     with build_sorter(cfg, state_dir=tmp_path / "swap") as sorter:
         before = sorter.voter
-        sorter._swap_model(DEMO)
+        sorter._swap_model(bare)
         assert sorter.voter is before and sorter.model.path == model
         assert "update refused" in sorter.board.snapshot()["health"]["model"]["detail"]
         assert "contamination_budget" in sorter.board.snapshot()["health"]["model"]["detail"]

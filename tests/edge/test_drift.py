@@ -86,8 +86,11 @@ def test_the_real_sorter_raises_and_clears_the_warning_and_keeps_sorting(tmp_pat
                                  "hardware.pin_factory": "mock", "hardware.settle_s": 0.0, "hardware.drop_s": 0.0,
                                  "hardware.led_on_s": 0.0})
     with build_sorter(cfg, state_dir=tmp_path) as sorter:
-        # the demo model's own figures: 89.1% top-1 on its held-out photos
-        assert sorter.drift.expected == pytest.approx({"top1_error": 1 - sorter.model.manifest.verification["tflite_accuracy"]})
+        # the demo model's own figures: its thresholds' certify figures on the validation photos
+        man = sorter.model.manifest
+        assert man.decision is not None  # the demo ships thresholds for a 2.5% budget
+        assert sorter.drift.expected == pytest.approx(expected_from_manifest(man.decision, man.verification))
+        assert set(sorter.drift.expected) >= {"uncertain", "routed_right", "top1_error"}
         sorter.drift = DriftWatch(sorter.drift.expected, window=40, min_items=20)  # a short window: a fast test
         sorter.run(max_items=30)
         assert not sorter.machine.active("model_drift")
