@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "int8" not in modes:
-        modes.append("int8")  # the Lite0 comparison needs it
+        modes.append("int8")  # the demo comparison needs it
     n = args.iterations
     cores = os.cpu_count() or 1
     model = build_seed_model(tf_keras)
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     lat["keras tf.function (resnet50)"] = timeit(lambda: fn(x), n)
 
     tensors: dict[str, np.ndarray] = {}
-    files = {"lite0": DEMO}
+    files = {"demo": DEMO}
     for mode in modes:
         out = args.work / f"seed_{mode}.tflite"
         if not out.exists():
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
                     force=True, min_agreement=0.0, gate="agreement", progress=False, log=lambda *a: None)
         files[f"resnet50 {mode}"] = out
     for name, path in files.items():
-        r["size_mb"][f"tflite {name}" + (" int8" if name == "lite0" else "")] = round(path.stat().st_size / 1e6, 1)
+        r["size_mb"][f"tflite {name}" + (" int8" if name == "demo" else "")] = round(path.stat().st_size / 1e6, 1)
         with load_model(path) as m:
             tensors[name] = Preprocessor(m.manifest.preprocess, m.manifest.input)(decode_image(photo_path), "rgb")
     for threads in sorted({1, cores}):
@@ -192,11 +192,11 @@ def main(argv=None) -> int:
             c.close()
         a = open_classifier(DEMO.read_bytes(), "litert", threads)
         b = open_classifier(files["resnet50 int8"].read_bytes(), "litert", threads)
-        la, lb = interleaved(lambda a=a: a.classify(tensors["lite0"]),
+        la, lb = interleaved(lambda a=a: a.classify(tensors["demo"]),
                              lambda b=b: b.classify(tensors["resnet50 int8"]), n)
         a.close()
         b.close()
-        lat[f"litert resnet50 int8 ({threads} thr)"], lat[f"litert lite0 int8 ({threads} thr)"] = lb, la
+        lat[f"litert resnet50 int8 ({threads} thr)"], lat[f"litert demo int8 ({threads} thr)"] = lb, la
 
     # preprocessing a 640x480 camera frame, and the whole loop per item vs a bare invoke()
     import cv2
@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     with load_model(DEMO, num_threads=cores) as m:
         prep = Preprocessor(m.manifest.preprocess, m.manifest.input)
         r["preprocess_640x480_ms"] = timeit(lambda: prep(frames[0], "bgr"), 200)
-    r["loop"] = {"lite0": loop_overhead(DEMO, frames, max(n, 40)),
+    r["loop"] = {"demo": loop_overhead(DEMO, frames, max(n, 40)),
                  "resnet50": loop_overhead(files["resnet50 int8"], frames, max(n, 40))}
 
     # memory and start-up: edge process vs bare LiteRT+OpenCV vs TensorFlow

@@ -33,17 +33,17 @@ def _x(a: float, b: float) -> str:
 def blocks(r: dict) -> dict[str, str]:
     inf, loop, day, page = r["inference_ms"], r["loop"], r["day24h"], r["status_page"]
     cores = r["cores"]
-    lite, res = inf["litert lite0 int8 (1 thr)"], inf["litert resnet50 int8 (1 thr)"]
-    lite_n, res_n = inf[f"litert lite0 int8 ({cores} thr)"], inf[f"litert resnet50 int8 ({cores} thr)"]
+    lite, res = inf["litert demo int8 (1 thr)"], inf["litert resnet50 int8 (1 thr)"]
+    lite_n, res_n = inf[f"litert demo int8 ({cores} thr)"], inf[f"litert resnet50 int8 ({cores} thr)"]
     src = "[docs/performance.md](docs/performance.md)"
     return {
         "readme-speed": (
             f"Measured by `python -m benchmarks` ({where(r)}; a shared machine): int8 inference\n"
-            f"{lite:.1f} ms for Lite0 against {res:.1f} ms for the seed ResNet50 int8 on 1 thread "
+            f"{lite:.1f} ms for the demo (EfficientNet-Lite2) against {res:.1f} ms for the seed ResNet50 int8 on 1 thread "
             f"({_x(res, lite)}; {_x(res_n, lite_n)} on {cores}),\n"
-            f"the whole loop per item {loop['lite0']['loop_ms_per_item']:.1f} ms against "
+            f"the whole loop per item {loop['demo']['loop_ms_per_item']:.1f} ms against "
             f"{loop['resnet50']['loop_ms_per_item']:.1f} ms "
-            f"({_x(loop['resnet50']['loop_ms_per_item'], loop['lite0']['loop_ms_per_item'])}); all figures: {src}.\n"),
+            f"({_x(loop['resnet50']['loop_ms_per_item'], loop['demo']['loop_ms_per_item'])}); all figures: {src}.\n"),
         "readme-simulate": (
             f"24 hours and {day['items']['placed']:,} items (`ecosorter simulate benchmarks/day24h.toml`) in "
             f"{day['wall_s']:.0f} s here, {where(r)}, by `python -m benchmarks`: {src}.\n"),
@@ -57,7 +57,7 @@ def blocks(r: dict) -> dict[str, str]:
         "training-speed": (
             f"Speed (`python -m benchmarks`, {where(r)}): int8 {lite:.1f} ms against the seed ResNet50 int8's\n"
             f"{res:.1f} ms per image ({_x(res, lite)}, 1 thread); the loop per item "
-            f"{loop['lite0']['loop_ms_per_item']:.1f} against {loop['resnet50']['loop_ms_per_item']:.1f} ms "
+            f"{loop['demo']['loop_ms_per_item']:.1f} against {loop['resnet50']['loop_ms_per_item']:.1f} ms "
             f"([performance.md](performance.md)).\n"),
         "status-page": (
             f"`python -m benchmarks` ({where(r)}; shared with other jobs):\n\n"
@@ -93,7 +93,7 @@ renders this page and the quoted blocks from it (`tests/test_figures.py` fails w
 - Medians of {r['iterations']} runs after warm-up; two models compared call by call (interleaved), so
   noise from other jobs hits both. Speed goals are ratios against a baseline in the same run.
 - The seed ResNet50 (ResNet50 + Flatten + Dense(7)) has random weights (latency does not depend on
-  them), converted by `ecosorter-convert` as a user's model would be; Lite0 is the bundled
+  them), converted by `ecosorter-convert` as a user's model would be; the demo (EfficientNet-Lite2) is the bundled
   `edge/demo/demo_int8.tflite`.
 
 ![latency per path](latency.png)
@@ -116,8 +116,8 @@ renders this page and the quoted blocks from it (`tests/test_figures.py` fails w
 |---|---|---|
 | preprocess a 640x480 BGR frame (int8 table) | {r['preprocess_640x480_ms']:.2f} ms | <= 2 ms |
 {loops}
-| peak RSS, bare LiteRT + OpenCV process, Lite0 int8 | {p['bare_litert_opencv']['rss_mb']:.0f} MB | baseline |
-| peak RSS, `ecosorter` edge process (sorter, SQLite, pins), Lite0 int8 | {p['ecosorter_edge']['rss_mb']:.0f} MB | <= 150 MB |
+| peak RSS, bare LiteRT + OpenCV process, demo int8 | {p['bare_litert_opencv']['rss_mb']:.0f} MB | baseline |
+| peak RSS, `ecosorter` edge process (sorter, SQLite, pins), demo int8 | {p['ecosorter_edge']['rss_mb']:.0f} MB | <= 150 MB |
 | peak RSS, TensorFlow/Keras process, ResNet50 | {p['tensorflow_keras']['rss_mb']:.0f} MB | for comparison |
 | start-up to first inference, bare | {p['bare_litert_opencv']['first_s']:.2f} s | baseline |
 | start-up to first decision, `ecosorter` | {p['ecosorter_edge']['first_s']:.2f} s | <= 1 s |
@@ -125,7 +125,7 @@ renders this page and the quoted blocks from it (`tests/test_figures.py` fails w
 | empty tray at 15 fps: CPU | {100 * r['idle']['cpu_of_one_core']:.1f}% of one core | <= 5% |
 
 The loop's overhead over a bare `invoke()` is a fixed cost per item (trigger, SQLite commit with
-fsync, board): large beside Lite0's few milliseconds, small beside ResNet50's.
+fsync, board): large beside the demo's few milliseconds, small beside ResNet50's.
 
 ## 24 hours in the simulator
 

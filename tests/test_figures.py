@@ -45,7 +45,7 @@ def test_a_changed_figure_is_caught(figures, tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / rel, tmp_path / rel)
     readme = tmp_path / "README.md"
-    lite = figures["inference_ms"]["litert lite0 int8 (1 thr)"]
+    lite = figures["inference_ms"]["litert demo int8 (1 thr)"]
     readme.write_text(readme.read_text().replace(f"{lite:.1f} ms for Lite0", f"{lite + 1:.1f} ms for Lite0"))
     changed = [p.name for p, text in render_docs(figures, tmp_path).items() if p.read_text() != text]
     assert changed == ["README.md"]
