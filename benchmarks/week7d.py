@@ -9,7 +9,8 @@ One item every 120 s (5,000 in all); analog-feedback servos read by an MCP3008, 
 after an item was put down (deciding, chute travelling, door opening, dropping, door closing,
 chute going home, idle), closed 20 s later and resumed with a short press; and a jam a day:
 the chute before an item and mid-travel, the trapdoor shut, jammed open mid-drop and mid-close,
-each freed with the lid open and cleared with one 3.5 s hold of the button.
+each freed with the lid open and cleared with one 3.5 s hold of the button. On day 4 the event
+log's file is replaced by junk (set aside, a fresh log, a `log` fault that stops nothing).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def events() -> list[tuple[float, str, str]]:
         t = item_at(day * DAY + 2.5 * 3600)
         out += [(t + offset, "jam", f'"{servo}"'), (t + 60.0, "lid", '"open"'), (t + 65.0, "unjam", f'"{servo}"'),
                 (t + 70.0, "lid", '"closed"'), (t + 80.0, "press", '"clear"')]
+    out.append((item_at(3 * DAY + 12 * 3600) + 5.0, "log", '"replace"'))
     return sorted(out)
 
 

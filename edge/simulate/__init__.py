@@ -271,6 +271,12 @@ def _apply(ev: SimEvent, world: World, camera: SimCamera, pins: ClockedMockFacto
         clock.call_at(clock.monotonic() + hold, button.drive_high)
     elif ev.kind == "take":
         world.take()
+    elif ev.kind == "log":
+        world.record({"t": clock.monotonic(), "kind": "input", "name": "log", "value": ev.value})
+        db = Path(cfg.record.state_dir) / "events.db"
+        junk = db.with_name("events.db.junk")
+        junk.write_bytes(b"not a database\n" * 300)
+        junk.replace(db)
     elif ev.kind == "signal":
         world.record({"t": clock.monotonic(), "kind": "input", "name": "signal", "value": ev.value})
         stop.set()  # as the CLI's handler does: finish the current step, then stop safely

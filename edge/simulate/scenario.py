@@ -34,6 +34,9 @@ EVENT_KINDS: dict[str, tuple | None] = {
     "power": ("fail", "ok"),
     "signal": ("TERM", "INT", "HUP"),
     "take": ("tray",),  # a person lifts the item off the tray (nothing if it is empty)
+    # the event log's file replaced by junk (a card failing, a bad restore); damage written in place
+    # under the running bin is not noticed until the next start (docs/reliability.md)
+    "log": ("replace",),
 }
 EVENT_EXTRA = {"at", "hold_s"}
 BIN_KEYS = {"servo_speed_deg_s": (float, 1.0), "compartment_capacity": (int, 1), "fps": (float, 0.1),
