@@ -37,6 +37,9 @@ def embed_metadata(tflite: bytes, payload: bytes, name: str = MANIFEST_NAME) -> 
     buffer = fb.BufferT()
     buffer.data = np.frombuffer(payload, dtype=np.uint8)
     model.buffers = model.buffers or []
+    for m in model.metadata or []:
+        if _name(m) == name:  # the replaced entry's bytes are not carried along as an orphan
+            model.buffers[m.buffer].data = None
     model.metadata = [m for m in (model.metadata or []) if _name(m) != name]
     model.buffers.append(buffer)
     entry = fb.MetadataT()

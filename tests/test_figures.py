@@ -46,7 +46,7 @@ def test_a_changed_figure_is_caught(figures, tmp_path):
         shutil.copy(ROOT / rel, tmp_path / rel)
     readme = tmp_path / "README.md"
     lite = figures["inference_ms"]["litert demo int8 (1 thr)"]
-    readme.write_text(readme.read_text().replace(f"{lite:.1f} ms for Lite0", f"{lite + 1:.1f} ms for Lite0"))
+    readme.write_text(readme.read_text().replace(f"{lite:.1f} ms for the demo", f"{lite + 1:.1f} ms for the demo"))
     changed = [p.name for p, text in render_docs(figures, tmp_path).items() if p.read_text() != text]
     assert changed == ["README.md"]
 

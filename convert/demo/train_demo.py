@@ -187,7 +187,8 @@ def convert_demo(out: Path, split: dict, train_dir: Path, held_dir: Path, target
     # either way), the case where agreement misleads (issue 17); the single outcome gate replaces it.
     result = convert(out / "demo.h5", target, "int8", calibration=train_dir, calibration_size=100,
                      validation=held_dir, validation_size=10_000, report_path=target.with_suffix(".report.json"),
-                     min_agreement=0.97, float_ops="none", float_head=True)
+                     min_agreement=0.97, float_ops="none", float_head=True,
+                     model_version=0)  # the demo is version 0: any model a bin installs replaces it
     if validation_dir is not None and result.written:
         # Thresholds chosen on the validation split (never on held_out, which only measures them):
         # the 2.5% budget, conformal risk control; the ladder (0.5..10%) rides along for
