@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +38,7 @@ from ecosorter.convert.train import PRESET as PRESET_OF
 from ecosorter.convert.train import read_sidecar, sidecar_path
 from ecosorter.convert.verify import BinRules, bin_outcome, format_outcome, format_table, gate_lines, verify
 from ecosorter.edge.backends import open_classifier
+from ecosorter.edge.durable import write_durably
 from ecosorter.edge.errors import BackendError, EcoSorterError
 from ecosorter.edge.model.manifest import DEFAULT_LABELS, Label, Manifest
 from ecosorter.edge.preprocess.spec import PreprocessSpec, preset
@@ -369,17 +369,7 @@ def _size(path: Path) -> int:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_durably(path, data)
 
 
 __all__ = ["ConversionError", "ConversionResult", "ImageSetError", "convert"]

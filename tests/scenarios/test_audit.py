@@ -248,18 +248,6 @@ def test_events_db_damaged_mid_run_under_the_simulator(monkeypatch, tmp_path, ho
     assert n >= len(after), f"{len(after)} items sorted after the damage, {n} in the new log"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 1 MB tmpfs (root only), as tests/reliability's fixture."""
-    import subprocess
-
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_disk_filled_under_the_simulated_bin_holds_and_clears_by_itself(monkeypatch, small_disk):
