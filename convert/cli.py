@@ -18,6 +18,7 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from ecosorter.convert.quantize import IO_DTYPES, MODES
+    from ecosorter.convert.thresholds import FAMILIES as THRESHOLD_FAMILIES
     from ecosorter.convert.thresholds import METHODS
     from ecosorter.edge.preprocess.spec import PRESETS
 
@@ -61,12 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "correct routing within --max-routing-loss, contamination within "
                          "--max-contamination-gain, judged on 95%% bounds; agreement: top-1 agreement only")
     ap.add_argument("--contamination", type=float, metavar="SHARE",
-                    help="choose calibrated per-class thresholds on the labelled --validation photos so that at "
+                    help="choose calibrated thresholds on the labelled --validation photos so that at "
                          "most this share of items lands confidently in a wrong compartment (e.g. 0.02), and "
                          "write them into the model (docs/training.md)")
     ap.add_argument("--guarantee", choices=METHODS, default="crc",
                     help="for --contamination: crc, expected contamination <= budget (default); ltt, "
-                         "contamination <= budget with 95%% probability")
+                         "contamination <= budget with 95% probability")
+    ap.add_argument("--threshold-family", choices=THRESHOLD_FAMILIES, default="auto",
+                    help="for --contamination: " + "auto (default): a class gets its own threshold only with enough validation photos for the budget (>= 5/budget it takes), the rest share one; per-class; global: one threshold for all")
     ap.add_argument("--bin-config", type=Path, help="the bin's config.toml: its threshold, class thresholds, "
                                                     "fallback and compartments judge the outcome")
     ap.add_argument("--threshold", type=float, help="decision threshold (default 0.55, or the bin config's)")
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, progress=not args.quiet, model_version=args.model_version,
                          gate=args.gate, bin_rules=bin_rules(args), per_channel=not args.per_tensor,
                          contamination=args.contamination, guarantee=args.guarantee,
+                         threshold_family=args.threshold_family,
                          float_ops=args.float_ops, float_head=args.int8_head == "float")
         return 0 if result.written and result.report["passed"] else 1
     except EcoSorterError as e:

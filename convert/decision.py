@@ -43,11 +43,12 @@ def edge_probs(classifier, manifest: Manifest, images: list[LabelledImage],
 
 def choose_block(probs: np.ndarray, truth: np.ndarray, label_ids: list[str], budget: float, *,
                  method: str = "crc", fallback: str | None = "khusus",
-                 compartments: dict[str, int] | None = None, seed: int = 0,
+                 compartments: dict[str, int] | None = None, seed: int = 0, family: str = "auto",
+                 fit: tuple[np.ndarray, np.ndarray] | None = None,
                  log=print) -> tuple[dict[str, Any], th.Choice]:
     try:
         block, choice = th.decision_block(probs, truth, label_ids, budget, method=method, fallback=fallback,
-                                          compartments=compartments, seed=seed)
+                                          compartments=compartments, seed=seed, family=family, fit=fit)
     except th.ThresholdError as e:
         raise EcoSorterError(f"--contamination: {e}") from None
     log(th.format_choice(choice))
@@ -71,7 +72,7 @@ def thresholds_main(argv: list[str]) -> int:
     from ecosorter.edge.model import load_model
 
     ap = argparse.ArgumentParser(prog="ecosorter-convert thresholds",
-                                 description="Choose calibrated per-class thresholds for a contamination budget "
+                                 description="Choose calibrated thresholds for a contamination budget "
                                              "on labelled photos and write them into a converted model.")
     ap.add_argument("model", type=Path, help="a .tflite made by ecosorter-convert")
     ap.add_argument("--validation", type=Path, required=True, help="labelled photos (class subfolders) the "
@@ -81,6 +82,13 @@ def thresholds_main(argv: list[str]) -> int:
     ap.add_argument("--guarantee", choices=th.METHODS, default="crc",
                     help="crc: expected contamination <= budget (default); ltt: contamination <= budget with "
                          "95%% probability (needs more photos)")
+    ap.add_argument("--threshold-family", choices=th.FAMILIES, default="auto",
+                    help="auto (default): a class gets its own threshold only with enough validation photos for the budget (>= 5/budget it takes), the rest share one; per-class; global: one threshold for all")
+    ap.add_argument("--fit-on", type=Path, metavar="DIR",
+                    help="labelled photos that shape the temperature and the thresholds' family, so that every "
+                         "--validation photo certifies: use it for photos that chose the model (the validation "
+                         "split that picked one training run of several is optimistic about it), and give "
+                         "--validation photos that chose nothing")
     ap.add_argument("--fallback", default="khusus", help="label taking uncertain items (default khusus)")
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--report", type=Path, help="JSON report; the curve is written beside it as .png")
@@ -91,13 +99,20 @@ def thresholds_main(argv: list[str]) -> int:
         label_ids = m.manifest.label_ids
         probs, truth, skipped = edge_probs(m.classifier, m.manifest, list_images(args.validation, label_ids),
                                            not args.quiet)
+        fit = None
+        if args.fit_on is not None:
+            fit_probs, fit_truth, fit_skipped = edge_probs(m.classifier, m.manifest,
+                                                           list_images(args.fit_on, label_ids), not args.quiet)
+            fit, skipped = (fit_probs, fit_truth), skipped + fit_skipped
         manifest, runtime = m.manifest, m.classifier.runtime
     for s in skipped:
         print(f"skipped unreadable photo: {s}")
     block, choice = choose_block(probs, truth, label_ids, args.contamination, method=args.guarantee,
-                                 fallback=args.fallback or None, seed=args.seed)
+                                 fallback=args.fallback or None, seed=args.seed, family=args.threshold_family,
+                                 fit=fit)
     if args.report:
-        png = write_report(args.report, choice, {"model": str(args.model), "validation": str(args.validation)})
+        png = write_report(args.report, choice, {"model": str(args.model), "validation": str(args.validation),
+                                                **({"fit_on": str(args.fit_on)} if args.fit_on else {})})
         print(f"report {args.report}, curve {png}")
     if not choice.feasible:
         print(f"FAILED: decision rule: a {100 * args.contamination:g}% budget cannot be certified with "

@@ -73,7 +73,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             runtime: str = "litert", keep_float: int | list[str] = 0, report_path: str | Path | None = None,
             seed: int = 0, progress: bool = True, log=print, model_version: int | None = None, gate: str = "outcome",
             bin_rules: BinRules | None = None, per_channel: bool = True,
-            contamination: float | None = None, guarantee: str = "crc", float_ops: str = "none",
+            contamination: float | None = None, guarantee: str = "crc", threshold_family: str = "auto",
+            float_ops: str = "none",
             float_head: bool = True) -> ConversionResult:
     converted_at = datetime.now(timezone.utc)
     if model_version is None:  # monotonic by default: a later conversion is never a "downgrade"
@@ -195,7 +196,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         known = arrays["truth"] >= 0
         decision, choice = choose_block(arrays["tflite"][known], arrays["truth"][known], label_ids, contamination,
                                         method=guarantee, fallback=bin_rules.fallback,
-                                        compartments=bin_rules.compartments, seed=seed, log=log)
+                                        compartments=bin_rules.compartments, seed=seed, family=threshold_family,
+                                        log=log)
         if bin_rules.decision_config is not None:  # the bin's config on top, exactly as its Voter combines them
             from ecosorter.edge.decide.thresholds import decision_rule
 

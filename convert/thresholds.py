@@ -13,7 +13,12 @@ Definitions, used everywhere (docs/training.md "The decision rule"):
 Method (split conformal): the photos are split, stratified by class, into a *fit* part and a
 *certify* part. On the fit part: the temperature (NLL) and a one-parameter family of per-class
 thresholds t_c(lam) (lam = the wrong-share allowed among the fit items a class takes confidently; a
-larger lam lowers every threshold, so contamination can only grow with lam). On the certify part,
+larger lam lowers every threshold, so contamination can only grow with lam). Which classes shape
+their own thresholds is the *family* (`auto` by default): a class does only when the fit part
+gives it at least MIN_ERRORS / budget items (enough to see a handful of errors at the budget's
+rate); the others share one pooled threshold. With the few hundred photos a pilot has, that is one
+global threshold, which routed more items right than per-class thresholds at the same
+contamination in every measurement here (docs/training.md). On the certify part,
 lam is chosen along that family, which the certify photos never shaped:
 - `crc` (default), conformal risk control (Angelopoulos et al. 2022): the largest lam with
   n/(n+1) * R(lam) + 1/(n+1) <= budget. Guarantee: E[contamination of the next item] <= budget,
@@ -36,6 +41,8 @@ import numpy as np
 from ecosorter.edge.decide.thresholds import calibrate
 
 METHODS = ("crc", "ltt")
+FAMILIES = ("auto", "per-class", "global")
+MIN_ERRORS = 5  # auto: a class shapes its own thresholds with >= MIN_ERRORS / budget fit items
 LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # budgets also stored, for decision.contamination_budget
 NEVER = 1.0  # "never confident": the anchor of the family; calibrated probabilities stay below 1 - EPS
 FIT_FRACTION = 0.3
@@ -135,11 +142,34 @@ def ece(probs: np.ndarray, truth: np.ndarray, bins: int = 10) -> float:
 LAMBDAS = np.unique(np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 120)]))
 
 
-def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray, per_class: bool = True) -> np.ndarray:
+def own_classes(probs: np.ndarray, family: str, budget: float) -> np.ndarray:
+    """Which classes shape their own thresholds on these fit `probs` (the others share the pooled one)."""
+    if family not in FAMILIES:
+        raise ThresholdError(f"threshold family {family!r}; allowed: {', '.join(FAMILIES)}")
+    k = probs.shape[1]
+    if family != "auto":
+        return np.full(k, family == "per-class")
+    # A per-class rate shaped on m items moves in steps of 1/m: below ~MIN_ERRORS / budget items it
+    # is set by one or two errors, and the certify part then pays for that noise in routing.
+    taken = np.bincount(probs.argmax(1), minlength=k) if len(probs) else np.zeros(k, int)
+    return taken >= math.ceil(MIN_ERRORS / budget)
+
+
+def family_name(own: np.ndarray, label_ids: Sequence[str]) -> str:
+    if own.all():
+        return "per-class"
+    if not own.any():
+        return "global"
+    return "per-class for " + ", ".join(lb for lb, o in zip(label_ids, own, strict=True) if o) + "; global for the rest"
+
+
+def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray,
+                     per_class: bool | np.ndarray = True) -> np.ndarray:
     """(len(LAMBDAS) + 1, classes) thresholds; row 0 is "never confident", then t_c(lam) for each lam.
 
     t_c(lam): the lowest threshold at which, among the fit items whose top class is c and that reach
-    it, the share in a wrong compartment is <= lam. Classes no fit item takes use the pooled rule.
+    it, the share in a wrong compartment is <= lam. Classes not in `per_class` (a bool for all, or
+    one per class), and classes no fit item takes, use the pooled rule over all fit items.
     Every threshold only falls as lam grows (the sets it is the minimum of only grow); the rows
     between two lams are filled in linearly."""
     k = probs.shape[1]
@@ -164,11 +194,12 @@ def threshold_family(probs: np.ndarray, truth: np.ndarray, comp: np.ndarray, per
                 out[i] = mid[ok[-1]]
         return out
 
+    own = np.broadcast_to(np.asarray(per_class, bool), (k,))
     pooled = lowest(conf, wrong) if len(conf) else np.full(len(LAMBDAS), NEVER)
     fam = np.empty((len(LAMBDAS), k))
     for c in range(k):
         mine = best == c
-        fam[:, c] = lowest(conf[mine], wrong[mine]) if mine.any() and per_class else pooled
+        fam[:, c] = lowest(conf[mine], wrong[mine]) if mine.any() and own[c] else pooled
     fam = np.vstack([np.full((1, k), NEVER), fam])
     fam = fam[np.r_[True, (np.diff(fam, axis=0) != 0).any(axis=1)]]  # drop repeated rows, keep the order
     # The steps between shaped rows can be large (a whole class's confident items at once): fill
@@ -207,6 +238,7 @@ class Choice:
     chosen_index: int = 0
     per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)
+    family: str = "per-class"  # which classes shaped their own thresholds (see own_classes)
 
     def guarantee(self) -> str:
         if self.method == "crc":
@@ -217,7 +249,7 @@ class Choice:
 
     def block(self) -> dict[str, Any]:
         """The manifest's `decision` entry for this budget."""
-        return {"budget": self.budget, "method": self.method, "delta": self.delta,
+        return {"budget": self.budget, "method": self.method, "delta": self.delta, "family": self.family,
                 "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()},
                 "feasible": self.feasible, "n": self.n, "n_fit": self.n_fit, "n_certify": self.n_certify,
                 "bound": round(self.bound, 5), "guarantee": self.guarantee(),
@@ -247,10 +279,17 @@ def photos_needed(budget: float, method: str, delta: float, fit_fraction: float)
 def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budget: float, *,
            method: str = "crc", delta: float = 0.05, fallback: str | None = "khusus",
            compartments: dict[str, int] | None = None, fit_fraction: float = FIT_FRACTION,
-           seed: int = 0, temperature: float | None = None, per_class: bool = True) -> Choice:
-    """Thresholds for `budget` from raw model probabilities on labelled photos (see the module doc)."""
+           seed: int = 0, temperature: float | None = None, family: str = "auto",
+           fit: tuple[np.ndarray, np.ndarray] | None = None) -> Choice:
+    """Thresholds for `budget` from raw model probabilities on labelled photos (see the module doc).
+
+    `fit` (probabilities, true labels): photos that shape the temperature and the family instead of a
+    share of these, which then all certify. For photos that chose the model (a validation split that
+    picked one run of several): they are optimistic about it, so they may shape but not certify."""
     if method not in METHODS:
         raise ThresholdError(f"method {method!r}; allowed: {', '.join(METHODS)}")
+    if family not in FAMILIES:
+        raise ThresholdError(f"threshold family {family!r}; allowed: {', '.join(FAMILIES)}")
     if not 0 < budget < 1:
         raise ThresholdError(f"contamination budget {budget!r} must be between 0 and 1 (e.g. 0.02)")
     probs, truth = np.asarray(probs, np.float64), np.asarray(truth, int)
@@ -261,14 +300,23 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
         raise ThresholdError(f"fallback {fallback!r} is not a label ({', '.join(label_ids)})")
     comp = compartment_index(label_ids, compartments)
     fb = None if fallback is None else list(label_ids).index(fallback)
-    fit, cert = split(truth, fit_fraction, seed)
-    if len(fit) < len(label_ids) or len(cert) < 2:
+    if fit is None:
+        fit_idx, cert = split(truth, fit_fraction, seed)
+    else:
+        fp, ft = np.asarray(fit[0], np.float64), np.asarray(fit[1], int)
+        if fp.ndim != 2 or fp.shape[1] != len(label_ids) or len(ft) != len(fp):
+            raise ThresholdError(f"fit probabilities {fp.shape} do not match {len(label_ids)} labels and "
+                                 f"{len(ft)} true labels")
+        probs, truth = np.vstack([fp, probs]), np.concatenate([ft, truth])
+        fit_idx, cert = np.arange(len(ft)), np.arange(len(ft), len(truth))
+    if len(fit_idx) < len(label_ids) or len(cert) < 2:
         raise ThresholdError(f"{len(truth)} labelled photos are too few to choose thresholds; "
                              f"give at least {photos_needed(budget, method, delta, fit_fraction)}")
     raw_cert = probs[cert]
-    t = fit_temperature(probs[fit], truth[fit]) if temperature is None else temperature
+    t = fit_temperature(probs[fit_idx], truth[fit_idx]) if temperature is None else temperature
     cal = calibrate(probs, t)
-    fam = threshold_family(cal[fit], truth[fit], comp, per_class)
+    own = own_classes(cal[fit_idx], family, budget)
+    fam = threshold_family(cal[fit_idx], truth[fit_idx], comp, own)
     n = len(cert)
     curve, results = [], []
     for row in fam:
@@ -308,10 +356,10 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
                "mean_confidence": float(top.mean()), "confidence_sd": float(top.std(ddof=1)),
                "top1_error": float((cal[cert].argmax(1) != truth[cert]).mean())}
     return Choice(budget=budget, method=method, delta=delta, temperature=t, thresholds=thresholds,
-                  feasible=feasible, n=len(truth), n_fit=len(fit), n_certify=n, bound=float(bound),
+                  feasible=feasible, n=len(truth), n_fit=len(fit_idx), n_certify=n, bound=float(bound),
                   certify=certify,
                   photos_needed=photos_needed(budget, method, delta, fit_fraction), curve=curve,
-                  chosen_index=i, per_class=per_class, calibration=calib)
+                  chosen_index=i, per_class=per_class, calibration=calib, family=family_name(own, label_ids))
 
 
 def decision_block(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budget: float,
@@ -339,7 +387,7 @@ def format_choice(choice: Choice) -> str:
     c, cal = choice.certify, choice.calibration
     lines = [f"decision rule: budget {100 * choice.budget:g}% contamination, {choice.guarantee()}",
              f"  temperature {choice.temperature:g} (ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, "
-             f"fit on {choice.n_fit} photos)",
+             f"fit on {choice.n_fit} photos); thresholds: {choice.family}",
              f"  on {choice.n_certify} certify photos: routed right {100 * c['routed_right']:.1f}%, contamination "
              f"{100 * c['contamination']:.1f}%, fallback {100 * c['fallback_share']:.1f}% (not its compartment "
              f"{100 * c['fallback_wrong']:.1f}%), bound {100 * choice.bound:.2f}%"]
@@ -366,7 +414,7 @@ def plot_curve(choice: Choice, path: Path) -> Path:
     xs = [100 * p["contamination"] for p in choice.curve]
     ys = [100 * p["routed_right"] for p in choice.curve]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(xs, ys, "-", color="0.4", lw=1.2, label="per-class thresholds (one parameter)")
+    ax.plot(xs, ys, "-", color="0.4", lw=1.2, label="thresholds along the family (one parameter)")
     ax.axvline(100 * choice.budget, color="tab:red", ls="--", lw=1, label=f"budget {100 * choice.budget:g}%")
     i = choice.chosen_index
     ax.plot([xs[i]], [ys[i]], "o", color="tab:green", ms=8,

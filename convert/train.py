@@ -578,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0, help="split and shuffle seed (default 0)")
     add_version(ap)
     ap.add_argument("--contamination", type=float, metavar="SHARE",
-                    help="choose calibrated per-class thresholds for this contamination budget (e.g. 0.02) on the "
+                    help="choose calibrated thresholds (family auto, see ecosorter-convert) for this contamination budget (e.g. 0.02) on the "
                          "validation split; written to MODEL.train.json, and ecosorter-convert writes them into "
                          "the model (chosen again on its outputs)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")

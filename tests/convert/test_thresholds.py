@@ -1,4 +1,4 @@
-"""Per-class thresholds for a contamination budget: the guarantee holds, the bin uses them."""
+"""Calibrated thresholds for a contamination budget: the guarantee holds, the bin uses them."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def synth(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     z *= 2.5
     p = np.exp(z - z.max(1, keepdims=True))
     return p / p.sum(1, keepdims=True), y
+
+
+def synth_one_class_overconfident(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """synth(), plus 6% of items confidently called metal although they are not: one class whose
+    probabilities mean less than the others' (what one temperature cannot fix)."""
+    p, y = synth(n, rng)
+    lie = (rng.random(n) < 0.06) & (y != LABELS7.index("logam"))
+    z = np.log(p[lie])
+    z[:, LABELS7.index("logam")] = z.max(1) + rng.uniform(1, 6, lie.sum())
+    q = np.exp(z - z.max(1, keepdims=True))
+    p[lie] = q / q.sum(1, keepdims=True)
+    return p, y
 
 
 def test_outcome_definitions():
@@ -88,6 +100,77 @@ def test_too_few_photos_say_how_many_are_needed():
     assert th.photos_needed(0.02, "ltt", 0.05, 0.3) == 213  # (0.98)^m <= 0.05: m = 149
     with pytest.raises(th.ThresholdError, match="between 0 and 1"):
         th.choose(p, y, LABELS7, 2.0)
+
+
+def test_auto_family_is_one_global_threshold_until_a_class_has_the_photos_for_its_own():
+    # 300 photos (90 fit) at a 5% budget: no class has 5 / 0.05 = 100 fit items -> one threshold
+    p, y = synth(300, np.random.default_rng(5))
+    c = th.choose(p, y, LABELS7, 0.05)
+    assert c.family == "global" and len(set(c.thresholds.values())) == 1
+    assert c.block()["family"] == "global" and "thresholds: global" in th.format_choice(c)
+    assert c.thresholds == th.choose(p, y, LABELS7, 0.05, family="global").thresholds
+    # 6000 photos (1800 fit, ~250 per class): every class shapes its own
+    p, y = synth(6000, np.random.default_rng(6))
+    assert th.choose(p, y, LABELS7, 0.05).family == "per-class"
+    # one large class among small ones: only it gets its own threshold, the rest share the pooled one
+    keep = (y == 0) | (np.random.default_rng(7).random(len(y)) < 0.15)
+    c = th.choose(p[keep], y[keep], LABELS7, 0.05)
+    assert c.family == "per-class for kaca; global for the rest", c.family
+    rest = {v for k, v in c.thresholds.items() if k != "kaca"}
+    assert len(rest) == 1 and c.thresholds["kaca"] not in rest
+    with pytest.raises(th.ThresholdError, match="family 'perclass'; allowed: auto, per-class, global"):
+        th.choose(p, y, LABELS7, 0.05, family="perclass")
+
+
+def test_auto_family_routes_at_least_as_many_right_as_one_global_threshold():
+    """The default never does worse than one global threshold at the same budget: with few photos it
+    is that threshold; with many, per-class thresholds route more right where one class's
+    probabilities mean less than the others'. (Where a temperature calibrates every class alike, one
+    threshold on the calibrated probability is already the best rule, and per-class gains nothing.)"""
+    test_p, test_y = synth_one_class_overconfident(20000, np.random.default_rng(8))
+    for n, seeds in ((300, 20), (8000, 4)):
+        gain, contam = [], []
+        for seed in range(seeds):
+            p, y = synth_one_class_overconfident(n, np.random.default_rng(300 + 10 * n + seed))
+            got = {}
+            for fam in ("auto", "global"):
+                c = th.choose(p, y, LABELS7, 0.05, family=fam)
+                got[fam] = th.outcome(calibrate(test_p, c.temperature), test_y,
+                                      np.array(list(c.thresholds.values())), COMP, KHUSUS)
+            gain.append(got["auto"]["routed_right"] - got["global"]["routed_right"])
+            contam.append(got["auto"]["contamination"])
+        assert np.mean(contam) <= 0.05 + 0.006, (n, np.mean(contam))
+        if n == 300:
+            assert np.allclose(gain, 0)  # the same rule
+        else:
+            assert np.mean(gain) > 0.005, (n, np.mean(gain))  # per-class pays once there are photos for it
+
+
+def test_photos_that_chose_the_model_shape_but_never_certify():
+    """`fit`: the photos a model was picked on are optimistic about it (the winner's curse); they may
+    shape the temperature and family, and every other photo certifies."""
+    fp, fy = synth(200, np.random.default_rng(9))
+    p, y = synth(300, np.random.default_rng(10))
+    c = th.choose(p, y, LABELS7, 0.05, fit=(fp, fy))
+    assert (c.n_fit, c.n_certify, c.n) == (200, 300, 500)
+    assert c.temperature == th.fit_temperature(fp, fy)
+    # the certify figures are those of the 300 photos exactly, under the chosen thresholds
+    o = th.outcome(calibrate(p, c.temperature), y, np.array(list(c.thresholds.values())), COMP, KHUSUS)
+    assert c.certify["contamination"] == o["contamination"] and c.certify["routed_right"] == o["routed_right"]
+    k = o["contaminating"]
+    assert c.bound == pytest.approx((k + 1) / 301) and c.bound <= 0.05
+    # the guarantee still holds on photos like the certify ones, whatever the fit photos were
+    test_p, test_y = synth(20000, np.random.default_rng(11))
+    seen = []
+    for seed in range(30):
+        p, y = synth(300, np.random.default_rng(400 + seed))
+        sharp = calibrate(fp, 0.4)  # fit photos that say the model is much more confident than it is
+        c = th.choose(p, y, LABELS7, 0.05, fit=(sharp, fy))
+        seen.append(th.outcome(calibrate(test_p, c.temperature), test_y, np.array(list(c.thresholds.values())),
+                               COMP, KHUSUS)["contamination"])
+    assert np.mean(seen) <= 0.05 + 0.006, np.mean(seen)
+    with pytest.raises(th.ThresholdError, match="fit probabilities"):
+        th.choose(p, y, LABELS7, 0.05, fit=(fp[:, :6], fy))
 
 
 def test_tied_saturated_scores_pass_or_fail_together():
@@ -182,6 +265,25 @@ def test_thresholds_into_a_converted_model_and_classify_uses_them(tmp_path, caps
     a, b = (json.loads(line)["decision"] for line in capsys.readouterr().out.splitlines() if line.startswith("{"))
     assert a == {**a, "label": "kaca", "compartment": 0, "uncertain": False}
     assert b["compartment"] == (3 if b["uncertain"] else 0)
+
+
+def test_thresholds_fit_on_other_photos_certify_on_all_of_validation(tmp_path, capsys):
+    val, out, report = _photos(tmp_path), tmp_path / "t.tflite", tmp_path / "t.json"
+    fit = tmp_path / "fit"
+    for d in sorted(val.iterdir()):  # the tests/data photos shape; the demo samples all certify
+        for f in sorted(d.glob("*.jpg")):
+            if not f.name[:2].isdigit():
+                (fit / d.name).mkdir(parents=True, exist_ok=True)
+                f.rename(fit / d.name / f.name)
+    rc = convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(fit),
+                       "--contamination", "0.1", "-o", str(out), "--report", str(report), "--quiet"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    r = json.loads(report.read_text())
+    assert r["fit_on"] == str(fit) and r["decision"]["n_fit"] == 36 and r["decision"]["n_certify"] == 13
+    assert "fit on 36 photos" in printed and "13 certify photos" in printed
+    with load_model(out) as m:
+        assert (m.manifest.decision["n_fit"], m.manifest.decision["n_certify"]) == (36, 13)
 
 
 def test_a_budget_too_small_for_the_photos_writes_nothing(tmp_path, capsys):

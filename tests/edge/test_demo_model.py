@@ -63,22 +63,29 @@ def test_held_out_accuracy_reproduces_the_report():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/waste7 (not in a fresh clone)")
 def test_shipped_thresholds_keep_the_budget_on_held_out():
-    # Chosen on validation, measured here on the 349 held-out photos they never saw, the bin's way.
+    # Shaped on validation, certified on one half of the held-out photos, measured here on the other
+    # half, which chose nothing, the bin's way; the figures recorded for the docs are these.
     from ecosorter.convert import thresholds as th
     from ecosorter.convert.decision import edge_probs
     from ecosorter.convert.images import LabelledImage
     from ecosorter.edge.decide.thresholds import calibrate
 
+    shipped = TRAINING["thresholds"]
+    measure, certify = shipped["measured_on"]["files"], shipped["certify_on"]["files"]
+    assert not set(measure) & set(certify) and sorted(measure + certify) == sorted(TRAINING["held_out"]["files"])
+    assert not set(measure) & set(TRAINING["validation"]["files"])
     with load_model(DEMO) as m:
         labels, d = m.manifest.label_ids, m.manifest.decision
-        images = [LabelledImage(SHARED / f, labels.index(f.split("/")[0])) for f in TRAINING["held_out"]["files"]]
+        images = [LabelledImage(SHARED / f, labels.index(f.split("/")[0])) for f in measure]
         probs, truth, skipped = edge_probs(m.classifier, m.manifest, images)
-    assert not skipped and len(truth) == 349
+    assert not skipped and len(truth) == shipped["measured_on"]["images"] >= 170
+    assert d["n_certify"] == len(certify) and d["budget"] == shipped["budget"]
     top = probs.max(1)
-    assert len(np.unique(top)) >= 340  # float head: no ties (the int8 head had 93 distinct values)
+    assert len(np.unique(top)) >= len(top) - 3  # float head: no ties (the int8 head had 93 of 349 distinct)
     o = th.outcome(calibrate(probs, d["temperature"]), truth, np.array([d["thresholds"][lb] for lb in labels]),
                    th.compartment_index(labels, None), labels.index("khusus"))
-    # The budget holds in expectation (crc); the measured share stays within the noise of 349 photos
-    # of it, and far below the default rule's 5.7% (docs/training.md has the figures).
-    assert th.lower_binomial(o["contaminating"], 349) <= d["budget"], o["contamination"]
-    assert o["contamination"] < 0.04 and o["routed_right"] >= 0.70
+    # The budget holds in expectation (crc): no evidence against it on photos it never saw
+    assert th.lower_binomial(o["contaminating"], len(truth)) <= d["budget"], o["contamination"]
+    recorded = shipped["measured"][f"{d['budget']:g}"]
+    assert recorded["contaminating"] == o["contaminating"]
+    assert abs(recorded["routed_right"] - o["routed_right"]) < 1e-9 and o["routed_right"] >= 0.6
