@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         "latency_ratio": new["latency_ms_p50"] / base["latency_ms_p50"],
         "shipped_thresholds_on_held_out": outcome(probs["float head"][unseen], truth[unseen], labels, decision)
         if decision else None,
+        # the rule a bin without thresholds uses (0.55 on raw probabilities), on the same half
+        "default_rule_on_held_out": outcome(probs["float head"][unseen], truth[unseen], labels,
+                                            {"budget": None, "thresholds": dict.fromkeys(labels, 0.55)}),
     }
     for m in models.values():
         m.close()
@@ -125,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shipped thresholds ({100 * o['budget']:g}% budget): routed right {100 * o['routed_right']:.1f}%, "
               f"contamination {100 * o['contamination']:.1f}% ({o['contaminating']}/{o['n']}, 95% upper "
               f"{100 * o['contamination_upper_95']:.1f}%), fallback {100 * o['fallback']:.1f}%")
+        d = result["default_rule_on_held_out"]
+        print(f"default rule (0.55, raw): routed right {100 * d['routed_right']:.1f}%, contamination "
+              f"{100 * d['contamination']:.1f}% ({d['contaminating']}/{d['n']}), fallback {100 * d['fallback']:.1f}%")
         for lb, c in o["per_class"].items():
             print(f"  {lb:8s} n {c['n']:3d}  right {100 * c['routed_right']:5.1f}%  contaminating "
                   f"{c['contaminating']}  fallback {100 * c['fallback']:5.1f}%")
