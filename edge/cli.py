@@ -13,8 +13,9 @@ import threading
 import time
 from pathlib import Path
 
-from ecosorter.edge.clikit import add_version, quiet_pipe, simulate_state_dir, simulated_run_state_dir
+from ecosorter.edge.clikit import add_version, quiet_pipe, simulate_state_dir
 from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.state_dirs import simulated_run_state_dir
 
 log = logging.getLogger("ecosorter")
 SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
