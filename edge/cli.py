@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ecosorter.edge.clikit import add_version, quiet_pipe, simulate_state_dir
 from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.state_dirs import simulated_run_state_dir
 
 log = logging.getLogger("ecosorter")
 SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
@@ -112,8 +113,6 @@ def _config(args, simulate: bool, errors: list | None = None):
                           # away, forever. Lids, switches and time are `ecosorter simulate`'s job.
                           "hardware.interlock_pin": -1, "hardware.chute_home_switch_pin": -1,
                           "hardware.trapdoor_closed_switch_pin": -1})
-        if args.state_dir is None:  # kept, so `ecosorter label` and `export` find this run afterwards
-            args.state_dir = simulate_state_dir()
         if args.config is None:  # the demo: every photo kept (within 200 MB), so `export` has them all
             overrides.update({"record.capture": "all", "record.capture_quota_mb": 200.0})
     elif args.source:
@@ -157,11 +156,14 @@ def cmd_run(args) -> int:
     cfg, more, notes = preflight(cfg, None)  # the same checks `config check` makes (labels: build_sorter)
     if errors + more:  # one report, as `config check` gives
         raise ConfigErrors(errors + more)
+    if simulate:  # kept, so `ecosorter label` and `export` (same --config or --state-dir) find this run
+        args.state_dir = simulated_run_state_dir(args.state_dir, args.config, cfg.record.state_dir)
     for note in notes:
         log.warning("%s", note)
         print(f"note: {note}", file=sys.stderr)
     check_state_dir(Path(args.state_dir or cfg.record.state_dir))
-    with build_sorter(cfg, state_dir=args.state_dir) as sorter:
+    # a simulated run's hardware (mock pins, no switches) is no config for `ecosorter safe` to fall back on
+    with build_sorter(cfg, state_dir=args.state_dir, remember_hardware=not simulate) as sorter:
         names = {lb.id: lb.name for lb in sorter.model.labels}
         server = None
         if cfg.status.enabled and not args.no_status:
@@ -292,12 +294,16 @@ def cmd_doctor(args) -> int:
 
 
 def _state_dir(args) -> Path:
-    """--state-dir; else the installed bin's record.state_dir; else (no config: `run` simulates) the
-    simulated bin's folder."""
+    """--state-dir; else --config's record.state_dir (as `run --config` uses it); else the installed
+    bin's; else (no config: `run` simulates) the simulated bin's folder."""
     from ecosorter.edge.config import DEFAULT_PATH, load_config
 
     if args.state_dir is not None:
         return args.state_dir
+    if args.config is not None:
+        if not args.config.exists():
+            raise EcoSorterError(f"--config {args.config}: file not found")
+        return Path(load_config(args.config).record.state_dir)
     if DEFAULT_PATH.exists():
         return Path(load_config(DEFAULT_PATH).record.state_dir)
     return simulate_state_dir()
@@ -308,7 +314,7 @@ def _event_log(args) -> Path:
     state = _state_dir(args)
     if not (state / "events.db").is_file():
         raise EcoSorterError(f"no event log at {state / 'events.db'}: nothing has been sorted there yet. "
-                             "Run `ecosorter run` (or `run --simulate`) first, or give --state-dir")
+                             "Run `ecosorter run` (or `run --simulate`) first, or give the run's --config or --state-dir")
     return state
 
 
@@ -610,11 +616,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML config (default /etc/ecosorter/config.toml)")
     p.add_argument("--source", type=Path, help="a folder of photos as the camera")
     p.add_argument("--simulate", action="store_true",
-                   help="bundled photos, mock pins; events kept in ~/.local/state/ecosorter/simulate")
+                   help="bundled photos, mock pins; events kept in --config's record.state_dir (never an "
+                        "installed bin's), without a config in ~/.local/state/ecosorter/simulate")
     p.add_argument("--model", type=Path, help="a .tflite (default: model.path, else the bundled demo model)")
     p.add_argument("--max-items", type=int, help="stop after this many items")
     p.add_argument("--state-dir", type=Path, help="events, photos, models (default: record.state_dir; "
-                                                  "with --simulate ~/.local/state/ecosorter/simulate)")
+                                                  "--simulate without a config: ~/.local/state/ecosorter/simulate)")
     p.add_argument("--no-status", action="store_true", help="no status page")
     p.add_argument("--fast", action="store_true", help="simulation: no camera pacing, as fast as it sorts")
     p.add_argument("--loop", action="store_true", help="simulation: show the photos again and again")
@@ -682,7 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="a date (2026-11-01), a timestamp, or a duration back from now (7d, 12h)")
     p.add_argument("--labeled-only", action="store_true", help="only items a person labelled")
     p.add_argument("--replace", action="store_true", help="clear an earlier export in OUT first")
-    p.add_argument("--state-dir", type=Path, help="the bin's state folder (default: record.state_dir; "
+    p.add_argument("--config", type=Path, help="the bin's (or a simulated run's) config: its record.state_dir "
+                                               "(default /etc/ecosorter/config.toml)")
+    p.add_argument("--state-dir", type=Path, help="the bin's state folder (default: --config's record.state_dir; "
                                                   "without a config, the simulated bin's)")
     p.set_defaults(fn=cmd_export)
 
@@ -692,7 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--import", dest="import_csv", type=Path, metavar="CSV",
                    help="CSV with columns id and true_label (or label), e.g. an edited export labels.csv")
     p.add_argument("--by", default="", help="who labelled (default: cli:<user>)")
-    p.add_argument("--state-dir", type=Path, help="the bin's state folder (default: record.state_dir; "
+    p.add_argument("--config", type=Path, help="the bin's (or a simulated run's) config: its record.state_dir "
+                                               "(default /etc/ecosorter/config.toml)")
+    p.add_argument("--state-dir", type=Path, help="the bin's state folder (default: --config's record.state_dir; "
                                                   "without a config, the simulated bin's)")
     p.set_defaults(fn=cmd_label)
 

@@ -55,6 +55,7 @@ class Doctor:
         self.pins = pin_factory  # None: make_pin_factory(hardware.pin_factory)
         self.broker_timeout_s = broker_timeout_s
         self.open_i2c = open_i2c  # bus number -> smbus2-like bus; None = the real /dev/i2c-N
+        self.servo_lines: list[tuple[str, str, str]] = []  # (part, state, detail) per servo, from actuator()
 
     # --------------------------------------------------------------------- the board
     def board(self) -> Result:
@@ -86,12 +87,19 @@ class Doctor:
         return OK, name
 
     def actuator(self) -> Result:
+        """Build the actuator (it parks), then read each servo's switch and feedback where it parked:
+        those lines go to `servo_lines`, one per servo, printed after this one."""
         from ecosorter.edge.hardware import make_actuator
 
         hw = self.cfg.hardware
-        with make_actuator(hw, max(hw.compartments.values()) + 1) as act:
+        with make_actuator(hw, max(hw.compartments.values()) + 1, pin_factory=self.pins) as act:
+            self.servo_lines = servo_readings(act, hw)
             driver = "pca9685" if hw.profile == "pca9685" else hw.servo_driver
             servos = f", servos on {driver}" if hw.profile in ("chute", "flaps", "pca9685") else ""
+            faults = [e.to_dict()["reason_en"] for e in act.machine.entries() if e.condition.kind == "fault"]
+            if faults:
+                raise Problem(f"profile {act.profile}{servos}; built, but parking stopped: {'; '.join(faults)}; "
+                              "servos detached where they stand (see the servo lines)")
             return OK, f"profile {act.profile}{servos}; built and left safe"
 
     def sensors(self) -> Result:
@@ -315,6 +323,69 @@ class Doctor:
         return OK, f"no under-voltage or throttling since boot ({word:#x})"
 
 
+# the config key of each axis's position switch (flaps have none)
+SWITCH_KEYS = {"chute": "hardware.chute_home_switch_pin", "trapdoor": "hardware.trapdoor_closed_switch_pin"}
+SWITCH_MEANS = {"chute": "at home", "trapdoor": "shut"}
+SERVO_ORDER = {"chute": 0, "trapdoor": 1}  # as hardware.feedback_channels lists them
+RANK = {SKIP: 0, OK: 1, WARN: 2, FAIL: 3}
+
+
+def servo_readings(act, hw) -> list[tuple[str, str, str]]:
+    """One line per servo, read where parking left it: its position switch and position feedback
+    and what each reads now, or plainly that it is open-loop (nothing would see a jam)."""
+    if not act.axes:
+        return [("servos", SKIP, f"profile {hw.profile}: no servos")]
+    parked = act.parked()
+    faults = [e for e in act.machine.entries() if e.condition.kind == "fault"]
+    parks = {"chute": getattr(act, "home", None), "trapdoor": getattr(act, "door_closed", None)}
+    lines = []
+    for axis in sorted(act.axes, key=lambda a: SERVO_ORDER.get(a.name, 0)):  # config order; flaps as built
+        state, said = OK, []
+        key = SWITCH_KEYS.get(axis.name)
+        jammed = any(e.detail.startswith(f"{axis.name} ") for e in faults)  # parking found this one stuck
+        park = parks.get(axis.name, getattr(act, "closed_angle", None))  # where parking sends it
+        if axis.switch is not None:
+            closed = bool(axis.switch.is_active)
+            reads = f"position switch {axis.switch.pin} ({key}) reads {'closed' if closed else 'open'}"
+            if (parked or jammed) and not closed:  # sent to the switch's angle (the park position) and timed there
+                state = FAIL
+                said.append(f"{reads}, not {SWITCH_MEANS[axis.name]} ({axis.switch_angle:g} deg) after parking: "
+                            "jammed, or check the switch and its wire to GND")
+            else:
+                said.append(reads + (f": {SWITCH_MEANS[axis.name]}" if closed else ""))
+        if axis.feedback is not None:
+            value = float(axis.feedback.value)
+            where = f"position feedback mcp3008 channel {axis.feedback.channel} reads {value:.3f}"
+            deg = axis.position()
+            if deg is None:
+                state = max(state, WARN, key=RANK.get)
+                said.append(f"{where}, not calibrated (hardware.feedback_at_min / feedback_at_max empty): not used, "
+                            "run `ecosorter calibrate`")
+            elif (parked or jammed) and park is not None and abs(deg - park) > axis.tolerance_deg:
+                state = FAIL
+                said.append(f"{where} = {deg:.0f} deg, not the {park:g} deg it parks at (more than "
+                            f"hardware.feedback_tolerance_deg = {hw.feedback_tolerance_deg:g}): jammed or miswired")
+            else:
+                said.append(f"{where} = {deg:.0f} deg")
+        closed_loop = axis.switch is not None or axis.position() is not None
+        if not closed_loop:
+            state = max(state, WARN, key=RANK.get)
+            why = [f"no position switch ({key} = -1)" if key else "no position switch (flaps have none)",
+                   "no position feedback (hardware.feedback_adc = 'none')" if axis.feedback is None else
+                   "its feedback not calibrated"]
+            said.insert(0, f"OPEN-LOOP: {' and '.join(why)}: a jam cannot be seen; each move is assumed to "
+                           "arrive after its travel time")
+        elif axis.switch is not None and axis.position() is None:
+            said.append(f"a jam is seen only leaving or reaching {axis.switch_angle:g} deg; other angles are "
+                        "assumed (no calibrated position feedback)")
+        if jammed:
+            state = FAIL
+        elif not parked:
+            said.append("parking stopped (lid open or a fault, see the pins line): read where it stands")
+        lines.append((f"servo {axis.name}", state, "; ".join(said)))
+    return lines
+
+
 def run_doctor(args, root: Path = Path("/")) -> int:
     from ecosorter.edge.backends import available_runtimes
     from ecosorter.edge.config import DEFAULT_PATH, load_config
@@ -368,6 +439,7 @@ def run_doctor(args, root: Path = Path("/")) -> int:
     check("i2c", doc.i2c)
     if results[-3][1] != FAIL and results[-2][1] != FAIL and results[-1][1] != FAIL:
         check("pins", doc.actuator)
+        results.extend(doc.servo_lines)
         check("sensors", doc.sensors)
     check("budget", doc.budget)
     check("broker", doc.broker)

@@ -559,8 +559,10 @@ LAST_GOOD_HARDWARE = "last-good-hardware.json"
 
 
 def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, clock: Clock = SYSTEM_CLOCK,
-                 source: FrameSource | None = None) -> Sorter:
-    """Everything from the config, validated before anything moves; partial builds are closed."""
+                 source: FrameSource | None = None, remember_hardware: bool = True) -> Sorter:
+    """Everything from the config, validated before anything moves; partial builds are closed.
+    remember_hardware=False (`run --simulate`): no last-good-hardware.json, which `ecosorter safe`
+    would trust after a bad edit of the real config."""
     labels = load_labels_file(cfg.model.labels_file, "model.labels_file")
     preprocess = None
     if cfg.model.preprocess:
@@ -611,7 +613,8 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
             mqtt.on_link = lambda s, d: board.set_link("mqtt", s, d)
         if rolled_back:
             board.set_health("model", True, f"rolled back: {rolled_back}")
-        save_last_good_hardware(cfg, state)
+        if remember_hardware:
+            save_last_good_hardware(cfg, state)
         return sorter
     except BaseException:
         for thing in reversed(opened):

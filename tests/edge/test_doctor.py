@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -246,3 +247,116 @@ def test_model_line_checks_the_model_run_would_load(tmp_path, capsys):
     assert "OK" in line and str(installed) in line and "(installed;" in line
     installed.write_bytes(b"not a model")  # a broken installed model is a FAIL, not a silent demo
     assert "FAIL" in model_line()
+
+
+FAST = {"hardware.servo_speed_deg_s": 3000.0, "hardware.settle_s": 0.0}  # parking in milliseconds
+
+
+def servo_lines(d: Doctor) -> dict[str, tuple[str, str]]:
+    """Build the actuator as `doctor` does (it parks), then its one line per servo."""
+    state(d.actuator)
+    return {part: (s, detail) for part, s, detail in d.servo_lines}
+
+
+def test_each_servo_says_plainly_when_it_is_open_loop(tmp_path):
+    from ecosorter.edge.simulate.pins import ClockedMockFactory
+
+    d = doctor(tmp_path, **{"hardware.profile": "chute", **FAST})
+    d.pins = ClockedMockFactory()
+    lines = servo_lines(d)
+    assert list(lines) == ["servo chute", "servo trapdoor"]
+    for name, key in (("chute", "chute_home_switch_pin"), ("trapdoor", "trapdoor_closed_switch_pin")):
+        s, detail = lines[f"servo {name}"]
+        assert s == WARN and detail.startswith(f"OPEN-LOOP: no position switch (hardware.{key} = -1) and no "
+                                               "position feedback (hardware.feedback_adc = 'none'): a jam cannot "
+                                               "be seen"), detail
+    flaps = doctor(tmp_path / "f", **{"hardware.profile": "flaps", **FAST})
+    flaps.pins = ClockedMockFactory()
+    lines = servo_lines(flaps)
+    assert list(lines) == [f"servo flap{i}" for i in range(7)]
+    assert all(s == WARN and "no position switch (flaps have none)" in t for s, t in lines.values())
+    leds = doctor(tmp_path / "l")
+    leds.pins = ClockedMockFactory()
+    assert servo_lines(leds) == {"servos": (SKIP, "profile leds: no servos")}
+
+
+def test_position_switches_as_they_read_after_parking(tmp_path):
+    from ecosorter.edge.simulate.pins import ClockedMockFactory
+
+    switches = {"hardware.profile": "chute", "hardware.chute_home_switch_pin": 20,
+                "hardware.trapdoor_closed_switch_pin": 21, **FAST}
+    pins = ClockedMockFactory()
+    home, shut = (pins.pin(n, pin_class=SwitchPin) for n in (20, 21))
+    home.closed = shut.closed = True  # both servos where parking sends them
+    d = doctor(tmp_path, **switches)
+    d.pins = pins
+    lines = servo_lines(d)
+    assert state(d.actuator)[0] == OK
+    s, detail = lines["servo chute"]
+    assert s == OK and detail.startswith("position switch GPIO20 (hardware.chute_home_switch_pin) reads closed: at home")
+    assert "a jam is seen only leaving or reaching 0 deg" in detail and "OPEN-LOOP" not in detail
+    assert lines["servo trapdoor"][0] == OK and "GPIO21 (hardware.trapdoor_closed_switch_pin) reads closed: shut" \
+        in lines["servo trapdoor"][1]
+
+    pins = ClockedMockFactory()
+    home, shut = (pins.pin(n, pin_class=SwitchPin) for n in (20, 21))
+    shut.closed = True  # the chute's switch never closes: stuck away from home, or a broken wire
+    d = doctor(tmp_path / "stuck", **switches)
+    d.pins = pins
+    s, detail = state(d.actuator)
+    assert s == FAIL and "parking stopped" in detail and "chute did not reach 0 deg" in detail
+    s, detail = {p: (a, b) for p, a, b in d.servo_lines}["servo chute"]
+    assert s == FAIL and "GPIO20 (hardware.chute_home_switch_pin) reads open, not at home (0 deg) after parking" in detail
+
+
+def test_position_feedback_reads_in_degrees_or_says_it_is_not_calibrated(tmp_path):
+    from ecosorter.edge.simulate.adc import SimMCP3008
+    from ecosorter.edge.simulate.pins import ClockedMockFactory
+
+    feedback = {"hardware.profile": "chute", "hardware.feedback_adc": "mcp3008", "hardware.feedback_channels": [3, 5],
+                **FAST}
+    reading = {3: 0.5, 5: 0.1}  # chute at 0 deg (home), trapdoor at -90 (shut) on a 0.1-0.9 span
+
+    def rig(path, **more) -> Doctor:
+        pins = ClockedMockFactory()
+        SimMCP3008({ch: (lambda ch=ch: reading[ch]) for ch in reading}, pins)
+        d = doctor(path, **feedback, **more)
+        d.pins = pins
+        return d
+
+    def read(detail: str, channel: int) -> tuple[float, int]:
+        """(the 0-1 reading, degrees) a line gives for a channel: 10 bits, so within 0.002 of the input."""
+        m = re.search(rf"channel {channel} reads (\d\.\d{{3}})(?: = (-?\d+) deg)?", detail)
+        assert m, detail
+        return float(m[1]), (int(m[2]) if m[2] is not None else None)
+
+    calibrated = {"hardware.feedback_at_min": [0.1, 0.1], "hardware.feedback_at_max": [0.9, 0.9]}
+    lines = servo_lines(rig(tmp_path, **calibrated))
+    assert lines["servo chute"][0] == OK and lines["servo trapdoor"][0] == OK, lines
+    assert lines["servo chute"][1].startswith("position feedback mcp3008 channel 3 reads ")
+    v, d = read(lines["servo chute"][1], 3)
+    assert v == pytest.approx(0.5, abs=0.002) and d == 0
+    v, d = read(lines["servo trapdoor"][1], 5)
+    assert v == pytest.approx(0.1, abs=0.002) and d == -90
+
+    s, detail = servo_lines(rig(tmp_path / "raw"))["servo chute"]
+    assert s == WARN and "OPEN-LOOP" in detail and "its feedback not calibrated" in detail
+    assert ", not calibrated (hardware.feedback_at_min / feedback_at_max empty)" in detail
+    assert read(detail, 3)[0] == pytest.approx(0.5, abs=0.002) and read(detail, 3)[1] is None
+
+    reading[3] = 0.8  # the chute's pot says ~67 deg while it was parked at 0: parking faults it as a jam
+    d = rig(tmp_path / "off", **calibrated, **{"hardware.move_budget_s": 0.3})  # the jam is found sooner
+    lines = servo_lines(d)
+    s, detail = lines["servo chute"]
+    assert s == FAIL and "not the 0 deg it parks at (more than hardware.feedback_tolerance_deg = 6)" in detail
+    assert abs(read(detail, 3)[1] - (-90 + (0.8 - 0.1) / 0.8 * 180)) <= 1  # 67.5 deg, to the ADC's step
+
+
+def test_doctor_prints_one_line_per_servo(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[hardware]\nprofile = "chute"\npin_factory = "mock"\nservo_speed_deg_s = 3000.0\nsettle_s = 0.0\n'
+                   f'[camera]\nsource = "folder"\ndevice = "{tmp_path}"\n[record]\nstate_dir = "{tmp_path / "s"}"\n')
+    d = run_cli(tmp_path, "doctor", "--config", str(cfg))
+    servo = [x for x in d.stdout.splitlines() if x.startswith("servo ")]
+    assert [x.split()[1] for x in servo] == ["chute", "trapdoor"], d.stdout
+    assert all("WARN" in x and "OPEN-LOOP" in x and "a jam cannot be seen" in x for x in servo), servo
