@@ -70,8 +70,30 @@ def drift(float_model: bytes, quant_model: bytes, float_inputs: list[np.ndarray]
             continue
         e_in = max([err[t] for t in op["inputs"] if t in err], default=0.0)
         e_out = max(err[t] for t in outs)
-        rows.append({"op": op["op_name"], "tensor": q_details[outs[0]]["name"], "error": e_out, "jump": e_out - e_in})
+        rows.append({"op": op["op_name"], "tensor": q_details[outs[0]]["name"], "error": e_out, "jump": e_out - e_in,
+                     "float": bool(np.dtype(q_details[outs[0]]["dtype"]) == np.float32)})
     return rows
+
+
+def candidates(rows: list[dict]) -> list[dict]:
+    """The ops that keeping in float could change (see `sources`), in execution order."""
+    return [r for r in rows if not r.get("float") and r["op"] != "SOFTMAX"]
+
+
+SOURCE_SHARE = 0.25  # an op is named as a source only when it adds this share of the error at the output
+
+
+def sources(rows: list[dict]) -> list[dict]:
+    """The ops the drift analysis names as where int8 loses the model: int8 ops that each add at least
+    SOURCE_SHARE of the error at the last int8 op. Not named: ops already computed in float (the float
+    head: nothing to keep in float there), and SOFTMAX, whose error is in probabilities and its input's
+    in logits (its "jump" is how softmax magnifies the logit error, not error it adds). An empty list:
+    the error compounds through the depth and no few ops kept in float would fix it."""
+    cand = candidates(rows)
+    if not cand or cand[-1]["error"] <= 0:
+        return []
+    final = cand[-1]["error"]
+    return sorted((r for r in cand if r["jump"] >= SOURCE_SHARE * final), key=lambda r: -r["jump"])
 
 
 def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
@@ -81,7 +103,17 @@ def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
     marks = [rows[min(n - 1, round(i * (n - 1) / 4))] for i in range(5)]
     lines = ["int8 error through the depth (relative RMS vs float): " +
              " -> ".join(f"{100 * r['error']:.0f}%" for r in marks)]
-    lines.append("ops adding the most error:")
-    for r in sorted(rows, key=lambda r: r["jump"], reverse=True)[:top]:
-        lines.append(f"  +{100 * r['jump']:5.1f}%  {r['op']:<16} {r['tensor'][:80]}")
+    found = sources(rows)
+    if found:
+        lines.append(f"ops adding the most error (each >= {100 * SOURCE_SHARE:.0f}% of the error at the last int8 op; "
+                     f"--keep-float {len(found)} keeps them in float):")
+        for r in found[:top]:
+            lines.append(f"  +{100 * r['jump']:5.1f}%  {r['op']:<16} {r['tensor'][:80]}")
+    else:
+        cand = candidates(rows)
+        big = max((r["jump"] for r in cand), default=0.0)
+        lines.append(f"no op stands out: none adds {100 * SOURCE_SHARE:.0f}% of the error at the last int8 op "
+                     f"({100 * (cand[-1]['error'] if cand else 0):.0f}%; the largest adds {100 * big:.1f}%): the "
+                     "error compounds through the depth, so keeping a few ops in float (--keep-float) is unlikely "
+                     "to help")
     return lines
