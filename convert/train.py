@@ -638,7 +638,7 @@ def accuracy_lines(val: dict, truth: np.ndarray, pred: np.ndarray, before: dict 
         lines.append(f"retraining changed no validation photo's answer from right to wrong or back ({n} photos): "
                      "too few to tell the two apart; give more labelled photos or a larger --val-split")
     elif v["verdict"] == "pass" and better > worse:
-        lines.append(f"retraining changed accuracy by {change}: better, beyond doubt on these photos")
+        lines.append(f"retraining changed accuracy by {change}: better (the 95% range excludes zero)")
     elif v["verdict"] == "fail":
         lines.append(f"WARNING: retraining changed accuracy by {change}: WORSE than the model it started from; "
                      f"keep {weights_path.name} (ecosorter-convert only the model you mean to install)")

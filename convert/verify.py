@@ -313,16 +313,13 @@ def gate_lines(o: dict, mode: str, drift_rows: list[dict] | None = None) -> list
     """One line per rule not passed: what failed, by how much, and the next steps in order. Mixed
     precision names ops only where the drift analysis (`drift_rows`, convert/drift.py) finds some
     that add the error; where it finds none it says that keeping ops in float is unlikely to help."""
-    from ecosorter.convert.drift import sources
+    from ecosorter.convert.drift import diagnosis
 
     if drift_rows is None:
         mixed = "mixed precision: keep the ops that add the most int8 error in float (--keep-float N)"
     else:
-        found = sources(drift_rows)
-        mixed = (f"mixed precision: --keep-float {len(found)} keeps in float the op{'s' if len(found) > 1 else ''} "
-                 f"adding the most int8 error ({', '.join(r['op'] for r in found[:4])}; listed below)") if found else \
-            ("mixed precision is unlikely to help: no op stands out in the int8 error (listed below), it "
-             "compounds through the depth; try --float-ops auto")
+        found, why = diagnosis(drift_rows)
+        mixed = f"mixed precision: {why}" if found else f"mixed precision is unlikely to help: {why}"
     lines = []
     for key, name, tol_key, sign in RULES:
         r = o[key]
