@@ -38,10 +38,12 @@ def _load(args):
 
     labels = load_labels_file(args.labels)
     path, source = model_choice(args)
-    # said on stderr (stdout stays the results): a config naming no model must not pass for the bin's
+    model = load_model(path, args.backend, args.threads or None, labels,
+                       preset(args.preprocess) if args.preprocess else None)
+    # said on stderr once it loads (stdout stays the results; a failure's error names the file):
+    # a config naming no model must not pass the demo off as the bin's
     print(f"model: {path} ({source})", file=sys.stderr)
-    return load_model(path, args.backend, args.threads or None, labels,
-                      preset(args.preprocess) if args.preprocess else None)
+    return model
 
 
 def model_choice(args) -> tuple[Path, str]:
