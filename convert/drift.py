@@ -70,8 +70,49 @@ def drift(float_model: bytes, quant_model: bytes, float_inputs: list[np.ndarray]
             continue
         e_in = max([err[t] for t in op["inputs"] if t in err], default=0.0)
         e_out = max(err[t] for t in outs)
-        rows.append({"op": op["op_name"], "tensor": q_details[outs[0]]["name"], "error": e_out, "jump": e_out - e_in})
+        rows.append({"op": op["op_name"], "tensor": q_details[outs[0]]["name"], "error": e_out, "jump": e_out - e_in,
+                     "float": bool(np.dtype(q_details[outs[0]]["dtype"]) == np.float32)})
     return rows
+
+
+def candidates(rows: list[dict]) -> list[dict]:
+    """The ops that keeping in float could change (see `sources`), in execution order."""
+    return [r for r in rows if not r.get("float") and r["op"] != "SOFTMAX"]
+
+
+SOURCE_SHARE = 0.25  # an op is named as a source only when it adds this share of the error at the output
+MIN_ERROR = 0.02  # below this relative RMS at the last int8 op, int8 loses nothing worth an op in float
+
+
+def diagnosis(rows: list[dict]) -> tuple[list[dict], str]:
+    """(the ops named as where int8 loses the model, one sentence why or why none). Named: int8 ops
+    that each add at least SOURCE_SHARE of the error at the last int8 op, when that error is at least
+    MIN_ERROR. Never named: ops already computed in float (the float head: nothing to keep in float
+    there), and SOFTMAX, whose error is in probabilities and its input's in logits (its "jump" is
+    how softmax magnifies the logit error, not error it adds). The rows are measured on calibration
+    photos, so a small error there means the loss is on photos unlike them."""
+    cand = candidates(rows)
+    if not cand:
+        return [], "the drift analysis finds no int8 op to keep in float"
+    final = cand[-1]["error"]
+    if final < MIN_ERROR:
+        return [], (f"int8 adds little error on the calibration photos ({100 * final:.1f}% at the last int8 op), "
+                    "so no op is to blame: the loss is on photos unlike them; calibrate on photos like the bin's "
+                    "(--calibration)")
+    found = sorted((r for r in cand if r["jump"] >= SOURCE_SHARE * final), key=lambda r: -r["jump"])
+    if found:
+        return found, (f"--keep-float {len(found)} keeps in float the op{'s' if len(found) > 1 else ''} adding the "
+                       f"most int8 error ({', '.join(r['op'] for r in found[:4])}; each adds >= "
+                       f"{100 * SOURCE_SHARE:.0f}% of the {100 * final:.0f}% error at the last int8 op)")
+    big = max(r["jump"] for r in cand)
+    return [], (f"no op stands out (none adds {100 * SOURCE_SHARE:.0f}% of the {100 * final:.0f}% error at the last "
+                f"int8 op; the largest adds {100 * big:.1f}%): the error compounds through the depth, so keeping a "
+                "few ops in float (--keep-float) is unlikely to help")
+
+
+def sources(rows: list[dict]) -> list[dict]:
+    """The ops named as where int8 loses the model (see `diagnosis`)."""
+    return diagnosis(rows)[0]
 
 
 def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
@@ -79,9 +120,13 @@ def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
         return []
     n = len(rows)
     marks = [rows[min(n - 1, round(i * (n - 1) / 4))] for i in range(5)]
-    lines = ["int8 error through the depth (relative RMS vs float): " +
-             " -> ".join(f"{100 * r['error']:.0f}%" for r in marks)]
-    lines.append("ops adding the most error:")
-    for r in sorted(rows, key=lambda r: r["jump"], reverse=True)[:top]:
-        lines.append(f"  +{100 * r['jump']:5.1f}%  {r['op']:<16} {r['tensor'][:80]}")
+    lines = ["int8 error through the depth (relative RMS vs float, on calibration photos): " +
+             " -> ".join(f"{100 * r['error']:.1f}%" for r in marks)]
+    found, why = diagnosis(rows)
+    if found:
+        lines.append(f"ops adding the most error: {why}:")
+        for r in found[:top]:
+            lines.append(f"  +{100 * r['jump']:5.1f}%  {r['op']:<16} {r['tensor'][:80]}")
+    else:
+        lines.append(why)
     return lines

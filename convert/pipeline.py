@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecosorter.convert.drift import drift, summary_lines
+from ecosorter.convert.drift import candidates, drift, summary_lines
 from ecosorter.convert.embed import embed_metadata
 from ecosorter.convert.images import (
     ImageSetError,
@@ -36,7 +36,15 @@ from ecosorter.convert.thresholds import plot_curve
 from ecosorter.convert.thresholds import report as thresholds_report
 from ecosorter.convert.train import PRESET as PRESET_OF
 from ecosorter.convert.train import read_sidecar, sidecar_path
-from ecosorter.convert.verify import BinRules, bin_outcome, format_outcome, format_table, gate_lines, verify
+from ecosorter.convert.verify import (
+    BinRules,
+    bin_outcome,
+    format_outcome,
+    format_table,
+    gate_lines,
+    points,
+    verify,
+)
 from ecosorter.edge.backends import open_classifier
 from ecosorter.edge.durable import write_durably
 from ecosorter.edge.errors import BackendError, EcoSorterError
@@ -154,7 +162,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         if isinstance(keep_float, int):
             full = convert_tflite(src, "int8", calib, "float32", bar)
             drift_rows = _drift(src, full, calib)
-            worst = sorted(drift_rows, key=lambda r: r["jump"], reverse=True)[:keep_float]
+            # only ops whose int8 output keeping in float can change (convert/drift.py candidates)
+            worst = sorted(candidates(drift_rows), key=lambda r: r["jump"], reverse=True)[:keep_float]
             kept_float = [r["tensor"] for r in worst]
             log(f"keeping the {keep_float} ops that add the most int8 error in float: " +
                 ", ".join(f"{r['tensor'][:40]} (+{100 * r['jump']:.0f}%)" for r in worst))
@@ -207,7 +216,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
             chosen = dict(decision["thresholds"]), decision["temperature"]
         bin_rules = dataclasses.replace(bin_rules, class_thresholds=chosen[0], temperature=chosen[1])
         report["bin_outcome"] = bin_outcome(arrays["keras"][known], arrays["tflite"][known],
-                                            arrays["truth"][known], label_ids, bin_rules)
+                                            arrays["truth"][known], label_ids, bin_rules,
+                                            arrays["names"][known].tolist())
         report["decision"] = thresholds_report(choice)
     sizes = {"source": _size(src.path), "tflite": len(tflite)}
     threshold = _min_agreement(quantize, min_agreement)
@@ -220,30 +230,30 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     # One gate, on the bin's outcome. Agreement gates only when asked for (--gate agreement or
     # --min-agreement), or when no photo is labelled and there is no outcome to judge.
     agreement_gates = gate == "agreement" or min_agreement is not None or outcome is None
-    passed = True
+    gate_failed = gate == "outcome" and outcome is not None and not outcome["passed"]
+    agreement_failed = agreement_gates and report["agreement"] < threshold
+    passed = not gate_failed and not agreement_failed and not (choice is not None and not choice.feasible)
+    if quantize == "int8" and (not passed or drift_rows):
+        # Where int8 loses the model, before the next steps: they name ops only where it finds some.
+        drift_rows = drift_rows or _drift(src, tflite, calib)
+        report["int8_drift"] = drift_rows
     if gate == "outcome" and outcome is not None:
-        for line in gate_lines(outcome, quantize):
+        for line in gate_lines(outcome, quantize, drift_rows or None):
             log(line)
-        passed = outcome["passed"]
-    if agreement_gates and report["agreement"] < threshold:
-        passed = False
+    if agreement_failed:
         log(f"FAILED: agreement rule: top-1 agreement {100 * report['agreement']:.1f}% is below --min-agreement "
             f"{100 * threshold:.1f}% (on {report['images']} photos). Next: 1) more verification photos, if the "
             "estimate is near the minimum; 2) mixed precision (--keep-float N); 3) --quantize float16")
     if choice is not None and not choice.feasible:
-        passed, decision = False, None  # never a rule that certifies nothing, even with --force
+        decision = None  # never a rule that certifies nothing, even with --force
         log(f"FAILED: decision rule: a {100 * contamination:g}% contamination budget cannot be certified with "
             f"{choice.n} labelled photos. Next: 1) give at least {choice.photos_needed} labelled photos "
             "(--validation DIR), or a larger --contamination")
     report["gate"] = gate if outcome is not None else "agreement"
     report["agreement_gates"] = agreement_gates
     report["passed"] = passed
-    if quantize == "int8" and (not passed or drift_rows):
-        # Say where int8 loses the model, so the user can keep those ops in float (--keep-float).
-        drift_rows = drift_rows or _drift(src, tflite, calib)
-        report["int8_drift"] = drift_rows
-        for line in summary_lines(drift_rows):
-            log(line)
+    for line in summary_lines(drift_rows):
+        log(line)
 
     verification = {k: report[k] for k in ("images", "agreement", "mean_abs_dprob", "max_abs_dprob")}
     verification.update({k: report[k] for k in ("keras_accuracy", "tflite_accuracy") if k in report})
@@ -314,8 +324,8 @@ def failed_rules(report: dict, threshold: float, gate: str, agreement_gates: boo
         out.append(f"agreement {100 * report['agreement']:.1f}% < {100 * threshold:.1f}%")
     outcome = report.get("bin_outcome")
     if gate == "outcome" and outcome is not None and not outcome["passed"]:
-        out.append(f"bin outcome ({outcome['verdict']}): correct routing {100 * outcome['correct_routing']['change']:+.1f} pt, "
-                   f"contamination {100 * outcome['contamination']['change']:+.1f} pt")
+        out.append(f"bin outcome ({outcome['verdict']}): correct routing {points(100 * outcome['correct_routing']['change'])} pt, "
+                   f"contamination {points(100 * outcome['contamination']['change'])} pt")
     return out or ["gate failed"]
 
 

@@ -380,7 +380,55 @@ def report(choice: Choice) -> dict[str, Any]:
             "feasible": choice.feasible, "n": choice.n, "n_fit": choice.n_fit, "n_certify": choice.n_certify,
             "bound": choice.bound, "photos_needed": choice.photos_needed, "calibration": choice.calibration,
             "thresholds": choice.thresholds, "certify": choice.certify, "per_class": choice.per_class,
-            "curve": choice.curve, "chosen_index": choice.chosen_index}
+            "curve": choice.curve, "chosen_index": choice.chosen_index,
+            **({"fallback_warning": w} if (w := fallback_warning(choice)) else {})}
+
+
+FALLBACK_WARN = 0.5  # above this share of items to the fallback, the rule is said to be mostly "uncertain"
+ADVICE_MAX_PHOTOS = 5_000  # a photo count above this is no advice (convert/verify.py says the same)
+
+
+def _bound(k: int, n: int, method: str, delta: float) -> float:
+    return (k + 1) / (n + 1) if method == "crc" else upper_binomial(k, n, delta)
+
+
+def fallback_warning(choice: Choice) -> str | None:
+    """A WARNING when the certified rule sends more than half the certify photos to the fallback, with
+    what would route more: the labelled photos with which the same rates would certify the first point
+    of the family that sends at most half to the fallback, and the budget these photos certify it at."""
+    fb = choice.certify.get("fallback_share", 0.0)
+    if not choice.feasible or fb <= FALLBACK_WARN:
+        return None
+    n = choice.n_certify
+    j = next((i for i, p in enumerate(choice.curve) if p["fallback"] <= FALLBACK_WARN), None)
+    head = (f"WARNING: at a {100 * choice.budget:g}% contamination budget the certified rule sends "
+            f"{100 * fb:.1f}% of the {n} certify photos to the fallback: most items would go to the fallback's "
+            "compartment. Next: ")
+    if j is None:
+        return head + "1) a better model: even with every item confident, more than half would be uncertain"
+    ks = [round(p["contamination"] * n) for p in choice.curve[:j + 1]]
+    budget = max(_bound(k, n, choice.method, choice.delta) for k in ks)  # the family stops at the first failure
+    rate = max(ks) / n  # the contamination seen on the way to that point
+    total = None
+    if rate < choice.budget:
+        m = n
+        while m <= ADVICE_MAX_PHOTOS and _bound(round(rate * m), m, choice.method, choice.delta) > choice.budget:
+            m = max(m + 1, int(m * 1.05))
+        per = choice.n / max(1, n)  # labelled photos per certify photo (the fit share on top)
+        total = math.ceil(m * per) if m <= ADVICE_MAX_PHOTOS else None
+    if total:
+        more = (f"1) about {total:,} labelled photos (now {choice.n}) would certify, at the rates seen here, a rule "
+                f"sending at most {100 * FALLBACK_WARN:.0f}% to the fallback")
+    elif rate >= choice.budget:
+        more = (f"1) more labelled photos will not do it at this budget: such a rule contaminates {100 * rate:.1f}% "
+                "of these photos, above the budget")
+    else:
+        more = (f"1) more labelled photos will hardly do it at this budget: at the {100 * rate:.1f}% contamination "
+                f"such a rule has here it would take over {ADVICE_MAX_PHOTOS:,}")
+    up = math.ceil(1000 * budget) / 1000
+    return head + f"{more}; 2) or a larger budget: --contamination {up:g} certifies such a rule on these photos " \
+                  f"({100 * choice.curve[j]['fallback']:.1f}% to the fallback, {100 * choice.curve[j]['routed_right']:.1f}% " \
+                  "routed right)"
 
 
 def format_choice(choice: Choice) -> str:
@@ -391,6 +439,9 @@ def format_choice(choice: Choice) -> str:
              f"  on {choice.n_certify} certify photos: routed right {100 * c['routed_right']:.1f}%, contamination "
              f"{100 * c['contamination']:.1f}%, fallback {100 * c['fallback_share']:.1f}% (not its compartment "
              f"{100 * c['fallback_wrong']:.1f}%), bound {100 * choice.bound:.2f}%"]
+    warning = fallback_warning(choice)
+    if warning:
+        lines.append(f"  {warning}")
     if not choice.feasible:
         lines.append(f"  NOT CERTIFIABLE: {choice.n} photos are too few for a {100 * choice.budget:g}% budget "
                      f"({choice.method}); every item would be uncertain. Give at least {choice.photos_needed} "

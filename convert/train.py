@@ -367,6 +367,8 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         raise TrainError(f"--backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
     if views < 1 or epochs < 1 or not 0 <= val_split < 1:
         raise TrainError("--views and --epochs must be >= 1, --val-split in [0, 1)")
+    if contamination is not None and not 0 < contamination < 1:  # said now, not after the training
+        raise TrainError(f"--contamination {contamination}: a share between 0 and 1 (e.g. 0.02)")
     weights_path = None if weights in ("imagenet", "none") else Path(weights)
     previous: list[str] = []
     kept_as = None
@@ -400,6 +402,10 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         log(f"skipped unreadable photo: {b}")
         ok[[str(f) == b.split(': ', 1)[0] for f in ds.files]] = False
     train_idx, val_idx = train_idx[ok[train_idx]], val_idx[ok[val_idx]]
+    before, before_pred = None, None
+    if weights_path is not None:  # the model it starts from, on the photos the new one is judged on
+        before, before_pred = starting_accuracy(keras, weights_path, rgb[val_idx], ds.labels[val_idx],
+                                                preset_name, batch)
     bb = Backbone(backbone, weights, fine_tune, keras, len(ds.classes), dropout)
 
     # The frozen part once per view: the photo itself, its mirror, then random views.
@@ -436,19 +442,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         return model.predict(transform(rgb[idx], preset_name), batch_size=batch, verbose=0) if len(idx) else \
             np.zeros((0, len(ds.classes)), np.float32)
 
-    val_probs = predict(val_idx)
-    val = evaluate(val_probs, ds.labels[val_idx], ds.classes)
-    decision = None
-    if contamination is not None:  # the validation split never trained: thresholds for the budget on it
-        from ecosorter.convert.decision import choose_block
-
-        try:
-            decision, _ = choose_block(val_probs, ds.labels[val_idx], ds.classes, contamination,
-                                       fallback="khusus" if "khusus" in ds.classes else None, seed=seed, log=log)
-            decision["chosen_on"] = "Keras probabilities on the validation split; ecosorter-convert chooses " \
-                                    "again on the converted model's outputs"
-        except EcoSorterError as e:  # too few photos: the model is still worth keeping
-            log(f"warning: no thresholds written: {e}")
+    # Saved first, durably: nothing after this (evaluation, thresholds, a Ctrl-C) can lose the run.
     output.parent.mkdir(parents=True, exist_ok=True)
     save_atomically(model, output)
     from ecosorter.edge.preprocess.spec import preset
@@ -466,18 +460,41 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         "fine_tune_epochs": fine_tune_epochs if fine_tune else 0, "views": views, "batch": batch,
         "learning_rate": lr, "fine_tune_learning_rate": fine_tune_lr if fine_tune else None,
         "class_weights": {ds.classes[c]: w for c, w in cw.items()}, "history": history,
-        "validation": val, "params": int(model.count_params()), "minutes": round((time.time() - t0) / 60, 2),
+        "validation": None, "params": int(model.count_params()), "minutes": round((time.time() - t0) / 60, 2),
         "retrained_from": None if weights_path is None else {
             "file": weights_path.name, "classes": previous, "kept_as": kept_as.name if kept_as else None,
-            "head_rows_kept": [ds.classes[i] for i in untouched]},
-        **({"decision": decision} if decision else {}),
+            "head_rows_kept": [ds.classes[i] for i in untouched], "validation_before": before},
     }
-    tmp = sidecar_path(output).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, sidecar_path(output))
-    acc = val["accuracy"]
-    log(f"validation accuracy {'-' if acc is None else f'{100 * acc:.1f}%'} on {val['images']} photos; "
-        f"wrote {output} and {sidecar_path(output).name} in {report['minutes']:.1f} min")
+    write_sidecar(output, report)  # the labels and preset ecosorter-convert needs, with the model
+    try:
+        val_probs = predict(val_idx)
+        report["validation"] = val = evaluate(val_probs, ds.labels[val_idx], ds.classes)
+        write_sidecar(output, report)
+        for line in accuracy_lines(val, ds.labels[val_idx], val_probs.argmax(1), before, before_pred, weights_path):
+            log(line)
+        if contamination is not None:  # the validation split never trained: thresholds for the budget on it
+            try:
+                from ecosorter.convert.decision import choose_block
+
+                decision, _ = choose_block(val_probs, ds.labels[val_idx], ds.classes, contamination,
+                                           fallback="khusus" if "khusus" in ds.classes else None, seed=seed,
+                                           log=log)
+                decision["chosen_on"] = "Keras probabilities on the validation split; ecosorter-convert " \
+                                        "chooses again on the converted model's outputs"
+                report["decision"] = decision
+                write_sidecar(output, report)
+            except Exception as e:  # too few photos, or anything else: the saved model stays
+                why = str(e) if isinstance(e, EcoSorterError) else f"{type(e).__name__}: {e}"
+                log(f"warning: no thresholds written ({why}); the trained model is saved as {output} with "
+                    f"{sidecar_path(output).name}: choose them when converting (ecosorter-convert {output.name} "
+                    "... --contamination SHARE)")
+    except KeyboardInterrupt:
+        log(f"interrupted after training: the trained model is saved as {output} with {sidecar_path(output).name}"
+            f"{'' if 'decision' in report else ' (no thresholds: ecosorter-convert --contamination chooses them)'}")
+        raise
+    report["minutes"] = round((time.time() - t0) / 60, 2)
+    write_sidecar(output, report)
+    log(f"wrote {output} and {sidecar_path(output).name} in {report['minutes']:.1f} min")
     return report
 
 
@@ -540,14 +557,106 @@ def keep_original(path: Path, log) -> Path:
 
 
 def save_atomically(model, output: Path) -> None:
-    """Written beside, then renamed over: a crash or full disk never leaves half a model at `output`."""
+    """Saved beside, then written durably over `output` (edge/durable.py: fsync, rename, fsync the
+    folder): a crash, power cut or full disk never leaves half a model there."""
+    from ecosorter.edge.durable import write_durably
+
     tmp = output.with_name(f".{output.stem}.tmp-{os.getpid()}{output.suffix}")
     try:
         model.save(str(tmp))
-        os.replace(tmp, output)
-    except BaseException:
+        write_durably(output, tmp.read_bytes())
+    finally:
         tmp.unlink(missing_ok=True)
-        raise
+
+
+def write_sidecar(output: Path, report: dict) -> None:
+    """OUT.train.json, durably (all or nothing), each time the run learns more."""
+    from ecosorter.edge.durable import write_durably
+
+    write_durably(sidecar_path(output), json.dumps(report, indent=1).encode())
+
+
+def accuracy_range(correct: int, n: int) -> tuple[float, float]:
+    """Two-sided 95% Clopper-Pearson range of an accuracy of `correct` in `n`."""
+    from ecosorter.convert.thresholds import lower_binomial, upper_binomial
+
+    return lower_binomial(correct, n, 0.025), upper_binomial(correct, n, 0.025)
+
+
+def _accuracy(correct: int, n: int) -> str:
+    lo, hi = accuracy_range(correct, n)
+    return f"{100 * correct / n:.1f}% (95% range {100 * lo:.1f}..{100 * hi:.1f}%, n {n})"
+
+
+def starting_accuracy(keras, path: Path, rgb: np.ndarray, truth: np.ndarray, preset_name: str,
+                      batch: int) -> tuple[dict | None, np.ndarray | None]:
+    """The --weights model's accuracy on the validation photos (its own preset when its train.json
+    names one). Its outputs are the first classes of the new model, in order (keep_classes)."""
+    if not len(truth):
+        return None, None
+    trained = read_sidecar(path)
+    preset_before = trained["preprocess"] if trained else preset_name
+    model = _load_model(keras, path)
+    if tuple(model.input_shape[1:3]) != rgb.shape[1:3]:
+        return {"images": int(len(truth)), "accuracy": None,
+                "note": f"input {model.input_shape[1:3]} differs from {rgb.shape[1:3]}: not measured"}, None
+    pred = np.concatenate([model.predict(transform(rgb[i:i + batch], preset_before), verbose=0).argmax(1)
+                           for i in range(0, len(rgb), batch)])
+    correct = int((pred == truth).sum())
+    lo, hi = accuracy_range(correct, len(truth))
+    return {"images": int(len(truth)), "correct": correct, "accuracy": correct / len(truth),
+            "range_95": [round(lo, 4), round(hi, 4)], "preprocess": preset_before}, pred
+
+
+def accuracy_lines(val: dict, truth: np.ndarray, pred: np.ndarray, before: dict | None,
+                   before_pred: np.ndarray | None, weights_path: Path | None) -> list[str]:
+    """The validation accuracy with its range; from --weights, the starting model's on the same
+    photos, the paired change, and what to do when these photos cannot tell the two apart."""
+    n = len(truth)
+    if not n:
+        return ["validation accuracy: not measured (no validation photos: --val-split 0); give --val-split "
+                "0.15 or more to see how the model does on photos it never trained on"]
+    correct = int((pred == truth).sum())
+    val["correct"] = correct
+    val["range_95"] = [round(x, 4) for x in accuracy_range(correct, n)]
+    lines = [f"validation accuracy {_accuracy(correct, n)}"]
+    if weights_path is None or before is None:
+        return lines
+    if before_pred is None:
+        return lines + [f"starting model {weights_path.name}: {before.get('note', 'not measured')}"]
+    from ecosorter.convert.verify import ADVICE_MAX_PHOTOS, _verdict
+
+    lines.append(f"starting model {weights_path.name} on the same photos: {_accuracy(before['correct'], n)}")
+    old_ok, new_ok = before_pred == truth, pred == truth
+    worse, better = int((old_ok & ~new_ok).sum()), int((~old_ok & new_ok).sum())
+    v = _verdict(worse, better, n, 0.0)
+    before.update(worse=worse, better=better, change=v["change"],
+                  change_range_95=[round(-v["harm_bound_95"], 4), round(-v["harm_lower_95"], 4)])
+    change = f"{_pt(100 * v['change'])} pt ({better} photos better, {worse} worse; 95% range " \
+             f"{_pt(-100 * v['harm_bound_95'])}..{_pt(-100 * v['harm_lower_95'])} pt)"
+    if worse == better == 0:
+        lines.append(f"retraining changed no validation photo's answer from right to wrong or back ({n} photos): "
+                     "too few to tell the two apart; give more labelled photos or a larger --val-split")
+    elif v["verdict"] == "pass" and better > worse:
+        lines.append(f"retraining changed accuracy by {change}: better (the 95% range excludes zero)")
+    elif v["verdict"] == "fail":
+        lines.append(f"WARNING: retraining changed accuracy by {change}: WORSE than the model it started from; "
+                     f"keep {weights_path.name} (ecosorter-convert only the model you mean to install)")
+    else:
+        need = v["photos_needed"]
+        more = (f"about {need:,} validation photos would tell at these rates (more labelled photos, or a larger "
+                "--val-split)") if need else \
+            (f"more photos would not tell (not even {ADVICE_MAX_PHOTOS:,} at these rates): the two are about "
+             "equally good here")
+        lines.append(f"retraining changed accuracy by {change}: {n} validation photos are too few to tell the two "
+                     f"apart; {more}")
+    return lines
+
+
+def _pt(x: float) -> str:
+    from ecosorter.convert.verify import points
+
+    return points(x)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -598,6 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     except EcoSorterError as e:
         print(f"ecosorter-train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was saved is said above; no traceback
+        print("ecosorter-train: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -55,11 +55,13 @@ def verify(src: SourceModel, classifier: Classifier, prep: PreprocessSpec, label
     tfl = np.stack(tfl_probs)
     report = summarize(ref, tfl, kept, label_ids, skipped, tfl_ms, keras_latency_ms(src, ref_prep, kept[:8]))
     truth = np.array([-1 if im.label is None else im.label for im in kept])
+    names = np.array([str(im.path) for im in kept])
     if arrays is not None:  # for the caller's own judgement (e.g. thresholds chosen on these photos)
-        arrays.update(keras=ref, tflite=tfl, truth=truth)
+        arrays.update(keras=ref, tflite=tfl, truth=truth, names=names)
     if rules is not None and (truth >= 0).any():
         known = truth >= 0
-        report["bin_outcome"] = bin_outcome(ref[known], tfl[known], truth[known], label_ids, rules)
+        report["bin_outcome"] = bin_outcome(ref[known], tfl[known], truth[known], label_ids, rules,
+                                            names[known].tolist())
     return report
 
 
@@ -173,13 +175,14 @@ def _paired(worse: int, better: int, n: int) -> dict:
             "harm_lower_95": harm_low}
 
 
-MAX_PHOTOS = 100_000
+ADVICE_MAX_PHOTOS = 5_000  # beyond this a photo count is no advice: at these rates more photos do not decide
 
 
 def _verdict(worse: int, better: int, n: int, tolerance: float) -> dict:
     """Judge one rule on its 95% bounds: pass (upper bound on the harm within the tolerance), fail
     (lower bound beyond it), else n is too small: `unproven` when the estimate is within, `undecided`
-    when it is not. `photos_needed`: labelled photos with which, at the same rates, it would be told."""
+    when it is not. `photos_needed`: labelled photos with which, at the same rates, it would be told;
+    None when even ADVICE_MAX_PHOTOS would not (the estimate sits on the gate)."""
     p = _paired(worse, better, n)
     harm = -p["change"]
     if p["harm_bound_95"] <= tolerance:
@@ -189,13 +192,13 @@ def _verdict(worse: int, better: int, n: int, tolerance: float) -> dict:
     else:
         verdict = "unproven" if harm <= tolerance else "undecided"
     needed = None
-    if verdict in ("unproven", "undecided"):
+    if verdict in ("unproven", "undecided") and n < ADVICE_MAX_PHOTOS:
         def told(m: int) -> bool:
             q = _paired(round(worse * m / n), round(better * m / n), m)
             return q["harm_bound_95"] <= tolerance if verdict == "unproven" else q["harm_lower_95"] > tolerance
         hi = n
-        while hi < MAX_PHOTOS and not told(hi):
-            hi *= 2
+        while hi < ADVICE_MAX_PHOTOS and not told(hi):
+            hi = min(2 * hi, ADVICE_MAX_PHOTOS)
         if told(hi):
             lo = hi // 2 if hi > n else n
             while hi - lo > max(1, lo // 50):  # 2% is close enough for a photo count
@@ -205,10 +208,15 @@ def _verdict(worse: int, better: int, n: int, tolerance: float) -> dict:
     return {**p, "tolerance": tolerance, "verdict": verdict, "photos_needed": needed}
 
 
+UNCERTAIN = -1  # a decision: not confident, so the fallback's compartment
+
+
 def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: Sequence[str],
-                rules: BinRules) -> dict:
+                rules: BinRules, names: Sequence[str] | None = None) -> dict:
     """Correct routing and contamination (confident but wrong compartment) for Keras vs TFLite on
-    labelled photos, with the flips' Keras margins; `passed` judges the estimates against the rules."""
+    labelled photos; the items whose *decision* changed (a label, or uncertain: the bin's own rule,
+    thresholds and fallback included), with Keras's calibrated confidence on them; `passed` judges
+    the estimates against the rules. `names`: the photos, for the listing."""
     comp = rules.compartments or {lb: i for i, lb in enumerate(label_ids)}
     want = np.array([comp.get(label_ids[t], -2) for t in truth])
     k_comp, k_conf = rules.route(ref, label_ids)
@@ -220,10 +228,20 @@ def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: 
     contamination = _verdict(int((~k_bad & t_bad).sum()), int((k_bad & ~t_bad).sum()), n,
                              rules.max_contamination_gain)
     contamination["change"] = -contamination["change"]  # a gain in contamination is the harm
-    flips = np.flatnonzero(ref.argmax(1) != tfl.argmax(1))
-    top2 = np.sort(ref, 1)[:, -2:]
-    margins = [{"keras_top": float(top2[i, 1]), "keras_margin": float(top2[i, 1] - top2[i, 0]),
-                "same_compartment": bool(k_comp[i] == t_comp[i])} for i in flips]
+    # what the bin decides: the top label when confident, else uncertain (temperature keeps the order)
+    k_dec = np.where(k_conf, ref.argmax(1), UNCERTAIN)
+    t_dec = np.where(t_conf, tfl.argmax(1), UNCERTAIN)
+    changed = np.flatnonzero(k_dec != t_dec)
+    k_cal = calibrate(ref, rules.temperature).max(1)
+
+    def said(d: int) -> str:
+        return f"uncertain ({rules.fallback or 'not routed'})" if d == UNCERTAIN else label_ids[d]
+
+    flips = [{**({"image": str(names[i])} if names is not None else {}), "keras": said(k_dec[i]),
+              "tflite": said(t_dec[i]), "keras_confidence": float(k_cal[i]),
+              "keras_uncertain": bool(not k_conf[i]), "same_compartment": bool(k_comp[i] == t_comp[i])}
+             for i in changed]
+    top1 = ref.argmax(1) != tfl.argmax(1)
     verdicts = {routing["verdict"], contamination["verdict"]}
     verdict = next(v for v in ("fail", "undecided", "unproven", "pass") if v in verdicts)
     return {
@@ -236,12 +254,16 @@ def bin_outcome(ref: np.ndarray, tfl: np.ndarray, truth: np.ndarray, label_ids: 
         "correct_routing": {"keras": float(k_ok.mean()), "tflite": float(t_ok.mean()), **routing},
         "contamination": {"keras": float(k_bad.mean()), "tflite": float(t_bad.mean()), **contamination},
         "compartment_agreement": float((k_comp == t_comp).mean()),
-        "top1_flips": len(flips),
+        "decision_changes": len(changed),
+        "decision_agreement": float((k_dec == t_dec).mean()) if n else 1.0,
+        "top1_flips": int(top1.sum()),  # reported as before; the bin acts on decisions, not on argmax
+        "top1_agreement": float((~top1).mean()) if n else 1.0,
         "flip_margins": {
-            "max_keras_top": max((f["keras_top"] for f in margins), default=None),
-            "below_threshold": sum(f["keras_top"] < rules.threshold for f in margins),
-            "same_compartment": sum(f["same_compartment"] for f in margins),
-            "flips": sorted(margins, key=lambda f: -f["keras_top"])[:25]},
+            "of": "items whose decision changed (label or uncertain, under the bin's thresholds)",
+            "max_keras_top": max((f["keras_confidence"] for f in flips), default=None),
+            "below_threshold": sum(f["keras_uncertain"] for f in flips),
+            "same_compartment": sum(f["same_compartment"] for f in flips),
+            "flips": sorted(flips, key=lambda f: -f["keras_confidence"])[:25]},
         "bound_method": "95% one-sided Clopper-Pearson bounds from the discordant pairs (harm_bound_95, "
                         "harm_lower_95): pass when the upper bound is within the gate, fail when the lower bound "
                         "is beyond it, otherwise n is too small to tell (unproven / undecided)",
@@ -268,23 +290,36 @@ def format_outcome(o: dict) -> str:
         f"{_pt(100 * c['harm_lower_95'])}..{_pt(100 * c['harm_bound_95'])} pt; "
         f"gate <= +{100 * rules['max_contamination_gain']:.1f} pt: {c['verdict']})",
         f"{'same compartment':<22}{100 * o['compartment_agreement']:.1f}%",
-        f"{'top-1 flips':<22}{o['top1_flips']} (Keras top prob max "
-        f"{top}, {fm['below_threshold']} below "
-        f"threshold, {fm['same_compartment']} to the same compartment)",
+        f"{'decisions changed':<22}{o['decision_changes']} of {o['images']} (Keras confidence max {top}; "
+        f"{fm['below_threshold']} uncertain under Keras, {fm['same_compartment']} to the same compartment)",
+        f"{'top-1 flips':<22}{o['top1_flips']} (top-1 agreement {100 * o['top1_agreement']:.1f}%; "
+        "a flip the thresholds absorb changes nothing for the bin)",
     ])
 
 
-def _pt(x: float) -> str:
+def points(x: float) -> str:
     """A signed figure in points, never "-0.0" (rounding a tiny negative to zero)."""
     return f"{round(x, 1) + 0.0:+.1f}"
+
+
+_pt = points
 
 
 RULES = (("correct_routing", "correct-routing rule", "max_routing_loss", -1),
          ("contamination", "contamination rule", "max_contamination_gain", 1))
 
 
-def gate_lines(o: dict, mode: str) -> list[str]:
-    """One line per rule not passed: what failed, by how much, and the next steps in order."""
+def gate_lines(o: dict, mode: str, drift_rows: list[dict] | None = None) -> list[str]:
+    """One line per rule not passed: what failed, by how much, and the next steps in order. Mixed
+    precision names ops only where the drift analysis (`drift_rows`, convert/drift.py) finds some
+    that add the error; where it finds none it says that keeping ops in float is unlikely to help."""
+    from ecosorter.convert.drift import diagnosis
+
+    if drift_rows is None:
+        mixed = "mixed precision: keep the ops that add the most int8 error in float (--keep-float N)"
+    else:
+        found, why = diagnosis(drift_rows)
+        mixed = f"mixed precision: {why}" if found else f"mixed precision is unlikely to help: {why}"
     lines = []
     for key, name, tol_key, sign in RULES:
         r = o[key]
@@ -296,14 +331,13 @@ def gate_lines(o: dict, mode: str) -> list[str]:
                 f"photos (95% range {_pt(lo)}..{_pt(hi)} pt), gate {'>=' if sign < 0 else '<='} "
                 f"{_pt(sign * 100 * o['rules'][tol_key])} pt")
         need = r["photos_needed"]
-        more = (f"about {need:,} labelled photos (--validation DIR) would tell at these rates"
-                if need else f"more photos would not tell (even {MAX_PHOTOS:,} would not at these rates)")
-        steps = (f"Next: 1) {more}; 2) mixed precision: keep the ops that add the most int8 error in float "
-                 "(--keep-float N); 3) --quantize float16")
+        more = (f"about {need:,} labelled photos (--validation DIR) would tell at these rates" if need else
+                f"more labelled photos would not tell: at these rates it would take over {ADVICE_MAX_PHOTOS:,} "
+                "(the estimate sits near the gate)")
+        steps = f"Next: 1) {more}; 2) {mixed}; 3) --quantize float16"
         if v == "fail":
             lines.append(f"FAILED: {what}: the model changes what the bin does. Next: 1) more photos will not "
-                         "change this (the bound is already outside); 2) mixed precision (--keep-float N); "
-                         "3) --quantize float16")
+                         f"change this (the bound is already outside); 2) {mixed}; 3) --quantize float16")
         elif v == "undecided":
             lines.append(f"UNDECIDED: {what}: n is too small to judge either way (not proven bad, not proven "
                          f"good); nothing written. {steps}")

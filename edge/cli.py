@@ -38,16 +38,42 @@ def _load(args):
     from ecosorter.edge.preprocess.spec import preset
 
     labels = load_labels_file(args.labels)
-    path = args.model
-    if path is None and getattr(args, "config", None) is not None:
-        # the bin's decision needs the bin's model: model.path, else the installed one (as `run`)
-        from ecosorter.edge.config import load_config
-        from ecosorter.edge.sorter import default_model_path
+    path, source = model_choice(args)
+    model = load_model(path, args.backend, args.threads or None, labels,
+                       preset(args.preprocess) if args.preprocess else None)
+    # said on stderr once it loads (stdout stays the results; a failure's error names the file):
+    # a config naming no model must not pass the demo off as the bin's
+    print(f"model: {path} ({source})", file=sys.stderr)
+    return model
 
-        cfg = load_config(args.config)
-        path = cfg.model.path or default_model_path(Path(cfg.record.state_dir))
-    return load_model(path, args.backend, args.threads or None, labels,
-                      preset(args.preprocess) if args.preprocess else None)
+
+def model_choice(args) -> tuple[Path, str]:
+    """Which model a command uses and where that came from, as `run` chooses it: --model; with
+    --config its model.path (missing: an error naming the key), else the installed model, else the
+    bundled demo."""
+    from ecosorter.edge.model.loader import DEMO_MODEL
+
+    if args.model is not None:
+        return args.model, "--model"
+    config = getattr(args, "config", None)
+    if config is None:
+        return DEMO_MODEL, "the bundled demo model: no --model or --config given"
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.sorter import default_model_path
+
+    cfg = load_config(config)
+    if cfg.model.path:
+        path = Path(cfg.model.path)
+        if not path.is_file():
+            raise EcoSorterError(f"{config}: model.path = {str(path)!r}: file not found (fix the key, or remove it "
+                                 "to use the installed model)")
+        return path, f"model.path in {config}"
+    models = Path(cfg.record.state_dir) / "models"
+    installed = default_model_path(Path(cfg.record.state_dir))
+    if installed is not None:
+        return installed, f"the installed model in {models} (`ecosorter model install`); {config} sets no model.path"
+    return DEMO_MODEL, (f"the bundled DEMO model: {config} sets no model.path and no model is installed in "
+                        f"{models}; the bin would sort with this demo")
 
 
 def cmd_classify(args) -> int:
@@ -356,6 +382,7 @@ def cmd_model(args) -> int:
             raise
         print(f"installed {r.sha256[:12]} as {store.current}; checked:")
         print("\n".join(f"  {line}" for line in r.checks))
+        print(f"its decision rule: {_decision(r.path)}")
         print("a running sorter picks it up on restart: systemctl restart ecosorter")
     elif args.action == "rollback":
         print(f"rolled back to {store.rollback()}; a running sorter picks it up on restart: "
@@ -364,6 +391,15 @@ def cmd_model(args) -> int:
         for name in ("current", "previous"):
             print("\n".join(_describe_installed(store, name)))
     return 0
+
+
+def _decision(path: Path) -> str:
+    """An installed model's decision rule, printable (the manifest's text is the model's, not ours)."""
+    from ecosorter.edge.model.loader import read_manifest
+    from ecosorter.edge.model.trust import decision_summary
+
+    line = decision_summary(read_manifest(path.read_bytes(), path))
+    return "".join(c if c.isprintable() else "?" for c in line)
 
 
 def _read_signature(path: Path) -> bytes:
@@ -384,7 +420,7 @@ def _read_signature(path: Path) -> bytes:
 def _describe_installed(store, name: str) -> list[str]:
     """`model list`: version, date, source, labels, verification, signer of current/previous."""
     from ecosorter.edge.model.loader import read_manifest
-    from ecosorter.edge.model.trust import verification_status
+    from ecosorter.edge.model.trust import decision_summary, verification_status
 
     digest = store.installed(name)
     tag = f"{name} ({'running' if name == 'current' else 'rollback target'})"
@@ -410,6 +446,7 @@ def _describe_installed(store, name: str) -> list[str]:
             f"  source        {src.get('file', '-')} ({src.get('quantization', '?')})",
             f"  labels        {','.join(m.label_ids) if m else '-'}",
             f"  verification  {verification_status(m)[1]}",
+            f"  decision      {decision_summary(m)}",
             f"  signed by     {signer}",
             f"  installed     {rec.get('installed_at', '-')} from {rec.get('installed_from', '-')}"]
     # the manifest's and the record's text is the model's, not ours: no escapes to the terminal

@@ -154,7 +154,8 @@ def verification_figures(v: dict) -> str:
 
     def pts(key: str) -> str | None:
         x = v.get(key)
-        return f"{100 * x:+.1f} pt" if isinstance(x, int | float) and not isinstance(x, bool) else None
+        # rounded first, + 0.0: a change of -0.0004 is "+0.0 pt", never "-0.0 pt"
+        return f"{round(100 * x, 1) + 0.0:+.1f} pt" if isinstance(x, int | float) and not isinstance(x, bool) else None
 
     parts = [f"{v['images']} images" if isinstance(v.get("images"), int) else None]
     if pct("agreement"):
@@ -166,6 +167,30 @@ def verification_figures(v: dict) -> str:
     if pts("contamination_change"):
         parts.append(f"contamination {pts('contamination_change')}")
     return ", ".join(p for p in parts if p) or "no figures"
+
+
+def decision_summary(manifest: Any) -> str:
+    """The model's own decision rule in one line (its manifest's `decision` block, ecosorter-convert
+    --contamination): budget, guarantee, threshold family, photos; or that it carries none."""
+    d = manifest.decision if manifest is not None else None
+    if not d:
+        return "none in the model: the config's decision.threshold (default 0.55) decides for every class"
+
+    def num(key: str) -> Any:
+        x = d.get(key)
+        return x if isinstance(x, int | float) and not isinstance(x, bool) else None
+
+    budget, n, fit, cert = num("budget"), num("n"), num("n_fit"), num("n_certify")
+    parts = [f"contamination budget {100 * budget:g}%" if budget is not None else "budget ?",
+             f"{d.get('method', '?')}: {d.get('guarantee', 'no guarantee recorded')}",
+             f"thresholds {d.get('family', '?')}",
+             f"n {n if n is not None else '?'}" + (f" ({fit} fit, {cert} certify)" if fit is not None else "")]
+    right, fb = num("routed_right"), num("fallback_share")
+    if right is not None and fb is not None:
+        parts.append(f"on the certify photos routed right {100 * right:.1f}%, fallback {100 * fb:.1f}%")
+    if d.get("feasible") is False:
+        parts.append("NOT CERTIFIABLE (every item uncertain)")
+    return "; ".join(parts)
 
 
 def check_verified(manifest: Any, source: object, allow_unverified: bool) -> str:

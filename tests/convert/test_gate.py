@@ -40,9 +40,84 @@ def test_low_margin_flips_that_land_in_the_fallback_pass():
     # five uncertain items flip their top-1 (kardus -> kertas at 0.5): still uncertain, still fallback
     tfl[90:95] = probs([(2, 0.5)] * 5)
     o = bin_outcome(ref, tfl, truth, LABELS7, BinRules())
-    assert o["top1_flips"] == 5 and o["compartment_agreement"] == 1.0
+    assert o["top1_flips"] == 5 and o["top1_agreement"] == 0.95 and o["compartment_agreement"] == 1.0
     assert o["correct_routing"]["change"] == 0 and o["contamination"]["change"] == 0 and o["passed"]
-    assert o["flip_margins"]["below_threshold"] == 5 and o["flip_margins"]["same_compartment"] == 5
+    # the bin decided "uncertain" under both: no decision changed, so none is listed as a flip
+    assert o["decision_changes"] == 0 and o["decision_agreement"] == 1.0 and o["flip_margins"]["flips"] == []
+
+
+def test_flips_are_decisions_under_the_models_thresholds_not_argmax():
+    """A flip is an item the bin decides differently (label, or uncertain: thresholds, temperature and
+    fallback included), which is what the int8 model changes for the bin; top-1 stays reported."""
+    from ecosorter.convert.verify import format_outcome
+
+    truth = np.array([0] * 100)
+    ref = probs([(0, 0.9)] * 100)
+    tfl = ref.copy()
+    tfl[:3] = probs([(0, 0.6)] * 3)  # same top-1, but below kaca's own threshold: uncertain now
+    tfl[3] = probs([(1, 0.3)])[0]  # top-1 flips kaca -> kardus, uncertain under both? no: Keras was sure
+    rules = BinRules(class_thresholds={lb: 0.8 for lb in LABELS7})
+    o = bin_outcome(ref, tfl, truth, LABELS7, rules, names=[f"p{i}.jpg" for i in range(100)])
+    assert o["top1_flips"] == 1 and o["top1_agreement"] == 0.99
+    assert o["decision_changes"] == 4 and o["decision_agreement"] == 0.96
+    f = o["flip_margins"]
+    assert {x["image"] for x in f["flips"]} == {"p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"}
+    assert all(x["keras"] == "kaca" and x["tflite"] == "uncertain (khusus)" for x in f["flips"])
+    assert f["below_threshold"] == 0 and f["same_compartment"] == 0 and f["max_keras_top"] == pytest.approx(0.9)
+    text = format_outcome(o)
+    assert "decisions changed     4 of 100" in text and "top-1 flips           1 (top-1 agreement 99.0%" in text
+    # under a higher temperature the same items are judged on calibrated confidences
+    hot = bin_outcome(ref, tfl, truth, LABELS7, BinRules(class_thresholds={lb: 0.8 for lb in LABELS7},
+                                                         temperature=3.0))
+    assert hot["decision_changes"] == 0 and hot["top1_flips"] == 1  # all uncertain under both: no change
+
+
+def test_photo_advice_is_capped_and_int8_sources_named_only_when_the_drift_shows_them():
+    from ecosorter.convert.drift import sources, summary_lines
+    from ecosorter.convert.verify import ADVICE_MAX_PHOTOS, _verdict, gate_lines
+
+    # the pilot's report: 2 photos routed worse and 1 better of 84 (-1.2 pt) against a 1-point gate
+    # sits on the gate; it said "about 25,536 labelled photos would tell"
+    near = _verdict(2, 1, 84, 0.01)
+    assert near["verdict"] == "undecided" and near["photos_needed"] is None
+    assert _verdict(1, 0, 80, 0.005)["photos_needed"] <= ADVICE_MAX_PHOTOS
+    truth = np.array([0] * 84)
+    ref = probs([(0, 0.95)] * 84)
+    tfl = ref.copy()
+    ref[83] = probs([(0, 0.3)])[0]  # uncertain under Keras (to khusus), routed right by int8
+    tfl[:2] = probs([(0, 0.3)] * 2)  # two items uncertain under int8: routed worse, not contaminating
+    o = bin_outcome(ref, tfl, truth, LABELS7, BinRules())
+    assert (o["correct_routing"]["worse"], o["correct_routing"]["better"]) == (2, 1)
+    # an int8 model whose error climbs through the depth; its float head's SOFTMAX shows the biggest "jump"
+    steady = [{"op": "CONV_2D", "tensor": f"conv{i}", "error": 0.02 * (i + 1), "jump": 0.02, "float": False}
+              for i in range(10)]
+    steady += [{"op": "FULLY_CONNECTED", "tensor": "logits", "error": 0.25, "jump": 0.05, "float": True},
+               {"op": "SOFTMAX", "tensor": "probs", "error": 0.9, "jump": 0.65, "float": True}]
+    assert sources(steady) == []
+    lines = gate_lines(o, "int8", steady)
+    line = next(x for x in lines if x.startswith("UNDECIDED: correct-routing rule"))
+    assert "25,536" not in line and f"over {ADVICE_MAX_PHOTOS:,}" in line and "would not tell" in line
+    assert "SOFTMAX" not in line and "mixed precision is unlikely to help: no op stands out" in line
+    summary = "\n".join(summary_lines(steady))
+    assert "SOFTMAX" not in summary and "no op stands out" in summary
+    # int8 that loses almost nothing on the calibration photos (what a calibration unlike the bin's
+    # photos shows): the few tenths of a percent each op adds are no source to name
+    small = [{**r, "error": r["error"] / 100, "jump": r["jump"] / 100} for r in steady]
+    small[0]["jump"] = small[-3]["error"]  # one op "adds" all of a 0.2% error
+    assert sources(small) == []
+    line = next(x for x in gate_lines(o, "int8", small) if x.startswith("UNDECIDED"))
+    assert "int8 adds little error on the calibration photos (0.2% at the last int8 op)" in line
+    assert "CONV_2D" not in line
+    # one int8 op adding most of the error is named, and --keep-float 1 is the step
+    spike = [dict(r) for r in steady[:10]]
+    spike[4].update(jump=0.1, error=0.2)
+    for i, r in enumerate(spike[5:], start=5):
+        r["error"] = 0.2 + 0.01 * (i - 4)
+    assert [r["tensor"] for r in sources(spike)] == ["conv4"]
+    line = next(x for x in gate_lines(o, "int8", spike) if x.startswith("UNDECIDED"))
+    assert "mixed precision: --keep-float 1 keeps in float the op adding the most int8 error (CONV_2D; each adds " \
+        ">= 25% of the 25% error at the last int8 op)" in line
+    assert "conv4" in "\n".join(summary_lines(spike))
 
 
 def test_confident_flips_that_contaminate_fail_and_are_bounded():
@@ -137,6 +212,10 @@ def test_the_gate_refuses_a_bad_int8_model_for_the_right_reason(tiny_h5, tmp_pat
     assert o["verdict"] == "fail" and o["correct_routing"]["harm_lower_95"] > 0.01
     assert "FAILED: correct-routing rule" in text and "more photos will not change this" in text
     assert "agreement rule" not in text  # agreement is reported, the outcome judged
+    # int8 matches float on its own (darkened) calibration photos: the drift analysis blames no op,
+    # and the next step says where the loss is instead of naming one (it listed the float head's FULLY_CONNECTED first)
+    assert "int8 adds little error on the calibration photos" in text and "calibrate on photos like the bin's" in text
+    assert "keeps in float the op" not in text and "SOFTMAX" not in text
     # under the bin's default rule most of the tiny model's items are uncertain: too few discordant
     # items to judge, and the report says so instead of calling the model bad
     assert convert_main(args) == 1

@@ -414,3 +414,45 @@ def test_a_bad_decision_block_is_refused_naming_the_field(block, why):
     d["decision"] = block
     with pytest.raises(ValueError, match=why):
         Manifest.from_json(json.dumps(d).encode())
+
+
+def _weak(n: int, sep: float, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A weak 7-class model: the true class's logit ahead by `sep` standard deviations."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 7, n)
+    z = rng.normal(0, 1, (n, 7))
+    z[np.arange(n), y] += sep
+    p = np.exp(z)
+    return p / p.sum(1, keepdims=True), y
+
+
+def test_a_rule_sending_most_items_to_the_fallback_is_warned_with_next_steps():
+    # a weak model on 400 photos at 2%: certifiable, but most items would be uncertain
+    c = th.choose(*_weak(400, 2.5), LABELS7, 0.02)
+    assert c.feasible and c.certify["fallback_share"] > 0.5
+    text = th.format_choice(c)
+    warning = next(x.strip() for x in text.splitlines() if "WARNING" in x)
+    assert warning.startswith(f"WARNING: at a 2% contamination budget the certified rule sends "
+                              f"{100 * c.certify['fallback_share']:.1f}% of the {c.n_certify} certify photos to the "
+                              "fallback")
+    # the first point of the family sending at most half to the fallback contaminates more than 2% of
+    # these photos: more photos will not certify it, a larger budget (certified on these photos) will
+    j = next(i for i, p in enumerate(c.curve) if p["fallback"] <= 0.5)
+    assert max(p["contamination"] for p in c.curve[:j + 1]) >= 0.02
+    assert "more labelled photos will not do it at this budget" in warning
+    budget = float(warning.split("--contamination ")[1].split()[0])
+    assert 0.02 < budget < 0.05
+    bigger = th.choose(*_weak(400, 2.5), LABELS7, budget)
+    assert bigger.feasible and bigger.certify["fallback_share"] <= 0.5  # the advice holds on these photos
+    assert th.report(c)["fallback_warning"] == warning
+
+    # 80 photos at 5%: the same rates on more photos would certify it; the number is said
+    few = th.choose(*_weak(80, 2.5), LABELS7, 0.05)
+    w = th.fallback_warning(few)
+    assert w is not None and "about " in w and f"labelled photos (now {few.n})" in w
+    need = int(w.split("about ")[1].split()[0].replace(",", ""))
+    assert few.n < need <= th.ADVICE_MAX_PHOTOS
+    # a strong model is not warned
+    good = th.choose(*_weak(200, 4.0), LABELS7, 0.05)
+    assert good.certify["fallback_share"] <= 0.5 and th.fallback_warning(good) is None
+    assert "WARNING" not in th.format_choice(good) and "fallback_warning" not in th.report(good)

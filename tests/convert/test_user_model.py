@@ -55,7 +55,8 @@ def test_retraining_from_a_7_class_model_on_a_5_class_export_keeps_7_and_the_ori
     rep = json.loads((tmp_path / "model.train.json").read_text())
     assert rep["labels"] == LABELS7
     assert rep["retrained_from"] == {"file": "model.h5", "classes": LABELS7, "kept_as": kept[0].name,
-                                     "head_rows_kept": ["khusus", "organik"]}
+                                     "head_rows_kept": ["khusus", "organik"],
+                                     "validation_before": None}  # --val-split 0: no photos to measure it on
     again = tf_keras.models.load_model(model, compile=False)
     kernel, bias = again.layers[-1].get_weights()
     assert again.layers[-1].units == 7
@@ -157,3 +158,110 @@ def test_a_forced_conversion_says_verified_false_and_a_passed_one_true(tiny_h5, 
         verified, line = verification_status(m.manifest)
         assert not verified and line.startswith("FAILED at conversion (verified: false) (agreement 100.0% < 101.0%): "
                                                 "36 images, agreement 100.0% (min 101.0%)")
+
+
+def _predict(model_path, files, preset_name="caffe"):
+    import tf_keras
+
+    from ecosorter.edge.preprocess import InputSpec, Preprocessor, decode_image
+    from ecosorter.edge.preprocess.spec import preset
+
+    model = tf_keras.models.load_model(model_path, compile=False)
+    prep = Preprocessor(preset(preset_name), InputSpec(224, 224))
+    return model.predict(np.concatenate([prep(decode_image(f), "rgb") for f in files]), verbose=0).argmax(1)
+
+
+def test_retraining_reports_accuracy_with_its_range_and_the_starting_models_on_the_same_photos(tmp_path, capsys):
+    """#17: the validation accuracy with a 95% interval, the model it started from measured on the same
+    photos (recorded as retrained_from.validation_before), and what to do when they cannot be told apart."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from ecosorter.convert.thresholds import lower_binomial, upper_binomial
+    from ecosorter.convert.verify import _verdict
+
+    start = tmp_path / "model.h5"
+    seed_layout(tf_keras).save(start)
+    original = tmp_path / "original.h5"
+    shutil.copy(start, original)
+    data = export_of(tmp_path, FIVE)
+    out = tmp_path / "model.h5"  # -o is --weights: the starting model is measured before it is replaced
+    assert train_main([str(data), "-o", str(out), "--weights", str(start), "--epochs", "20", "--views", "2",
+                       "--val-split", "0.34", "--lr", "0.01", "--seed", "2", "--quiet"]) == 0, capsys.readouterr().err
+    text = capsys.readouterr().out
+    rep = json.loads((tmp_path / "model.train.json").read_text())
+    files = [data / f for f in rep["split"]["validation"]]
+    truth = np.array([LABELS7.index(f.parent.name) for f in files])
+    n = len(truth)
+    assert n == 10
+
+    after, before = _predict(out, files), _predict(original, files)
+    k_after, k_before = int((after == truth).sum()), int((before == truth).sum())
+
+    def shown(k: int) -> str:
+        lo, hi = lower_binomial(k, n, 0.025), upper_binomial(k, n, 0.025)
+        return f"{100 * k / n:.1f}% (95% range {100 * lo:.1f}..{100 * hi:.1f}%, n {n})"
+
+    assert f"validation accuracy {shown(k_after)}" in text
+    assert f"starting model model.h5 on the same photos: {shown(k_before)}" in text
+    v = rep["retrained_from"]["validation_before"]
+    assert (v["images"], v["correct"], v["preprocess"]) == (n, k_before, "caffe")
+    assert v["accuracy"] == pytest.approx(k_before / n)
+    assert v["range_95"] == pytest.approx([lower_binomial(k_before, n, 0.025), upper_binomial(k_before, n, 0.025)],
+                                          abs=1e-4)
+    worse = int(((before == truth) & (after != truth)).sum())
+    better = int(((before != truth) & (after == truth)).sum())
+    assert (v["worse"], v["better"]) == (worse, better) and worse + better > 0  # the two differ somewhere
+    assert rep["validation"]["correct"] == k_after
+    verdict = _verdict(worse, better, n, 0.0)
+    change = f"retraining changed accuracy by {100 * (better - worse) / n:+.1f} pt ({better} photos better, {worse} worse"
+    assert change in text
+    if verdict["verdict"] in ("unproven", "undecided"):  # 10 photos: the usual case
+        assert f"{n} validation photos are too few to tell the two apart" in text
+        need = verdict["photos_needed"]
+        assert (f"about {need:,} validation photos would tell" if need else "more photos would not tell") in text
+    else:
+        assert "too few to tell" not in text
+
+
+def test_a_failure_or_ctrl_c_while_choosing_thresholds_keeps_the_trained_model(tmp_path, capsys, monkeypatch):
+    """#17: the model is saved (durably) before thresholds are chosen; what goes wrong there is said,
+    and the saved model and its train.json stay. The failure is injected where thresholds are chosen."""
+    tf_keras = pytest.importorskip("tf_keras")
+    from ecosorter.convert import decision
+
+    start = tmp_path / "start.h5"
+    seed_layout(tf_keras).save(start)
+    data = export_of(tmp_path, FIVE)
+    args = [str(data), "--weights", str(start), "--epochs", "1", "--views", "1", "--val-split", "0.34",
+            "--contamination", "0.05", "--quiet"]
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(decision, "choose_block", interrupted)
+    out = tmp_path / "new.h5"
+    assert train_main([*args, "-o", str(out)]) == 130
+    text, err = capsys.readouterr()
+    assert f"interrupted after training: the trained model is saved as {out} with new.train.json (no thresholds" \
+        in text and "interrupted" in err and "Traceback" not in err
+    model = tf_keras.models.load_model(out, compile=False)
+    assert model.output_shape == (None, 7)
+    rep = json.loads((tmp_path / "new.train.json").read_text())
+    assert rep["labels"] == LABELS7 and rep["validation"]["images"] == 10 and "decision" not in rep
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".new", ".tmp"))]  # no temporary left
+
+    def broken(*_a, **_k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(decision, "choose_block", broken)
+    out2 = tmp_path / "new2.h5"
+    assert train_main([*args, "-o", str(out2)]) == 0
+    text = capsys.readouterr().out
+    assert f"warning: no thresholds written (RuntimeError: out of memory); the trained model is saved as {out2}" \
+        in text
+    assert tf_keras.models.load_model(out2, compile=False).output_shape == (None, 7)
+    assert json.loads((tmp_path / "new2.train.json").read_text())["labels"] == LABELS7
+
+    # a budget that is no share is refused before any training
+    assert train_main([*args, "-o", str(tmp_path / "x.h5"), "--contamination", "2"]) == 2
+    assert "--contamination 2.0: a share between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
