@@ -563,6 +563,18 @@ def cmd_calibrate(args) -> int:
         return 0 if calibrate(args.config, actuator, names=cfg.hardware.compartment_names) else 1
 
 
+def _raw_state_dir(config: Path) -> Path | None:
+    """record.state_dir as written in a config that may not validate (a bad edit elsewhere in it):
+    the folder where the last good hardware section was kept."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(config.read_text()).get("record", {}).get("state_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(raw) if isinstance(raw, str) and raw else None
+
+
 def cmd_safe(args) -> int:
     """Run by systemd after every stop (ExecStopPost), also after a watchdog kill or SIGKILL,
     when the sorter itself could not: trapdoor closed and waited for, then chute home, then
@@ -573,7 +585,7 @@ def cmd_safe(args) -> int:
     from ecosorter.edge.hardware.check import compartment_count
     from ecosorter.edge.sorter import LAST_GOOD_HARDWARE
 
-    kept = (args.state_dir or Path("/var/lib/ecosorter")) / LAST_GOOD_HARDWARE
+    kept = (args.state_dir or _raw_state_dir(args.config) or Path("/var/lib/ecosorter")) / LAST_GOOD_HARDWARE
     try:
         if not args.config.exists():
             raise EcoSorterError(f"{args.config}: file not found")

@@ -271,6 +271,10 @@ def test_machine_log_and_safe_with_a_broken_config(tmp_path, capsys):
     assert main(["safe", "--config", str(broken), "--state-dir", str(tmp_path / "nothing")]) == 2
     assert main(["safe", "--config", str(tmp_path / "deleted.toml"), "--state-dir", str(tmp_path)]) == 0
     assert "hardware safe (chute) from" in capsys.readouterr().out  # a missing file: the kept config too
+    own = tmp_path / "own.toml"  # no --state-dir: the folder the broken config itself names
+    own.write_text(f'[record]\nstate_dir = "{tmp_path}"\n[hardware]\nprofile = "chute"\nsettle = 0.3\n')
+    assert main(["safe", "--config", str(own)]) == 0
+    assert str(tmp_path / "last-good-hardware.json") in capsys.readouterr().out
     stuck = tmp_path / "stuck.toml"  # switches that never confirm: safe must not say "safe"
     stuck.write_text('[hardware]\nprofile = "chute"\npin_factory = "mock"\nservo_speed_deg_s = 3000.0\n'
                      "chute_home_switch_pin = 20\ntrapdoor_closed_switch_pin = 21\n")
