@@ -415,8 +415,9 @@ class EventLog:
     def may_check(self) -> bool:
         """Not while events wait or space is short: with the reserve gone every commit truncates the
         WAL, which waits for the check's reader to finish."""
-        return (self._db is not None and not self.pending and not self.error
-                and not (self.reserve_bytes and not self.reserve.exists()))
+        with self._lock:
+            return (self._db is not None and not self.pending and not self.error
+                    and not (self.reserve_bytes and not self.reserve.exists()))
 
     def checked(self, inode: int, mark: int) -> None:
         """A check of `inode` found it sound: the events numbered up to `mark` are safe in the file."""

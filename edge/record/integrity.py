@@ -60,13 +60,13 @@ class LogCheck:
     def tick(self) -> bool | None:
         """Every loop pass (RecordGuard.tick). None: nothing to act on; True/False: damage was found,
         and the events since the last good check were (not) all written into the new log."""
-        if not self.enabled:
-            return None
         if self._thread is not None:
             if self._thread.is_alive():
                 return None
             self._thread = None
             return self._finish()
+        if not self.enabled:
+            return None
         now = self.clock.monotonic()
         if now < self._due and not self.events.journal_nearly_full():
             return None
@@ -83,13 +83,19 @@ class LogCheck:
         self._thread = threading.Thread(target=self._run, args=(inode, mark), name="log-check", daemon=True)
         self._thread.start()
 
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Until the check under way (if any) has its answer; the next tick() acts on it."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
     def run_now(self) -> bool | None:
-        """One check, waited for (tests, the benchmark)."""
+        """One check, waited for and acted on (tests, the benchmark)."""
         self.start()
-        assert self._thread is not None
-        self._thread.join()
-        self._thread = None
-        return self._finish()
+        self.wait()
+        return self.tick()
 
     def _run(self, inode: int, mark: int) -> None:
         self._outcome = check_file(self.events.path, inode, mark, self._opened)
