@@ -207,3 +207,13 @@ def test_bad_log_check_s_values_are_rejected_naming_the_key(value, says):
 @pytest.mark.parametrize("value", [0, 0.0, 10, 600.0, 86400])
 def test_good_log_check_s_values_are_taken(value):
     assert load_config(overrides={"record.log_check_s": value}).record.log_check_s == value
+
+
+def test_the_benchmark_runs_and_its_figures_hold_together(tmp_path):
+    """benchmarks/log_check.py on a small log (the docs quote its 100,000-event run)."""
+    from benchmarks.log_check import measure
+
+    r = measure(events=3000, repeat=2, folder=tmp_path)
+    assert r["events"] == 3000 and r["append_ms"] > 0 and r["quick_check_cold_ms"] > 0
+    assert r["warm_over_append"] == pytest.approx(r["quick_check_warm_ms"] / r["append_ms"], rel=0.01, abs=0.1)
+    assert r["journal_full_mb"] > 0 and r["recover_with_full_journal_ms"] > 0
