@@ -217,3 +217,24 @@ def test_the_benchmark_runs_and_its_figures_hold_together(tmp_path):
     assert r["events"] == 3000 and r["append_ms"] > 0 and r["quick_check_cold_ms"] > 0
     assert r["warm_over_append"] == pytest.approx(r["quick_check_warm_ms"] / r["append_ms"], rel=0.01, abs=0.1)
     assert r["journal_full_mb"] > 0 and r["recover_with_full_journal_ms"] > 0
+
+
+def test_checks_leave_no_thread_or_descriptor_behind(state):
+    """One descriptor more after the first check (SQLite keeps a closed connection's file open while
+    the writer holds locks on it, and reuses it), none after that; no thread left running."""
+    import os
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    b = Bin(state)
+    threads = threading.active_count()
+    b.append(1)
+    before = fds()
+    b.check_due()
+    first = fds()
+    for _ in range(20):
+        b.append(1)
+        b.check_due()
+    assert first <= before + 1 and fds() == first and threading.active_count() == threads
+    b.close()
