@@ -66,8 +66,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 COLUMNS = ("id", "time", "label", "confidence", "probabilities", "uncertain", "compartment", "routed_to",
            "routed_ok", "frames", "model_sha256", "latency_ms", "image", "note", "bin_id", "source_name")
 MAX_PENDING = 10_000
-# Events committed since the last good integrity check (about 0.8 kB each in memory: 2,000 ~ 1.7 MB).
-# A bin sorts a few hundred items a day; the check runs early when the journal is nearly full.
+# Events committed since the last good integrity check: 2,000 events as the bin makes them take 2.2 MB
+# (benchmarks/log_check.py). A bin sorts a few hundred a day; the check runs early at 3/4 full.
 JOURNAL_MAX = 2_000
 # Columns added after the first release: older event logs get them on open (ALTER TABLE).
 MIGRATIONS = {"true_label": "TEXT NOT NULL DEFAULT ''", "labeled_by": "TEXT NOT NULL DEFAULT ''",
