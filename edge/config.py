@@ -184,6 +184,9 @@ class RecordConfig:
     capture_quota_mb: float = opt(2048.0, min=0.1)
     disk_reserve_mb: float = opt(8.0, min=0.0, max=1024, doc="pre-allocated file released when the disk fills, "
                                                              "so pending events can still be written; 0 = none")
+    log_check_s: float = opt(600.0, min=0.0, max=86400.0, doc="every this many seconds the open event log is "
+                             "checked (PRAGMA quick_check) for damage written in place; 0 = off, else at least "
+                             "10 (each check reads the whole file)")
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,9 @@ def _cross_check(cfg: Config) -> None:
     if len(set(cfg.hardware.pca9685_channels)) != len(cfg.hardware.pca9685_channels) \
             or not all(0 <= ch <= 15 for ch in cfg.hardware.pca9685_channels):
         raise ConfigError("hardware.pca9685_channels", f"{cfg.hardware.pca9685_channels} must be distinct channels 0-15")
+    if 0 < cfg.record.log_check_s < 10:
+        raise ConfigError("record.log_check_s", f"{cfg.record.log_check_s!r} must be 0 (off) or at least 10: "
+                                                "each check reads the whole event log")
     if cfg.camera.source in ("folder", "video") and not cfg.camera.device:
         raise ConfigError("camera.device", f"camera.source = {cfg.camera.source!r} needs a path")
     _security_checks(cfg)

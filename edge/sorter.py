@@ -534,6 +534,8 @@ class Sorter:
             steps.append(self.commands.close)
         if self.mqtt is not None:
             steps.append(self.mqtt.close)
+        if self.record_guard is not None:
+            steps.append(self.record_guard.close)  # an integrity check under way: stopped
         if self.events is not None:
             steps.append(self.events.close)
         steps += [self.model.close, self.notifier.close]
@@ -606,7 +608,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         sorter = Sorter(cfg, model, source, actuator, events=events, board=board, captures=captures,
                         mqtt=mqtt, store=store, inputs=inputs, clock=clock,
                         machine_log=MachineLog(events.path))
-        sorter.record_guard = RecordGuard(events, machine, clock)
+        sorter.record_guard = RecordGuard(events, machine, clock, cfg.record.log_check_s)
         if mqtt is not None:
             sorter.commands = CommandProcessor(cfg, store, state, callbacks_for(sorter), mqtt.reply).start()
             mqtt.on_command = sorter.commands.submit

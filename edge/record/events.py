@@ -8,6 +8,11 @@ that is not enough (or the folder is read-only) do events wait in memory (bounde
 disk allows; whatever is still unwritten at close() is counted in `unsaved` and logged, and the
 CLI exits non-zero naming the cause. If the database file is deleted underneath the running
 sorter, a new one is started at once rather than writing into the unlinked inode.
+
+Every committed event is also kept in a bounded in-memory journal (the last JOURNAL_MAX) until an
+integrity check has seen it in the file (edge/record/integrity.py trims it). Whenever a new log has
+to be started under the running bin (damaged, deleted, replaced), the journal is written into it
+first, so the events recorded since the last good check are not lost with the old file.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +66,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 COLUMNS = ("id", "time", "label", "confidence", "probabilities", "uncertain", "compartment", "routed_to",
            "routed_ok", "frames", "model_sha256", "latency_ms", "image", "note", "bin_id", "source_name")
 MAX_PENDING = 10_000
+# Events committed since the last good integrity check: 2,000 events as the bin makes them take 2.2 MB
+# (benchmarks/log_check.py). A bin sorts a few hundred a day; the check runs early at 3/4 full.
+JOURNAL_MAX = 2_000
 # Columns added after the first release: older event logs get them on open (ALTER TABLE).
 MIGRATIONS = {"true_label": "TEXT NOT NULL DEFAULT ''", "labeled_by": "TEXT NOT NULL DEFAULT ''",
               "labeled_at": "TEXT NOT NULL DEFAULT ''"}
@@ -144,6 +153,10 @@ class EventLog:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._inode = -1
+        # (number, event) committed and not yet seen by a good integrity check; numbers only grow
+        self.journal: deque[tuple[int, Event]] = deque(maxlen=JOURNAL_MAX)
+        self._journaled = 0
+        self.journal_dropped = 0  # events that left the journal unchecked (it was full)
         try:
             self._open()
         except (sqlite3.Error, OSError) as e:  # read-only or full disk at start: sort anyway
@@ -282,6 +295,11 @@ class EventLog:
             db = self._connect_checked()
         self._db = db
         self._inode = os.stat(self.path).st_ino
+        if self.journal:  # a new log under the running bin: first what the old file held unchecked
+            log.warning("event log %s: writing the %d events recorded since the last good check into it",
+                        self.path, len(self.journal))
+            self.pending[:0] = [ev for _, ev in self.journal]
+            self.journal.clear()
 
     def _connect_checked(self) -> sqlite3.Connection:
         """Open, check and migrate; _Damaged if the file is not a sound SQLite database."""
@@ -377,7 +395,59 @@ class EventLog:
                 except sqlite3.Error:
                     pass
             raise
+        for ev in self.pending:
+            if len(self.journal) == JOURNAL_MAX:
+                self.journal_dropped += 1
+            self._journaled += 1
+            self.journal.append((self._journaled, ev))
         self.pending.clear()
+
+    # ------------------------------------------------------------------ for the integrity check
+    def check_mark(self) -> tuple[int, int]:
+        """(inode, journal number) as a check starts: every event numbered up to here is committed,
+        so a check that reads this inode afterwards sees it."""
+        with self._lock:
+            return self._inode, self._journaled
+
+    def journal_nearly_full(self) -> bool:
+        return len(self.journal) >= JOURNAL_MAX * 3 // 4
+
+    def may_check(self) -> bool:
+        """Not while events wait or space is short: with the reserve gone every commit truncates the
+        WAL, which waits for the check's reader to finish."""
+        with self._lock:
+            return (self._db is not None and not self.pending and not self.error
+                    and not (self.reserve_bytes and not self.reserve.exists()))
+
+    def checked(self, inode: int, mark: int) -> None:
+        """A check of `inode` found it sound: the events numbered up to `mark` are safe in the file."""
+        with self._lock:
+            if inode != self._inode:
+                return  # the log was started afresh meanwhile: what the journal holds is not checked
+            while self.journal and self.journal[0][0] <= mark:
+                self.journal.popleft()
+
+    def damaged_in_place(self, inode: int, reason: str) -> bool:
+        """A check found the open file damaged: set it aside, start a new log and write the journal
+        into it. False when that could not be written (the events wait in memory, as on a full disk)."""
+        with self._lock:
+            try:
+                there = os.stat(self.path).st_ino
+            except OSError:
+                there = -1
+            if inode != self._inode or inode != there or self._db is None:
+                return True  # replaced or deleted meanwhile: the next append starts afresh (_ensure_open)
+            self._db.close()
+            self._db = None
+            self._set_aside(reason)
+            try:
+                self._write_pending()
+            except (sqlite3.Error, OSError) as e:
+                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+                return False
+            self.error = ""
+            return True
 
     def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:

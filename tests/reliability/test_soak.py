@@ -22,10 +22,13 @@ def test_soak_5000_items(tmp_path, record_property):
                                  "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
                                  "record.capture": "uncertain", "status.enabled": False})
     marks: dict[int, tuple[int, int, int]] = {}
+    checked: dict[int, int] = {}  # event-log checks done by each mark
 
     def on_event(ev):
         n = sorter.summary.items
         if n in (1000, ITEMS):
+            sorter.record_guard.check.wait()  # an event-log check under way (its thread, its files) is no leak
+            checked[n] = sorter.record_guard.check.checks
             marks[n] = (proc.memory_info().rss, proc.num_fds(), threading.active_count())
 
     with build_sorter(cfg, state_dir=tmp_path) as sorter:
@@ -41,6 +44,9 @@ def test_soak_5000_items(tmp_path, record_property):
     print(f"soak: {ITEMS} items, RSS {rss0 / 1e6:.1f} -> {rss1 / 1e6:.1f} MB ({100 * growth:+.2f}%), "
           f"fds {fds0}->{fds1}, threads {thr0}->{thr1}, p99 {early:.2f} -> {late:.2f} ms")
     assert growth < 0.05
-    assert fds1 <= fds0 and thr1 <= thr0
+    # SQLite keeps the file of a closed connection open while another connection of the process holds
+    # locks on it (closing it would drop those), and reuses it for the next: after the first event-log
+    # check, one descriptor more, and never another
+    assert fds1 <= fds0 + (checked[1000] == 0 < checked[ITEMS]) and thr1 <= thr0
     # Latency drift is reported above and measured in benchmarks/, never asserted: on a shared 2-core
     # machine a timing bound is a coin toss (it failed once at 6.1 ms against 5.3 while a benchmark ran).
