@@ -470,7 +470,9 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         val_probs = predict(val_idx)
         report["validation"] = val = evaluate(val_probs, ds.labels[val_idx], ds.classes)
         write_sidecar(output, report)
-        for line in accuracy_lines(val, ds.labels[val_idx], val_probs.argmax(1), before, before_pred, weights_path):
+        # the starting model by the name it has now: with -o equal to --weights, its kept copy
+        for line in accuracy_lines(val, ds.labels[val_idx], val_probs.argmax(1), before, before_pred,
+                                   kept_as or weights_path):
             log(line)
         if contamination is not None:  # the validation split never trained: thresholds for the budget on it
             try:
