@@ -352,6 +352,23 @@ def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tm
         assert rules["temperature"] == dec["temperature"] and dec["n_certify"] == r["decision"]["n_certify"]
 
 
+def test_a_budget_too_small_for_the_photos_blames_the_photos_not_int8(tiny_h5, photo_dir, tmp_path, capsys):
+    """int8 passes its gate here; only the 1% budget cannot be certified with 36 photos. The failure
+    names the photos needed and gives no int8 drift listing or --keep-float advice."""
+    out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
+    rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
+                       "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
+                       "--contamination", "0.01", "--quiet", "--max-routing-loss", "100",
+                       "--max-contamination-gain", "100"])
+    text = capsys.readouterr().out
+    assert rc == 1 and not out.exists(), text
+    r = json.loads(report.read_text())
+    assert r["bin_outcome"]["passed"] and not r["passed"]  # int8's gate passed; the rule did not
+    assert ("FAILED: decision rule: a 1% contamination budget cannot be certified with 36 labelled photos. "
+            "Next: 1) give at least 142 labelled photos") in text
+    assert "int8 error through the depth" not in text and "--keep-float" not in text and "int8_drift" not in r
+
+
 def test_a_budget_from_ecosorter_train_is_chosen_again_by_convert(tiny_h5, tmp_path, capsys):
     model = tmp_path / "m.h5"
     shutil.copy(tiny_h5, model)
