@@ -115,9 +115,16 @@ def thresholds_main(argv: list[str]) -> int:
                                                 **({"fit_on": str(args.fit_on)} if args.fit_on else {})})
         print(f"report {args.report}, curve {png}")
     if not choice.feasible:
-        print(f"FAILED: decision rule: a {100 * args.contamination:g}% budget cannot be certified with "
-              f"{choice.n} photos; nothing written. Next: give at least {choice.photos_needed} labelled photos, "
-              "or a larger --contamination")
+        if choice.fit_apart:
+            print(f"FAILED: decision rule: a {100 * args.contamination:g}% budget cannot be certified with "
+                  f"{choice.n_certify} certify photos (--validation); nothing written. Next: give at least "
+                  f"{choice.photos_needed} labelled photos in --validation, or a larger --contamination")
+        else:
+            apart = th.photos_needed(choice.budget, choice.method, choice.delta, 0.0)
+            print(f"FAILED: decision rule: a {100 * args.contamination:g}% budget cannot be certified with "
+                  f"{choice.n} photos; nothing written. Next: give at least {choice.photos_needed} labelled photos "
+                  f"(or {apart} in --validation with other labelled photos to shape the rule: --fit-on DIR), "
+                  "or a larger --contamination")
         return 1
     final = dataclasses.replace(manifest, decision=block)
     content = embed_metadata(args.model.read_bytes(), final.to_json())

@@ -233,7 +233,9 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
     gate_failed = gate == "outcome" and outcome is not None and not outcome["passed"]
     agreement_failed = agreement_gates and report["agreement"] < threshold
     passed = not gate_failed and not agreement_failed and not (choice is not None and not choice.feasible)
-    if quantize == "int8" and (not passed or drift_rows):
+    # only when int8 failed a rule: a budget too small for the photos is no fault of int8's, and
+    # --keep-float advice there sends the user after the wrong cause
+    if quantize == "int8" and (gate_failed or agreement_failed or drift_rows):
         # Where int8 loses the model, before the next steps: they name ops only where it finds some.
         drift_rows = drift_rows or _drift(src, tflite, calib)
         report["int8_drift"] = drift_rows

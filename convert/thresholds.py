@@ -239,6 +239,16 @@ class Choice:
     per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration: dict[str, float] = field(default_factory=dict)
     family: str = "per-class"  # which classes shaped their own thresholds (see own_classes)
+    fit_apart: bool = False  # fit photos given apart (--fit-on): every one of the n_certify certifies
+
+    def too_few(self) -> str:
+        """Why nothing can be certified, and how many photos would do it (only --validation's with --fit-on)."""
+        if self.fit_apart:
+            return (f"{self.n_certify} certify photos (--validation) are too few for a {100 * self.budget:g}% budget "
+                    f"({self.method}); every item would be uncertain. Give at least {self.photos_needed} labelled "
+                    "photos in --validation, or a larger --contamination")
+        return (f"{self.n} photos are too few for a {100 * self.budget:g}% budget ({self.method}); every item "
+                f"would be uncertain. Give at least {self.photos_needed} labelled photos, or a larger --contamination")
 
     def guarantee(self) -> str:
         if self.method == "crc":
@@ -358,8 +368,10 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
     return Choice(budget=budget, method=method, delta=delta, temperature=t, thresholds=thresholds,
                   feasible=feasible, n=len(truth), n_fit=len(fit_idx), n_certify=n, bound=float(bound),
                   certify=certify,
-                  photos_needed=photos_needed(budget, method, delta, fit_fraction), curve=curve,
-                  chosen_index=i, per_class=per_class, calibration=calib, family=family_name(own, label_ids))
+                  # photos given apart to fit: all of these certify, so only they count
+                  photos_needed=photos_needed(budget, method, delta, 0.0 if fit is not None else fit_fraction),
+                  curve=curve, chosen_index=i, per_class=per_class, calibration=calib,
+                  family=family_name(own, label_ids), fit_apart=fit is not None)
 
 
 def decision_block(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budget: float,
@@ -443,9 +455,7 @@ def format_choice(choice: Choice) -> str:
     if warning:
         lines.append(f"  {warning}")
     if not choice.feasible:
-        lines.append(f"  NOT CERTIFIABLE: {choice.n} photos are too few for a {100 * choice.budget:g}% budget "
-                     f"({choice.method}); every item would be uncertain. Give at least {choice.photos_needed} "
-                     "labelled photos, or a larger --contamination")
+        lines.append(f"  NOT CERTIFIABLE: {choice.too_few()}")
     lines.append(f"  {'class':<10}{'n':>5}{'thresh':>8}{'right':>8}{'wrong':>8}{'fallbk':>8}{'recv':>6}")
     for lb, r in choice.per_class.items():
         def pct(x: float | None) -> str:

@@ -354,7 +354,7 @@ def evaluate(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
     }
 
 
-def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", weights: str = "imagenet",
+def train(data: str | Path, output: str | Path, *, backbone: str | None = None, weights: str = "imagenet",
           classes: list[str] | None = None, epochs: int = 30, fine_tune: int = 0, fine_tune_epochs: int = 8,
           views: int = 3, val_split: float = 0.15, batch: int = 32, lr: float = 1e-3, fine_tune_lr: float = 2e-4,
           dropout: float = 0.2, balance: bool = True, seed: int = 0, progress: bool = True,
@@ -363,6 +363,7 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
     data, output = Path(data), Path(output)
     if output.suffix not in (".h5", ".keras"):
         raise TrainError(f"-o {output}: give a .h5 (Keras 2 legacy, like the seed) or .keras file")
+    backbone = starting_backbone(backbone, None if weights in ("imagenet", "none") else Path(weights), log)
     if backbone not in BACKBONES:
         raise TrainError(f"--backbone {backbone!r}; allowed: {', '.join(BACKBONES)}")
     if views < 1 or epochs < 1 or not 0 <= val_split < 1:
@@ -470,7 +471,9 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
         val_probs = predict(val_idx)
         report["validation"] = val = evaluate(val_probs, ds.labels[val_idx], ds.classes)
         write_sidecar(output, report)
-        for line in accuracy_lines(val, ds.labels[val_idx], val_probs.argmax(1), before, before_pred, weights_path):
+        # the starting model by the name it has now: with -o equal to --weights, its kept copy
+        for line in accuracy_lines(val, ds.labels[val_idx], val_probs.argmax(1), before, before_pred,
+                                   kept_as or weights_path):
             log(line)
         if contamination is not None:  # the validation split never trained: thresholds for the budget on it
             try:
@@ -496,6 +499,21 @@ def train(data: str | Path, output: str | Path, *, backbone: str = "resnet50", w
     write_sidecar(output, report)
     log(f"wrote {output} and {sidecar_path(output).name} in {report['minutes']:.1f} min")
     return report
+
+
+def starting_backbone(backbone: str | None, weights_path: Path | None, log=print) -> str:
+    """--backbone; without it, the one the --weights model was trained with (its train.json), else the
+    seed's resnet50. `ecosorter-train pilot/ -o m2.h5 --weights m.h5` retrains a Lite0 m.h5 as a Lite0."""
+    trained = read_sidecar(weights_path) if weights_path is not None and weights_path.is_file() else None
+    trained_as = (trained or {}).get("backbone")
+    if backbone is None:
+        if trained_as:
+            log(f"backbone {trained_as}, as {weights_path.name} was trained ({sidecar_path(weights_path).name})")
+        return trained_as or "resnet50"
+    if trained_as and trained_as != backbone:
+        raise TrainError(f"--backbone {backbone}: --weights {weights_path} was trained as {trained_as} "
+                         f"({sidecar_path(weights_path).name}); give --backbone {trained_as}, or leave --backbone out")
+    return backbone
 
 
 def previous_classes(path: Path, given: list[str] | None, data: Path) -> tuple[list[str], str]:
@@ -667,8 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="class subfolders of photos (e.g. from `ecosorter export`)")
     ap.add_argument("-o", "--output", type=Path, required=True, help="model to write: .h5 or .keras")
-    ap.add_argument("--backbone", choices=BACKBONES, default="resnet50",
-                    help="resnet50 (the seed's recipe) or efficientnet-lite0/1/2 (fast on the edge; inputs 224/240/260)")
+    ap.add_argument("--backbone", choices=BACKBONES, default=None,
+                    help="resnet50 (the seed's recipe) or efficientnet-lite0/1/2 (fast on the edge; inputs 224/240/260); "
+                         "default: the --weights model's own (its train.json), else resnet50")
     ap.add_argument("--weights", default="imagenet",
                     help="imagenet | none | PATH of an earlier model to start from: its classes are kept in "
                          "order, and when -o is the same file the original is kept beside it (default imagenet)")

@@ -277,8 +277,15 @@ def format_outcome(o: dict) -> str:
     fm = o["flip_margins"]
     top = "-" if fm["max_keras_top"] is None else f"{fm['max_keras_top']:.2f}"
     rules = o["rules"]
-    rule = f"threshold {rules['threshold']:g}" if not rules["class_thresholds"] else \
-        f"per-class thresholds, temperature {rules.get('temperature', 1.0):g}"
+    ths = rules["class_thresholds"]
+    t = f"temperature {rules.get('temperature', 1.0):g}"
+    if not ths:
+        rule = f"threshold {rules['threshold']:g}"
+    elif len(set(ths.values())) == 1 and set(ths) >= set(rules.get("compartments") or ths):
+        # a global family is written as the same threshold for every class: say so, as the converter did
+        rule = f"one threshold {next(iter(ths.values())):.3g} for every class, {t}"
+    else:
+        rule = f"per-class thresholds, {t}"
     return "\n".join([
         f"{'bin outcome':<22}{rule}, fallback {rules['fallback']}; {o['images']} labelled photos",
         f"{'correct routing':<22}{100 * r['keras']:.1f}% -> {100 * r['tflite']:.1f}% "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ecosorter.edge.clikit import add_version, quiet_pipe, simulate_state_dir
 from ecosorter.edge.errors import EcoSorterError
-from ecosorter.edge.state_dirs import simulated_run_state_dir
+from ecosorter.edge.state_dirs import same_state_flag, simulated_run_state_dir
 
 log = logging.getLogger("ecosorter")
 SAMPLES = Path(__file__).resolve().parent / "demo" / "samples"
@@ -183,6 +183,7 @@ def cmd_run(args) -> int:
     if errors + more:  # one report, as `config check` gives
         raise ConfigErrors(errors + more)
     if simulate:  # kept, so `ecosorter label` and `export` (same --config or --state-dir) find this run
+        again = same_state_flag(args.state_dir, args.config)
         args.state_dir = simulated_run_state_dir(args.state_dir, args.config, cfg.record.state_dir)
     for note in notes:
         log.warning("%s", note)
@@ -224,8 +225,8 @@ def cmd_run(args) -> int:
               f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
         print(format_counts(s, names, cfg.hardware.compartments, cfg.hardware.compartment_names))
         if simulate:
-            print(f"events and photos kept in {args.state_dir}: `ecosorter label ID LABEL` and "
-                  "`ecosorter export OUT/` find them there")
+            print(f"events and photos kept in {args.state_dir}: `ecosorter label ID LABEL{again}` and "
+                  f"`ecosorter export OUT/{again}` find them there")
     if sorter.events is not None and sorter.events.unsaved:
         print(f"ecosorter: error: {sorter.events.unsaved} events could not be saved: {sorter.events.error}",
               file=sys.stderr)

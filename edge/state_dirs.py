@@ -42,3 +42,16 @@ def simulated_run_state_dir(given: Path | None, config: Path | None, configured:
                              f"last good hardware config); a simulated run does not write there: {hint} "
                              "(and give `ecosorter label` and `export` the same --config or --state-dir)")
     return state
+
+
+def same_state_flag(given: Path | None, config: Path | None) -> str:
+    """What `ecosorter label` and `export` need to read the folder a simulated run wrote (see
+    cli._state_dir): the run's --state-dir, else its --config; bare only where they would look
+    there by themselves (no config given, none installed)."""
+    from ecosorter.edge.config import DEFAULT_PATH
+
+    if given is not None:
+        return f" --state-dir {given}"
+    if config is not None:
+        return f" --config {config}"
+    return f" --state-dir {simulate_state_dir()}" if DEFAULT_PATH.exists() else ""

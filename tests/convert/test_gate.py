@@ -72,6 +72,24 @@ def test_flips_are_decisions_under_the_models_thresholds_not_argmax():
     assert hot["decision_changes"] == 0 and hot["top1_flips"] == 1  # all uncertain under both: no change
 
 
+def test_the_outcome_names_one_global_threshold_as_one_and_per_class_ones_as_per_class():
+    """A global family (the converter's "thresholds: global") is one threshold for every class; the
+    gate's summary must not call it per-class."""
+    from ecosorter.convert.verify import format_outcome
+
+    truth = np.array([0] * 50)
+    ref = probs([(0, 0.9)] * 50)
+    same = {lb: 0.939 for lb in LABELS7}
+    text = format_outcome(bin_outcome(ref, ref, truth, LABELS7, BinRules(class_thresholds=same, temperature=1.04)))
+    assert "bin outcome           one threshold 0.939 for every class, temperature 1.04, fallback khusus" in text
+    mixed = dict(same, kaca=0.8)
+    text = format_outcome(bin_outcome(ref, ref, truth, LABELS7, BinRules(class_thresholds=mixed)))
+    assert "bin outcome           per-class thresholds, temperature 1, fallback khusus" in text
+    one = {"kaca": 0.8}  # a config's override of one class, the rest at decision.threshold
+    text = format_outcome(bin_outcome(ref, ref, truth, LABELS7, BinRules(class_thresholds=one)))
+    assert "per-class thresholds" in text
+
+
 def test_photo_advice_is_capped_and_int8_sources_named_only_when_the_drift_shows_them():
     from ecosorter.convert.drift import sources, summary_lines
     from ecosorter.convert.verify import ADVICE_MAX_PHOTOS, _verdict, gate_lines

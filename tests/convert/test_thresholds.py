@@ -98,6 +98,12 @@ def test_too_few_photos_say_how_many_are_needed():
     assert set(c.thresholds.values()) == {th.NEVER}  # everything uncertain: nothing certified
     assert "NOT CERTIFIABLE" in th.format_choice(c) and "142" in th.format_choice(c)
     assert th.photos_needed(0.02, "ltt", 0.05, 0.3) == 213  # (0.98)^m <= 0.05: m = 149
+    # photos apart shape the rule (--fit-on): every given photo certifies, so 99 of them would do, not 142
+    fp, fy = synth(60, np.random.default_rng(4))
+    apart = th.choose(p, y, LABELS7, 0.01, fit=(fp, fy))
+    assert not apart.feasible and apart.fit_apart and apart.n_certify == 60 and apart.photos_needed == 99
+    assert ("NOT CERTIFIABLE: 60 certify photos (--validation) are too few for a 1% budget (crc); every item "
+            "would be uncertain. Give at least 99 labelled photos in --validation") in th.format_choice(apart)
     with pytest.raises(th.ThresholdError, match="between 0 and 1"):
         th.choose(p, y, LABELS7, 2.0)
 
@@ -293,6 +299,19 @@ def test_a_budget_too_small_for_the_photos_writes_nothing(tmp_path, capsys):
     text = capsys.readouterr().out
     assert rc == 1 and not out.exists()
     assert "cannot be certified with 49 photos" in text and "at least 142" in text
+    assert "(or 99 in --validation with other labelled photos to shape the rule: --fit-on DIR)" in text
+    fit = tmp_path / "fit"  # the alternative, taken: with too few of them it says how many
+    for d in sorted(val.iterdir()):
+        for f in sorted(d.glob("*.jpg"))[1:]:
+            (fit / d.name).mkdir(parents=True, exist_ok=True)
+            f.rename(fit / d.name / f.name)
+    rc = convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(fit),
+                       "--contamination", "0.01", "-o", str(out), "--quiet"])
+    text = capsys.readouterr().out
+    n = sum(1 for _ in val.rglob("*.jpg"))
+    assert rc == 1 and not out.exists()
+    assert (f"cannot be certified with {n} certify photos (--validation); nothing written. Next: give at least 99 "
+            "labelled photos in --validation") in text
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/waste7 (not in a fresh clone)")
@@ -331,6 +350,23 @@ def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tm
         dec = m.manifest.decision
         assert dec["budget"] == 0.3 and rules["class_thresholds"] == dec["thresholds"]
         assert rules["temperature"] == dec["temperature"] and dec["n_certify"] == r["decision"]["n_certify"]
+
+
+def test_a_budget_too_small_for_the_photos_blames_the_photos_not_int8(tiny_h5, photo_dir, tmp_path, capsys):
+    """int8 passes its gate here; only the 1% budget cannot be certified with 36 photos. The failure
+    names the photos needed and gives no int8 drift listing or --keep-float advice."""
+    out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
+    rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
+                       "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
+                       "--contamination", "0.01", "--quiet", "--max-routing-loss", "100",
+                       "--max-contamination-gain", "100"])
+    text = capsys.readouterr().out
+    assert rc == 1 and not out.exists(), text
+    r = json.loads(report.read_text())
+    assert r["bin_outcome"]["passed"] and not r["passed"]  # int8's gate passed; the rule did not
+    assert ("FAILED: decision rule: a 1% contamination budget cannot be certified with 36 labelled photos. "
+            "Next: 1) give at least 142 labelled photos") in text
+    assert "int8 error through the depth" not in text and "--keep-float" not in text and "int8_drift" not in r
 
 
 def test_a_budget_from_ecosorter_train_is_chosen_again_by_convert(tiny_h5, tmp_path, capsys):

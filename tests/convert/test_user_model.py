@@ -201,7 +201,9 @@ def test_retraining_reports_accuracy_with_its_range_and_the_starting_models_on_t
         return f"{100 * k / n:.1f}% (95% range {100 * lo:.1f}..{100 * hi:.1f}%, n {n})"
 
     assert f"validation accuracy {shown(k_after)}" in text
-    assert f"starting model model.h5 on the same photos: {shown(k_before)}" in text
+    kept = rep["retrained_from"]["kept_as"]  # model.h5 is the new model now: the start is named by its copy
+    assert kept.startswith("model.before-") and (tmp_path / kept).is_file()
+    assert f"starting model {kept} on the same photos: {shown(k_before)}" in text
     v = rep["retrained_from"]["validation_before"]
     assert (v["images"], v["correct"], v["preprocess"]) == (n, k_before, "caffe")
     assert v["accuracy"] == pytest.approx(k_before / n)
@@ -220,6 +222,25 @@ def test_retraining_reports_accuracy_with_its_range_and_the_starting_models_on_t
         assert (f"about {need:,} validation photos would tell" if need else "more photos would not tell") in text
     else:
         assert "too few to tell" not in text
+
+
+def test_a_worse_retrained_model_names_the_file_that_still_holds_the_start(tmp_path):
+    """With -o equal to --weights the old name holds the new, worse model: "keep" must name the copy."""
+    from pathlib import Path
+
+    from ecosorter.convert.train import accuracy_lines
+
+    n = 60
+    truth = np.arange(n) % 7
+    before_pred = truth.copy()  # the start got every photo right
+    pred = truth.copy()
+    pred[:30] = (truth[:30] + 1) % 7  # the retrained one gets half of them wrong
+    before = {"correct": n}
+    lines = accuracy_lines({}, truth, pred, before, before_pred, Path("model.before-20261207-173650.h5"))
+    assert lines[1].startswith("starting model model.before-20261207-173650.h5 on the same photos: 100.0%")
+    assert lines[2].startswith("WARNING: retraining changed accuracy by -50.0 pt (0 photos better, 30 worse")
+    assert "keep model.before-20261207-173650.h5 (ecosorter-convert only the model you mean to install)" in lines[2]
+    assert (before["worse"], before["better"]) == (30, 0)
 
 
 def test_a_failure_or_ctrl_c_while_choosing_thresholds_keeps_the_trained_model(tmp_path, capsys, monkeypatch):

@@ -61,6 +61,24 @@ def test_simulated_run_label_and_export_share_the_configs_state_dir(tmp_path, ho
     assert set(rows) == set(ids) and rows[ids[0]]["true_label"] == "kaca"
 
 
+@pytest.mark.parametrize("how", ["config", "state-dir", "neither"])
+def test_the_runs_last_line_gives_label_and_export_what_finds_its_folder(tmp_path, home, capsys, how):
+    """The closing hint is a command that works: with --config C the bare `ecosorter label` would
+    look in another folder (the installed bin's, or the config-less simulated bin's)."""
+    state = tmp_path / "pilot-state"
+    cfg = write_config(tmp_path / "c.toml", state)
+    args = {"config": ["--config", str(cfg)], "state-dir": ["--state-dir", str(state)], "neither": []}[how]
+    assert run_simulated(*args) == 0
+    out = capsys.readouterr().out
+    ids = re.findall(r"\bid ([0-9a-f]{32})\b", out)
+    hint = re.search(r"`ecosorter label ID LABEL(.*?)` and `ecosorter export OUT/(.*?)` find them there", out)
+    assert hint is not None, out
+    assert hint.group(1) == hint.group(2) == {"config": f" --config {cfg}", "state-dir": f" --state-dir {state}",
+                                               "neither": ""}[how]
+    assert main(["label", ids[0], "kaca", *hint.group(1).split()]) == 0  # as printed: it finds the event
+    assert "true label kaca" in capsys.readouterr().out
+
+
 def test_label_and_export_with_a_config_that_is_not_there(tmp_path, home, capsys):
     missing = tmp_path / "nope.toml"
     assert main(["label", "--config", str(missing), "0" * 32, "kaca"]) == 2
