@@ -38,13 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from ecosorter.edge.decide.thresholds import calibrate
+from ecosorter.edge.decide.thresholds import NEVER, calibrate, confident
 
 METHODS = ("crc", "ltt")
 FAMILIES = ("auto", "per-class", "global")
 MIN_ERRORS = 5  # auto: a class shapes its own thresholds with >= MIN_ERRORS / budget fit items
 LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # budgets also stored, for decision.contamination_budget
-NEVER = 1.0  # "never confident": the anchor of the family; calibrated probabilities stay below 1 - EPS
 FIT_FRACTION = 0.3
 
 
@@ -95,15 +94,15 @@ def outcome(probs: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, comp: 
             fallback: int | None) -> dict[str, Any]:
     """Shares of items (calibrated `probs`, true class indices) under per-class `thresholds`."""
     best = probs.argmax(1)
-    confident = probs[np.arange(len(probs)), best] >= thresholds[best]
+    sure = confident(probs[np.arange(len(probs)), best], thresholds[best])  # a threshold of 1: never
     want = comp[truth]
     fb = -1 if fallback is None else comp[fallback]
-    routed = np.where(confident, comp[best], fb)
+    routed = np.where(sure, comp[best], fb)
     n = len(truth)
-    bad = confident & (routed != want)
+    bad = sure & (routed != want)
     return {"n": n, "routed_right": float((routed == want).mean()), "contamination": float(bad.mean()),
-            "contaminating": int(bad.sum()), "fallback": float((~confident).mean()),
-            "fallback_wrong": float((~confident & (want != fb)).mean()), "confident": confident,
+            "contaminating": int(bad.sum()), "fallback": float((~sure).mean()),
+            "fallback_wrong": float((~sure & (want != fb)).mean()), "confident": sure,
             "bad": bad, "routed": routed}
 
 

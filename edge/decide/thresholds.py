@@ -21,6 +21,15 @@ from ecosorter.edge.errors import ConfigError
 
 MAX_LADDER = 100  # budgets a model carries thresholds for (convert writes a handful)
 EPS = 1e-7  # int8 outputs hold exact zeros: log(0) would make a class impossible at any temperature
+NEVER = 1.0  # a threshold of 1 is never reached: "never confident" (an uncertifiable budget's rule)
+
+
+def confident(top: np.ndarray | float, threshold: np.ndarray | float) -> np.ndarray | bool:
+    """Whether a top (calibrated) probability makes an item confident under its class's threshold.
+
+    A threshold of 1 means never: a float model's softmax, or a temperature below ~0.4, gives a top
+    probability of exactly 1.0, which `>=` alone would let through a rule meant to route nothing."""
+    return (np.asarray(top) >= threshold) & (np.asarray(threshold) < NEVER)
 
 
 def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -114,4 +123,4 @@ def decision_rule(cfg, labels: Sequence[str], model_decision: dict[str, Any] | N
     return DecisionRule(tuple(labels), vec, temperature, budget, source, chosen)
 
 
-__all__ = ["DecisionRule", "calibrate", "check_decision_block", "decision_rule"]
+__all__ = ["NEVER", "DecisionRule", "calibrate", "check_decision_block", "confident", "decision_rule"]

@@ -225,6 +225,28 @@ def test_voter_uses_the_model_thresholds_and_the_config_overrides():
         _voter({"decision.contamination_budget": 0.01}, None)
 
 
+def test_a_threshold_of_one_is_never_reached_even_by_a_saturated_softmax():
+    """A float model's softmax (or a temperature below ~0.4) gives a top probability of exactly 1.0;
+    a rule whose thresholds are 1 (a budget too small to certify) must still route nothing confidently:
+    in the bin's Voter, in the chooser's outcome and in the conversion gate's routing."""
+    from ecosorter.convert.verify import BinRules
+
+    p = np.zeros(7, np.float32)
+    p[LABELS7.index("kaca")] = 1.0
+    assert calibrate(p, 0.3).max() == 1.0 and calibrate(p, 1.0).max() == 1.0
+    never = {"budget": 0.005, "temperature": 0.3, "thresholds": dict.fromkeys(LABELS7, 1.0), "feasible": False}
+    d = _voter({}, never).add(p.copy())
+    assert d.uncertain and d.compartment == KHUSUS and d.confidence == 1.0
+    assert _voter({"decision.model_thresholds": False, "decision.class_thresholds": {"kaca": 1.0}},
+                  None).add(p.copy()).uncertain
+    assert not _voter({}, never | {"thresholds": dict.fromkeys(LABELS7, 0.9999)}).add(p.copy()).uncertain
+    probs, truth = np.tile(p, (3, 1)).astype(np.float64), np.array([0, 1, 2])  # two of three are not glass
+    o = th.outcome(probs, truth, np.full(7, th.NEVER), COMP, KHUSUS)
+    assert o["contamination"] == 0.0 and o["fallback"] == 1.0
+    routed, sure = BinRules(threshold=1.0).route(probs, LABELS7)
+    assert not sure.any() and set(routed) == {KHUSUS}
+
+
 def _photos(tmp_path):
     """All committed photos in class folders: tests/data (36) and the demo samples (13)."""
     d = tmp_path / "val"
