@@ -308,6 +308,28 @@ def test_thresholds_fit_on_other_photos_certify_on_all_of_validation(tmp_path, c
         assert (m.manifest.decision["n_fit"], m.manifest.decision["n_certify"]) == (36, 13)
 
 
+def test_fit_on_photos_that_are_also_validation_photos_are_refused(tmp_path, capsys):
+    """--fit-on equal to --validation, or one photo copied into both under another name: the photo
+    would shape the family and certify it, and the guarantee would be void without a word."""
+    val, out = _photos(tmp_path), tmp_path / "t.tflite"
+    args = ["--contamination", "0.1", "-o", str(out), "--quiet"]
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(val), *args]) != 0
+    err = capsys.readouterr().err
+    assert f"--fit-on {val} and --validation {val} share 49 photo(s)" in err and not out.exists()
+    fit = tmp_path / "fit"
+    shutil.copytree(DATA, fit)  # tests/data only: the demo samples certify...
+    shutil.copy(val / "kaca" / "01-kaca-trashnet-glass1.jpg", fit / "kaca" / "copy.jpg")  # ...but one is in both
+    for f in fit.rglob("*.jpg"):
+        if f.name != "copy.jpg":
+            for dup in val.rglob(f.name):
+                dup.unlink()
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(fit), *args]) != 0
+    err = capsys.readouterr().err
+    assert "share 1 photo(s)" in err and "copy.jpg" in err and "01-kaca-trashnet-glass1.jpg" in err
+    (fit / "kaca" / "copy.jpg").unlink()
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(fit), *args]) == 0
+
+
 def test_a_budget_too_small_for_the_photos_writes_nothing(tmp_path, capsys):
     val, out = _photos(tmp_path), tmp_path / "t.tflite"
     rc = convert_main(["thresholds", str(DEMO), "--validation", str(val), "--contamination", "0.01",
