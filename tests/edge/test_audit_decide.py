@@ -78,3 +78,31 @@ def test_the_config_budget_picks_from_the_ladder_and_routes_by_it(thresholded, t
                 assert any(r["confidence"] == 1.0 for r in rows)  # the int8 demo saturates: what `>=` let through
     # 0 = the model's own 5%; otherwise the loosest of its budgets at or below the config's
     assert budgets == {0.0: 0.05, 0.02: 0.02, 0.03: 0.03, 0.5: 0.1}
+
+
+@pytest.mark.parametrize("roi, budget", [([0.0, 0.0, 1.0, 1.0], 0.0), ([0.2, 0.1, 0.5, 0.6], 0.05)])
+def test_classify_json_decides_as_run_routes_under_the_same_config(thresholded, tmp_path, capsys, roi, budget):
+    """`classify --json --config C` says what the bin would do with a photo: the same decision,
+    compartment and confidence as `run` under C routes that photo, camera.roi crop included."""
+    import json
+
+    from ecosorter.edge.cli import main as edge_main
+
+    model, cam = thresholded
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\npath = "{model}"\n[camera]\nsource = "folder"\ndevice = "{cam}"\nroi = {roi}\n'
+                   f'[decision]\ncontamination_budget = {budget}\n[hardware]\nprofile = "none"\npin_factory = "mock"\n'
+                   'settle_s = 0.0\n[record]\ncapture = "none"\n')
+    photos = sorted(cam.glob("*.jpg"))
+    capsys.readouterr()
+    assert edge_main(["classify", "--json", "--config", str(cfg), *map(str, photos)]) == 0
+    said = {json.loads(line)["image"].rsplit("/", 1)[1]: json.loads(line)["decision"]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("{")}
+    with build_sorter(load_config(cfg), state_dir=tmp_path / "state") as sorter:
+        sorter.run(max_items=len(photos))
+        done = {r["source_name"]: r for r in sorter.events.query("SELECT * FROM events")}
+    assert len(said) == len(done) == 13
+    for name, d in said.items():
+        r = done[name]
+        assert (d["uncertain"], d["compartment"]) == (bool(r["uncertain"]), r["routed_to"]), (name, d, dict(r))
+        assert d["confidence"] == pytest.approx(r["confidence"], abs=1e-6), name
