@@ -219,6 +219,16 @@ INTERPOLATE = 24
 
 # --- choosing on the certify part ------------------------------------------------------------------
 
+DECIMALS = 4  # a threshold's places in the manifest
+
+
+def written_threshold(t: float) -> float:
+    """A threshold as the manifest stores it: rounded *up* to DECIMALS places. Rounding to the nearest
+    could lower it by 0.00005 and let through items the certify photos were not confident on (2 of 200
+    synthetic draws then broke the budget on their own certify photos)."""
+    return min(NEVER, math.ceil(t * 10 ** DECIMALS - 1e-9) / 10 ** DECIMALS)  # 1e-9: float fuzz on an exact one
+
+
 @dataclass
 class Choice:
     budget: float
@@ -249,7 +259,7 @@ class Choice:
     def block(self) -> dict[str, Any]:
         """The manifest's `decision` entry for this budget."""
         return {"budget": self.budget, "method": self.method, "delta": self.delta, "family": self.family,
-                "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()},
+                "thresholds": {k: written_threshold(v) for k, v in self.thresholds.items()},
                 "feasible": self.feasible, "n": self.n, "n_fit": self.n_fit, "n_certify": self.n_certify,
                 "bound": round(self.bound, 5), "guarantee": self.guarantee(),
                 **{k: round(v, 4) for k, v in self.certify.items()}}
@@ -332,10 +342,13 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
         chosen = i
     feasible = chosen >= 0
     i = max(chosen, 0)
-    o = results[i]
+    # the thresholds as the manifest stores them (rounded up: never lower than the certified point), and
+    # the certify figures and bound for exactly those, so the rule the bin runs is the one certified
+    written = np.array([written_threshold(v) for v in fam[i]])
+    o = outcome(cal[cert], truth[cert], written, comp, fb)
     k = o["contaminating"]
     bound = (n / (n + 1)) * (k / n) + 1 / (n + 1) if method == "crc" else upper_binomial(k, n, delta)
-    thresholds = {lb: float(fam[i, c]) for c, lb in enumerate(label_ids)}
+    thresholds = {lb: float(written[c]) for c, lb in enumerate(label_ids)}
     per_class = {}
     for c, lb in enumerate(label_ids):
         mine = truth[cert] == c

@@ -247,6 +247,22 @@ def test_a_threshold_of_one_is_never_reached_even_by_a_saturated_softmax():
     assert not sure.any() and set(routed) == {KHUSUS}
 
 
+def test_the_thresholds_written_are_the_ones_certified():
+    """The manifest stores thresholds to 4 places: rounded up, and the certify figures and bound are
+    those of the rule as written. Rounded to the nearest, seeds 26 and 139 of these draws certified
+    2% and then contaminated 7 of their own certify photos, not the 6 certified, under the stored thresholds."""
+    for seed in (26, 139, 0):
+        p, y = synth(500, np.random.default_rng(seed))
+        c = th.choose(p, y, LABELS7, 0.02)
+        written = np.array(list(c.block()["thresholds"].values()))
+        assert np.all(written >= np.array(list(c.thresholds.values())) - 1e-12)
+        assert np.all(np.round(written, 4) == written)
+        _, cert = th.split(y, th.FIT_FRACTION, 0)
+        o = th.outcome(calibrate(p[cert], c.temperature), y[cert], written, COMP, KHUSUS)
+        assert o["contamination"] == c.certify["contamination"] and o["routed_right"] == c.certify["routed_right"]
+        assert c.feasible and (o["contaminating"] + 1) / (c.n_certify + 1) <= 0.02
+
+
 def _photos(tmp_path):
     """All committed photos in class folders: tests/data (36) and the demo samples (13)."""
     d = tmp_path / "val"
