@@ -73,6 +73,8 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
         b = e.get("budget")
         if isinstance(b, bool) or not isinstance(b, int | float) or not 0 < b < 1:
             raise ValueError(f"manifest {where}.budget must be a number between 0 and 1, got {b!r}")
+        if not isinstance(e.get("feasible", True), bool):
+            raise ValueError(f"manifest {where}.feasible must be true or false, got {e.get('feasible')!r}")
         th = e.get("thresholds")
         if not isinstance(th, dict) or set(th) != set(label_ids):
             raise ValueError(f"manifest {where}.thresholds must give one threshold for each label "
@@ -104,13 +106,16 @@ def decision_rule(cfg, labels: Sequence[str], model_decision: dict[str, Any] | N
     if use is not None:
         entry: dict[str, Any] = use
         if budget_wanted > 0:
-            options = [e for e in [use, *(use.get("ladder") or [])] if e["budget"] <= budget_wanted + 1e-12]
+            # a rung its photos could not certify (feasible false) holds "never confident" thresholds:
+            # picking it would send every item to the fallback, so only certified rungs are options
+            rungs = [e for e in [use, *(use.get("ladder") or [])] if e.get("feasible", True) is not False]
+            options = [e for e in rungs if e["budget"] <= budget_wanted + 1e-12]
             if not options:
-                have = sorted({e["budget"] for e in [use, *(use.get("ladder") or [])]})
+                have = sorted({e["budget"] for e in rungs})
                 raise ConfigError("decision.contamination_budget",
-                                  f"{budget_wanted:g} is below every budget the model has thresholds for "
+                                  f"{budget_wanted:g} is below every budget the model has certified thresholds for "
                                   f"({', '.join(f'{b:g}' for b in have)}); choose one of them, or rerun "
-                                  "ecosorter-convert thresholds with this --contamination")
+                                  "ecosorter-convert thresholds with this --contamination and more labelled photos")
             entry = max(options, key=lambda e: e["budget"])
         per_class = {lb: float(v) for lb, v in entry["thresholds"].items()}
         temperature, budget = float(use.get("temperature", 1.0)), float(entry["budget"])

@@ -223,6 +223,13 @@ def test_voter_uses_the_model_thresholds_and_the_config_overrides():
         _voter({"decision.contamination_budget": 0.01}, block)
     with pytest.raises(ConfigError, match="carries no thresholds"):
         _voter({"decision.contamination_budget": 0.01}, None)
+    # a rung its photos could not certify (thresholds of 1: every item to the fallback) is no option
+    uncertified = {"budget": 0.01, "thresholds": dict.fromkeys(LABELS7, 1.0), "feasible": False}
+    ladder = block | {"ladder": [*block["ladder"], uncertified]}
+    assert _voter({"decision.contamination_budget": 0.01}, ladder | {"budget": 0.005}).rule.budget == 0.005
+    with pytest.raises(ConfigError, match=r"0.01 is below every budget the model has certified thresholds for "
+                                          r"\(0.02, 0.05\)"):
+        _voter({"decision.contamination_budget": 0.01}, ladder)
 
 
 def test_a_threshold_of_one_is_never_reached_even_by_a_saturated_softmax():
@@ -465,6 +472,11 @@ def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
     ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": 5}, "ladder must be a list"),
     ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": [{"budget": 0.05}]}, r"ladder\[0\]"),
     ([1, 2], "must be an object"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, float("nan"))}, r"thresholds.kaca.*nan"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "temperature": float("nan")}, "temperature"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5),
+      "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3), "feasible": "no"}]},
+     r"ladder\[0\].feasible must be true or false"),
 ])
 def test_a_bad_decision_block_is_refused_naming_the_field(block, why):
     from ecosorter.edge.model.manifest import Manifest
