@@ -73,10 +73,14 @@ def shared_photos(fit: list[LabelledImage], certify: list[LabelledImage], fit_di
     guarantee is void without a word."""
     if not fit:
         return
+
     def key(im: LabelledImage) -> str:
-        return hashlib.sha256(im.path.read_bytes()).hexdigest()
-    seen = {key(im): im.path for im in fit}
-    both = [(seen[k], im.path) for im in certify if (k := key(im)) in seen]
+        try:
+            return hashlib.sha256(im.path.read_bytes()).hexdigest()
+        except OSError:  # unreadable: edge_probs skips it and says so; it certifies nothing
+            return f"unreadable:{im.path}"
+    seen = {key(im): im.path for im in fit if im.label is not None}  # unlabelled photos take no part
+    both = [(seen[k], im.path) for im in certify if im.label is not None and (k := key(im)) in seen]
     if both:
         shown = "; ".join(f"{a} = {b}" for a, b in both[:3]) + (f" (and {len(both) - 3} more)" if len(both) > 3 else "")
         raise EcoSorterError(f"--fit-on {fit_dir} and --validation {certify_dir} share {len(both)} photo(s): {shown}. "
