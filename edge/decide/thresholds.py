@@ -82,6 +82,11 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
         for lb, v in th.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
                 raise ValueError(f"manifest {where}.thresholds.{lb} must be a number in 0..1, got {v!r}")
+    seen: dict[float, str] = {}
+    for where, e in entries:  # two rungs for one budget: which one the config's budget picks is a guess
+        if e["budget"] in seen:
+            raise ValueError(f"manifest {where}.budget {e['budget']:g} repeats {seen[e['budget']]}.budget")
+        seen[e["budget"]] = where
     return dict(d)
 
 

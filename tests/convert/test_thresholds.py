@@ -477,6 +477,10 @@ def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
     ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5),
       "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3), "feasible": "no"}]},
      r"ladder\[0\].feasible must be true or false"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5),
+      "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3)},
+                 {"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.0)}]},
+     r"ladder\[1\].budget 0.05 repeats decision.ladder\[0\].budget"),
 ])
 def test_a_bad_decision_block_is_refused_naming_the_field(block, why):
     from ecosorter.edge.model.manifest import Manifest
