@@ -318,6 +318,9 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
                                  f"{len(ft)} true labels")
         probs, truth = np.vstack([fp, probs]), np.concatenate([ft, truth])
         fit_idx, cert = np.arange(len(ft)), np.arange(len(ft), len(truth))
+    if fit is not None and len(fit_idx) < len(label_ids):  # the total would not be the photos at fault
+        raise ThresholdError(f"the fit photos (--fit-on) are {len(fit_idx)}, fewer than the {len(label_ids)} labels: "
+                             "they cannot shape a temperature and thresholds; give more, or leave --fit-on out")
     if len(fit_idx) < len(label_ids) or len(cert) < 2:
         raise ThresholdError(f"{len(truth)} labelled photos are too few to choose thresholds; "
                              f"give at least {photos_needed(budget, method, delta, fit_fraction)}")

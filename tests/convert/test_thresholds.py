@@ -100,6 +100,8 @@ def test_too_few_photos_say_how_many_are_needed():
     assert th.photos_needed(0.02, "ltt", 0.05, 0.3) == 213  # (0.98)^m <= 0.05: m = 149
     with pytest.raises(th.ThresholdError, match="between 0 and 1"):
         th.choose(p, y, LABELS7, 2.0)
+    with pytest.raises(th.ThresholdError, match="fit photos .--fit-on. are 3, fewer than the 7 labels"):
+        th.choose(p, y, LABELS7, 0.05, fit=(p[:3], y[:3]))  # 63 photos in all: the total is not at fault
 
 
 def test_auto_family_is_one_global_threshold_until_a_class_has_the_photos_for_its_own():
