@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,28 @@ def write_report(path: Path, choice: th.Choice, extra: dict[str, Any] | None = N
     return png
 
 
+def shared_photos(fit: list[LabelledImage], certify: list[LabelledImage], fit_dir: Path | None,
+                  certify_dir: Path) -> None:
+    """Refuse --fit-on photos that are also --validation photos (the same file, or the same bytes
+    under another name): a photo that shaped the thresholds' family cannot also certify it, or the
+    guarantee is void without a word."""
+    if not fit:
+        return
+
+    def key(im: LabelledImage) -> str:
+        try:
+            return hashlib.sha256(im.path.read_bytes()).hexdigest()
+        except OSError:  # unreadable: edge_probs skips it and says so; it certifies nothing
+            return f"unreadable:{im.path}"
+    seen = {key(im): im.path for im in fit if im.label is not None}  # unlabelled photos take no part
+    both = [(seen[k], im.path) for im in certify if im.label is not None and (k := key(im)) in seen]
+    if both:
+        shown = "; ".join(f"{a} = {b}" for a, b in both[:3]) + (f" (and {len(both) - 3} more)" if len(both) > 3 else "")
+        raise EcoSorterError(f"--fit-on {fit_dir} and --validation {certify_dir} share {len(both)} photo(s): {shown}. "
+                             "Photos that shape the thresholds cannot certify them: give --validation photos "
+                             "that are not in --fit-on")
+
+
 def thresholds_main(argv: list[str]) -> int:
     """ecosorter-convert thresholds MODEL.tflite --validation DIR --contamination X -o OUT.tflite"""
     from ecosorter.convert.embed import embed_metadata
@@ -97,12 +120,13 @@ def thresholds_main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     with load_model(args.model) as m:
         label_ids = m.manifest.label_ids
-        probs, truth, skipped = edge_probs(m.classifier, m.manifest, list_images(args.validation, label_ids),
-                                           not args.quiet)
+        certify = list_images(args.validation, label_ids)
+        shaping = list_images(args.fit_on, label_ids) if args.fit_on is not None else []
+        shared_photos(shaping, certify, args.fit_on, args.validation)
+        probs, truth, skipped = edge_probs(m.classifier, m.manifest, certify, not args.quiet)
         fit = None
         if args.fit_on is not None:
-            fit_probs, fit_truth, fit_skipped = edge_probs(m.classifier, m.manifest,
-                                                           list_images(args.fit_on, label_ids), not args.quiet)
+            fit_probs, fit_truth, fit_skipped = edge_probs(m.classifier, m.manifest, shaping, not args.quiet)
             fit, skipped = (fit_probs, fit_truth), skipped + fit_skipped
         manifest, runtime = m.manifest, m.classifier.runtime
     for s in skipped:

@@ -38,13 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from ecosorter.edge.decide.thresholds import calibrate
+from ecosorter.edge.decide.thresholds import NEVER, calibrate, confident
 
 METHODS = ("crc", "ltt")
 FAMILIES = ("auto", "per-class", "global")
 MIN_ERRORS = 5  # auto: a class shapes its own thresholds with >= MIN_ERRORS / budget fit items
 LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # budgets also stored, for decision.contamination_budget
-NEVER = 1.0  # "never confident": the anchor of the family; calibrated probabilities stay below 1 - EPS
 FIT_FRACTION = 0.3
 
 
@@ -95,15 +94,15 @@ def outcome(probs: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, comp: 
             fallback: int | None) -> dict[str, Any]:
     """Shares of items (calibrated `probs`, true class indices) under per-class `thresholds`."""
     best = probs.argmax(1)
-    confident = probs[np.arange(len(probs)), best] >= thresholds[best]
+    sure = confident(probs[np.arange(len(probs)), best], thresholds[best])  # a threshold of 1: never
     want = comp[truth]
     fb = -1 if fallback is None else comp[fallback]
-    routed = np.where(confident, comp[best], fb)
+    routed = np.where(sure, comp[best], fb)
     n = len(truth)
-    bad = confident & (routed != want)
+    bad = sure & (routed != want)
     return {"n": n, "routed_right": float((routed == want).mean()), "contamination": float(bad.mean()),
-            "contaminating": int(bad.sum()), "fallback": float((~confident).mean()),
-            "fallback_wrong": float((~confident & (want != fb)).mean()), "confident": confident,
+            "contaminating": int(bad.sum()), "fallback": float((~sure).mean()),
+            "fallback_wrong": float((~sure & (want != fb)).mean()), "confident": sure,
             "bad": bad, "routed": routed}
 
 
@@ -220,6 +219,16 @@ INTERPOLATE = 24
 
 # --- choosing on the certify part ------------------------------------------------------------------
 
+DECIMALS = 4  # a threshold's places in the manifest
+
+
+def written_threshold(t: float) -> float:
+    """A threshold as the manifest stores it: rounded *up* to DECIMALS places. Rounding to the nearest
+    could lower it by 0.00005 and let through items the certify photos were not confident on (2 of 200
+    synthetic draws then broke the budget on their own certify photos)."""
+    return min(NEVER, math.ceil(t * 10 ** DECIMALS - 1e-9) / 10 ** DECIMALS)  # 1e-9: float fuzz on an exact one
+
+
 @dataclass
 class Choice:
     budget: float
@@ -260,7 +269,7 @@ class Choice:
     def block(self) -> dict[str, Any]:
         """The manifest's `decision` entry for this budget."""
         return {"budget": self.budget, "method": self.method, "delta": self.delta, "family": self.family,
-                "thresholds": {k: round(v, 4) for k, v in self.thresholds.items()},
+                "thresholds": {k: written_threshold(v) for k, v in self.thresholds.items()},
                 "feasible": self.feasible, "n": self.n, "n_fit": self.n_fit, "n_certify": self.n_certify,
                 "bound": round(self.bound, 5), "guarantee": self.guarantee(),
                 **{k: round(v, 4) for k, v in self.certify.items()}}
@@ -319,6 +328,9 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
                                  f"{len(ft)} true labels")
         probs, truth = np.vstack([fp, probs]), np.concatenate([ft, truth])
         fit_idx, cert = np.arange(len(ft)), np.arange(len(ft), len(truth))
+    if fit is not None and len(fit_idx) < len(label_ids):  # the total would not be the photos at fault
+        raise ThresholdError(f"the fit photos (--fit-on) are {len(fit_idx)}, fewer than the {len(label_ids)} labels: "
+                             "they cannot shape a temperature and thresholds; give more, or leave --fit-on out")
     if len(fit_idx) < len(label_ids) or len(cert) < 2:
         raise ThresholdError(f"{len(truth)} labelled photos are too few to choose thresholds; "
                              f"give at least {photos_needed(budget, method, delta, fit_fraction)}")
@@ -343,10 +355,13 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
         chosen = i
     feasible = chosen >= 0
     i = max(chosen, 0)
-    o = results[i]
+    # the thresholds as the manifest stores them (rounded up: never lower than the certified point), and
+    # the certify figures and bound for exactly those, so the rule the bin runs is the one certified
+    written = np.array([written_threshold(v) for v in fam[i]])
+    o = outcome(cal[cert], truth[cert], written, comp, fb)
     k = o["contaminating"]
     bound = (n / (n + 1)) * (k / n) + 1 / (n + 1) if method == "crc" else upper_binomial(k, n, delta)
-    thresholds = {lb: float(fam[i, c]) for c, lb in enumerate(label_ids)}
+    thresholds = {lb: float(written[c]) for c, lb in enumerate(label_ids)}
     per_class = {}
     for c, lb in enumerate(label_ids):
         mine = truth[cert] == c

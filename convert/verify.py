@@ -18,6 +18,7 @@ from ecosorter.convert.source_model import SourceModel
 from ecosorter.convert.thresholds import lower_binomial, upper_binomial
 from ecosorter.edge.backends import Classifier
 from ecosorter.edge.decide.thresholds import calibrate
+from ecosorter.edge.decide.thresholds import confident as is_confident
 from ecosorter.edge.errors import ImageError
 from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
 
@@ -157,7 +158,7 @@ class BinRules:
         comp = self.compartments or {lb: i for i, lb in enumerate(label_ids)}
         thresholds = np.array([self.class_thresholds.get(lb, self.threshold) for lb in label_ids])
         best = probs.argmax(1)
-        confident = probs[np.arange(len(probs)), best] >= thresholds[best]
+        confident = is_confident(probs[np.arange(len(probs)), best], thresholds[best])
         fallback = comp.get(self.fallback, -1) if self.fallback else -1  # -1: not routed
         routed = np.array([comp.get(label_ids[b], -1) if ok else fallback
                            for b, ok in zip(best, confident, strict=True)])

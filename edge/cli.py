@@ -78,11 +78,15 @@ def model_choice(args) -> tuple[Path, str]:
 
 def cmd_classify(args) -> int:
     from ecosorter.edge.api import predict
+    from ecosorter.edge.config import load_config
     from ecosorter.edge.preprocess import Preprocessor, decode_image
+    from ecosorter.edge.preprocess.transform import camera_roi
 
     failures = 0
+    # with --config, the photo is a camera frame: cropped to camera.roi as `run` crops it
+    roi = camera_roi(load_config(args.config).camera.roi) if args.config else None
     with _load(args) as model:
-        prep = Preprocessor(model.manifest.preprocess, model.manifest.input)
+        prep = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
         names = {lb.id: lb.name for lb in model.labels}
         decide = _decider(args, model)
         for image in args.images:
@@ -657,8 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="JPEG/PNG files")
     p.add_argument("--json", action="store_true", help="one JSON object per line, with the bin's decision")
     p.add_argument("--config", type=Path, help="the bin's config.toml: its model (model.path, else the "
-                                               "installed one), [decision] and compartments decide (default: "
-                                               "the defaults and the model's thresholds)")
+                                               "installed one), camera.roi, [decision] and compartments decide "
+                                               "(default: the whole photo, the defaults and the model's thresholds)")
     _model_args(p)
     p.set_defaults(fn=cmd_classify)
 

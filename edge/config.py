@@ -97,7 +97,7 @@ class DecisionConfig:
     contamination_budget: float = opt(0.0, min=0.0, max=1.0,
                                       doc="share of items allowed confidently into a wrong compartment: 0 = the "
                                           "budget the model's thresholds were chosen for; else the largest "
-                                          "of the model's budgets at or below it (docs/training.md)")
+                                          "of the model's certified budgets at or below it (docs/training.md)")
     fallback: str = opt("khusus", doc="label whose compartment takes uncertain items")
 
 

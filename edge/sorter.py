@@ -36,6 +36,7 @@ from ecosorter.edge.model.swap import prepare_swap
 from ecosorter.edge.model.trust import describe_running
 from ecosorter.edge.preprocess import Preprocessor
 from ecosorter.edge.preprocess.spec import preset
+from ecosorter.edge.preprocess.transform import camera_roi
 from ecosorter.edge.record import Event, EventLog
 from ecosorter.edge.record.captures import CaptureStore
 from ecosorter.edge.record.event import wall_iso
@@ -101,7 +102,7 @@ class Sorter:
         self._last_state_t = -1e9
         self.notifier = notifier or Notifier()
         labels = model.manifest.label_ids
-        roi = tuple(cfg.camera.roi) if cfg.camera.roi != [0.0, 0.0, 1.0, 1.0] else None
+        roi = camera_roi(cfg.camera.roi)
         self.preprocessor = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
         self._tensor = self.preprocessor.new_buffer()
         self.route = CompartmentMap(cfg.hardware.compartments, labels, cfg.decision.fallback)

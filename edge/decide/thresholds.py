@@ -21,6 +21,15 @@ from ecosorter.edge.errors import ConfigError
 
 MAX_LADDER = 100  # budgets a model carries thresholds for (convert writes a handful)
 EPS = 1e-7  # int8 outputs hold exact zeros: log(0) would make a class impossible at any temperature
+NEVER = 1.0  # a threshold of 1 is never reached: "never confident" (an uncertifiable budget's rule)
+
+
+def confident(top: np.ndarray | float, threshold: np.ndarray | float) -> np.ndarray | bool:
+    """Whether a top (calibrated) probability makes an item confident under its class's threshold.
+
+    A threshold of 1 means never: a float model's softmax, or a temperature below ~0.4, gives a top
+    probability of exactly 1.0, which `>=` alone would let through a rule meant to route nothing."""
+    return (np.asarray(top) >= threshold) & (np.asarray(threshold) < NEVER)
 
 
 def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -64,6 +73,8 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
         b = e.get("budget")
         if isinstance(b, bool) or not isinstance(b, int | float) or not 0 < b < 1:
             raise ValueError(f"manifest {where}.budget must be a number between 0 and 1, got {b!r}")
+        if not isinstance(e.get("feasible", True), bool):
+            raise ValueError(f"manifest {where}.feasible must be true or false, got {e.get('feasible')!r}")
         th = e.get("thresholds")
         if not isinstance(th, dict) or set(th) != set(label_ids):
             raise ValueError(f"manifest {where}.thresholds must give one threshold for each label "
@@ -71,6 +82,11 @@ def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
         for lb, v in th.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
                 raise ValueError(f"manifest {where}.thresholds.{lb} must be a number in 0..1, got {v!r}")
+    seen: dict[float, str] = {}
+    for where, e in entries:  # two rungs for one budget: which one the config's budget picks is a guess
+        if e["budget"] in seen:
+            raise ValueError(f"manifest {where}.budget {e['budget']:g} repeats {seen[e['budget']]}.budget")
+        seen[e["budget"]] = where
     return dict(d)
 
 
@@ -95,13 +111,16 @@ def decision_rule(cfg, labels: Sequence[str], model_decision: dict[str, Any] | N
     if use is not None:
         entry: dict[str, Any] = use
         if budget_wanted > 0:
-            options = [e for e in [use, *(use.get("ladder") or [])] if e["budget"] <= budget_wanted + 1e-12]
+            # a rung its photos could not certify (feasible false) holds "never confident" thresholds:
+            # picking it would send every item to the fallback, so only certified rungs are options
+            rungs = [e for e in [use, *(use.get("ladder") or [])] if e.get("feasible", True) is not False]
+            options = [e for e in rungs if e["budget"] <= budget_wanted + 1e-12]
             if not options:
-                have = sorted({e["budget"] for e in [use, *(use.get("ladder") or [])]})
+                have = sorted({e["budget"] for e in rungs})
                 raise ConfigError("decision.contamination_budget",
-                                  f"{budget_wanted:g} is below every budget the model has thresholds for "
+                                  f"{budget_wanted:g} is below every budget the model has certified thresholds for "
                                   f"({', '.join(f'{b:g}' for b in have)}); choose one of them, or rerun "
-                                  "ecosorter-convert thresholds with this --contamination")
+                                  "ecosorter-convert thresholds with this --contamination and more labelled photos")
             entry = max(options, key=lambda e: e["budget"])
         per_class = {lb: float(v) for lb, v in entry["thresholds"].items()}
         temperature, budget = float(use.get("temperature", 1.0)), float(entry["budget"])
@@ -114,4 +133,4 @@ def decision_rule(cfg, labels: Sequence[str], model_decision: dict[str, Any] | N
     return DecisionRule(tuple(labels), vec, temperature, budget, source, chosen)
 
 
-__all__ = ["DecisionRule", "calibrate", "check_decision_block", "decision_rule"]
+__all__ = ["NEVER", "DecisionRule", "calibrate", "check_decision_block", "confident", "decision_rule"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ecosorter.edge.decide.thresholds import calibrate, decision_rule
+from ecosorter.edge.decide.thresholds import calibrate, confident, decision_rule
 from ecosorter.edge.errors import ConfigError
 
 if TYPE_CHECKING:  # types only: edge.config runs rules that import this package back
@@ -82,7 +82,7 @@ class Voter:
         assert self._sum is not None
         mean = self._sum / self._n
         best = int(mean.argmax())
-        uncertain = bool(mean[best] < self._thresholds[best])
+        uncertain = not bool(confident(mean[best], self._thresholds[best]))
         label = self.labels[best]
         d = Decision(label, float(mean[best]), {lb: float(p) for lb, p in zip(self.labels, mean, strict=True)},
                      uncertain, self._n, self.route(label, uncertain))

@@ -32,6 +32,12 @@ def nearest_indices(src_len: int, dst_len: int) -> np.ndarray:
     return picked
 
 
+def camera_roi(roi: list[float] | tuple[float, ...]) -> tuple[float, float, float, float] | None:
+    """camera.roi as the Preprocessor takes it: None for the whole frame. `run` and `classify
+    --config` both crop by it, so a photo decides the same in both."""
+    return None if list(roi) == [0.0, 0.0, 1.0, 1.0] else (roi[0], roi[1], roi[2], roi[3])
+
+
 def roi_pixels(roi: tuple[float, float, float, float] | None, height: int, width: int) -> tuple[int, int, int, int]:
     """The tray region (x, y, w, h as fractions of the frame) in pixels, clipped to the frame."""
     if roi is None:

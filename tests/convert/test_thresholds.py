@@ -106,6 +106,8 @@ def test_too_few_photos_say_how_many_are_needed():
             "would be uncertain. Give at least 99 labelled photos in --validation") in th.format_choice(apart)
     with pytest.raises(th.ThresholdError, match="between 0 and 1"):
         th.choose(p, y, LABELS7, 2.0)
+    with pytest.raises(th.ThresholdError, match="fit photos .--fit-on. are 3, fewer than the 7 labels"):
+        th.choose(p, y, LABELS7, 0.05, fit=(p[:3], y[:3]))  # 63 photos in all: the total is not at fault
 
 
 def test_auto_family_is_one_global_threshold_until_a_class_has_the_photos_for_its_own():
@@ -229,6 +231,51 @@ def test_voter_uses_the_model_thresholds_and_the_config_overrides():
         _voter({"decision.contamination_budget": 0.01}, block)
     with pytest.raises(ConfigError, match="carries no thresholds"):
         _voter({"decision.contamination_budget": 0.01}, None)
+    # a rung its photos could not certify (thresholds of 1: every item to the fallback) is no option
+    uncertified = {"budget": 0.01, "thresholds": dict.fromkeys(LABELS7, 1.0), "feasible": False}
+    ladder = block | {"ladder": [*block["ladder"], uncertified]}
+    assert _voter({"decision.contamination_budget": 0.01}, ladder | {"budget": 0.005}).rule.budget == 0.005
+    with pytest.raises(ConfigError, match=r"0.01 is below every budget the model has certified thresholds for "
+                                          r"\(0.02, 0.05\)"):
+        _voter({"decision.contamination_budget": 0.01}, ladder)
+
+
+def test_a_threshold_of_one_is_never_reached_even_by_a_saturated_softmax():
+    """A float model's softmax (or a temperature below ~0.4) gives a top probability of exactly 1.0;
+    a rule whose thresholds are 1 (a budget too small to certify) must still route nothing confidently:
+    in the bin's Voter, in the chooser's outcome and in the conversion gate's routing."""
+    from ecosorter.convert.verify import BinRules
+
+    p = np.zeros(7, np.float32)
+    p[LABELS7.index("kaca")] = 1.0
+    assert calibrate(p, 0.3).max() == 1.0 and calibrate(p, 1.0).max() == 1.0
+    never = {"budget": 0.005, "temperature": 0.3, "thresholds": dict.fromkeys(LABELS7, 1.0), "feasible": False}
+    d = _voter({}, never).add(p.copy())
+    assert d.uncertain and d.compartment == KHUSUS and d.confidence == 1.0
+    assert _voter({"decision.model_thresholds": False, "decision.class_thresholds": {"kaca": 1.0}},
+                  None).add(p.copy()).uncertain
+    assert not _voter({}, never | {"thresholds": dict.fromkeys(LABELS7, 0.9999)}).add(p.copy()).uncertain
+    probs, truth = np.tile(p, (3, 1)).astype(np.float64), np.array([0, 1, 2])  # two of three are not glass
+    o = th.outcome(probs, truth, np.full(7, th.NEVER), COMP, KHUSUS)
+    assert o["contamination"] == 0.0 and o["fallback"] == 1.0
+    routed, sure = BinRules(threshold=1.0).route(probs, LABELS7)
+    assert not sure.any() and set(routed) == {KHUSUS}
+
+
+def test_the_thresholds_written_are_the_ones_certified():
+    """The manifest stores thresholds to 4 places: rounded up, and the certify figures and bound are
+    those of the rule as written. Rounded to the nearest, seeds 26 and 139 of these draws certified
+    2% and then contaminated 7 of their own certify photos, not the 6 certified, under the stored thresholds."""
+    for seed in (26, 139, 0):
+        p, y = synth(500, np.random.default_rng(seed))
+        c = th.choose(p, y, LABELS7, 0.02)
+        written = np.array(list(c.block()["thresholds"].values()))
+        assert np.all(written >= np.array(list(c.thresholds.values())) - 1e-12)
+        assert np.all(np.round(written, 4) == written)
+        _, cert = th.split(y, th.FIT_FRACTION, 0)
+        o = th.outcome(calibrate(p[cert], c.temperature), y[cert], written, COMP, KHUSUS)
+        assert o["contamination"] == c.certify["contamination"] and o["routed_right"] == c.certify["routed_right"]
+        assert c.feasible and (o["contaminating"] + 1) / (c.n_certify + 1) <= 0.02
 
 
 def _photos(tmp_path):
@@ -290,6 +337,28 @@ def test_thresholds_fit_on_other_photos_certify_on_all_of_validation(tmp_path, c
     assert "fit on 36 photos" in printed and "13 certify photos" in printed
     with load_model(out) as m:
         assert (m.manifest.decision["n_fit"], m.manifest.decision["n_certify"]) == (36, 13)
+
+
+def test_fit_on_photos_that_are_also_validation_photos_are_refused(tmp_path, capsys):
+    """--fit-on equal to --validation, or one photo copied into both under another name: the photo
+    would shape the family and certify it, and the guarantee would be void without a word."""
+    val, out = _photos(tmp_path), tmp_path / "t.tflite"
+    args = ["--contamination", "0.1", "-o", str(out), "--quiet"]
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(val), *args]) != 0
+    err = capsys.readouterr().err
+    assert f"--fit-on {val} and --validation {val} share 49 photo(s)" in err and not out.exists()
+    fit = tmp_path / "fit"
+    shutil.copytree(DATA, fit)  # tests/data only: the demo samples certify...
+    shutil.copy(val / "kaca" / "01-kaca-trashnet-glass1.jpg", fit / "kaca" / "copy.jpg")  # ...but one is in both
+    for f in fit.rglob("*.jpg"):
+        if f.name != "copy.jpg":
+            for dup in val.rglob(f.name):
+                dup.unlink()
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(fit), *args]) != 0
+    err = capsys.readouterr().err
+    assert "share 1 photo(s)" in err and "copy.jpg" in err and "01-kaca-trashnet-glass1.jpg" in err
+    (fit / "kaca" / "copy.jpg").unlink()
+    assert convert_main(["thresholds", str(DEMO), "--validation", str(val), "--fit-on", str(fit), *args]) == 0
 
 
 def test_a_budget_too_small_for_the_photos_writes_nothing(tmp_path, capsys):
@@ -441,6 +510,15 @@ def test_the_sorter_routes_with_the_model_thresholds(tmp_path, capsys):
     ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": 5}, "ladder must be a list"),
     ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "ladder": [{"budget": 0.05}]}, r"ladder\[0\]"),
     ([1, 2], "must be an object"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, float("nan"))}, r"thresholds.kaca.*nan"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5), "temperature": float("nan")}, "temperature"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5),
+      "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3), "feasible": "no"}]},
+     r"ladder\[0\].feasible must be true or false"),
+    ({"budget": 0.02, "thresholds": dict.fromkeys(LABELS7, 0.5),
+      "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3)},
+                 {"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.0)}]},
+     r"ladder\[1\].budget 0.05 repeats decision.ladder\[0\].budget"),
 ])
 def test_a_bad_decision_block_is_refused_naming_the_field(block, why):
     from ecosorter.edge.model.manifest import Manifest

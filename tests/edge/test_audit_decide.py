@@ -11,6 +11,7 @@ import pytest
 from ecosorter.convert.cli import main as convert_main
 from ecosorter.edge.config import load_config
 from ecosorter.edge.decide.drift import DriftWatch
+from ecosorter.edge.errors import ConfigError
 from ecosorter.edge.sorter import build_sorter
 from tests.conftest import LABELS7, SAMPLES
 from tests.convert.test_thresholds import DEMO, _photos
@@ -60,15 +61,50 @@ def test_one_wrong_press_is_not_drift_when_validation_saw_no_mistake(thresholded
 def test_the_config_budget_picks_from_the_ladder_and_routes_by_it(thresholded, tmp_path):
     model, cam = thresholded
     budgets = {}
-    for budget in (0.0, 0.02, 0.03, 0.5):
+    # 49 photos cannot certify 2% (crc needs 70): that rung routes nothing, so it is no option
+    with pytest.raises(ConfigError, match=r"0.02 is below every budget the model has certified thresholds for "
+                                          r"\(0.03, 0.05, 0.1\)"):
+        build_sorter(_cfg(model, cam, **{"decision.contamination_budget": 0.02}), state_dir=tmp_path / "b")
+    for budget in (0.0, 0.03, 0.5):
         with build_sorter(_cfg(model, cam, **{"decision.contamination_budget": budget}),
                           state_dir=tmp_path / f"b{budget}") as sorter:
             rule = sorter.voter.rule
             budgets[budget] = rule.budget
             sorter.run(max_items=13)
             t = dict(zip(LABELS7, rule.thresholds, strict=True))
-            for r in sorter.events.query("SELECT label, confidence, uncertain, compartment, routed_to FROM events"):
-                assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]]), dict(r)
+            rows = sorter.events.query("SELECT label, confidence, uncertain, compartment, routed_to FROM events")
+            for r in rows:
+                # a threshold of 1 is never reached, even by a top probability of exactly 1.0
+                assert bool(r["uncertain"]) == (r["confidence"] < t[r["label"]] or t[r["label"]] >= 1.0), dict(r)
                 assert r["routed_to"] == r["compartment"]
+            assert rule.chosen["feasible"]
     # 0 = the model's own 5%; otherwise the loosest of its budgets at or below the config's
-    assert budgets == {0.0: 0.05, 0.02: 0.02, 0.03: 0.03, 0.5: 0.1}
+    assert budgets == {0.0: 0.05, 0.03: 0.03, 0.5: 0.1}
+
+
+@pytest.mark.parametrize("roi, budget", [([0.0, 0.0, 1.0, 1.0], 0.0), ([0.2, 0.1, 0.5, 0.6], 0.05)])
+def test_classify_json_decides_as_run_routes_under_the_same_config(thresholded, tmp_path, capsys, roi, budget):
+    """`classify --json --config C` says what the bin would do with a photo: the same decision,
+    compartment and confidence as `run` under C routes that photo, camera.roi crop included."""
+    import json
+
+    from ecosorter.edge.cli import main as edge_main
+
+    model, cam = thresholded
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[model]\npath = "{model}"\n[camera]\nsource = "folder"\ndevice = "{cam}"\nroi = {roi}\n'
+                   f'[decision]\ncontamination_budget = {budget}\n[hardware]\nprofile = "none"\npin_factory = "mock"\n'
+                   'settle_s = 0.0\n[record]\ncapture = "none"\n')
+    photos = sorted(cam.glob("*.jpg"))
+    capsys.readouterr()
+    assert edge_main(["classify", "--json", "--config", str(cfg), *map(str, photos)]) == 0
+    said = {json.loads(line)["image"].rsplit("/", 1)[1]: json.loads(line)["decision"]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("{")}
+    with build_sorter(load_config(cfg), state_dir=tmp_path / "state") as sorter:
+        sorter.run(max_items=len(photos))
+        done = {r["source_name"]: r for r in sorter.events.query("SELECT * FROM events")}
+    assert len(said) == len(done) == 13
+    for name, d in said.items():
+        r = done[name]
+        assert (d["uncertain"], d["compartment"]) == (bool(r["uncertain"]), r["routed_to"]), (name, d, dict(r))
+        assert d["confidence"] == pytest.approx(r["confidence"], abs=1e-6), name
