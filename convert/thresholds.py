@@ -252,12 +252,14 @@ class Choice:
 
     def too_few(self) -> str:
         """Why nothing can be certified, and how many photos would do it (only --validation's with --fit-on)."""
+        give = (f"Give at least {self.photos_needed} labelled photos{' in --validation' if self.fit_apart else ''}, "
+                "or a larger --contamination") if self.photos_needed <= ADVICE_MAX_PHOTOS else \
+            f"It would take {self.photos_needed:,} labelled photos: choose a larger --contamination"
         if self.fit_apart:
             return (f"{self.n_certify} certify photos (--validation) are too few for a {100 * self.budget:g}% budget "
-                    f"({self.method}); every item would be uncertain. Give at least {self.photos_needed} labelled "
-                    "photos in --validation, or a larger --contamination")
+                    f"({self.method}); every item would be uncertain. {give}")
         return (f"{self.n} photos are too few for a {100 * self.budget:g}% budget ({self.method}); every item "
-                f"would be uncertain. Give at least {self.photos_needed} labelled photos, or a larger --contamination")
+                f"would be uncertain. {give}")
 
     def guarantee(self) -> str:
         if self.method == "crc":
@@ -311,7 +313,14 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
         raise ThresholdError(f"threshold family {family!r}; allowed: {', '.join(FAMILIES)}")
     if not 0 < budget < 1:
         raise ThresholdError(f"contamination budget {budget!r} must be between 0 and 1 (e.g. 0.02)")
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise ThresholdError(f"temperature {temperature!r} must be a positive number")
+    if not 0 < fit_fraction < 1:
+        raise ThresholdError(f"fit fraction {fit_fraction!r} must be between 0 and 1")
     probs, truth = np.asarray(probs, np.float64), np.asarray(truth, int)
+    for name, t_ in (("true labels", truth), ("fit true labels", None if fit is None else np.asarray(fit[1], int))):
+        if t_ is not None and t_.size and (t_.min() < 0 or t_.max() >= len(label_ids)):
+            raise ThresholdError(f"{name} must be class indices 0..{len(label_ids) - 1}, got {int(t_.min())}..{int(t_.max())}")
     if probs.ndim != 2 or probs.shape[1] != len(label_ids) or len(truth) != len(probs):
         raise ThresholdError(f"probabilities {probs.shape} do not match {len(label_ids)} labels and "
                              f"{len(truth)} true labels")
@@ -332,8 +341,10 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
         raise ThresholdError(f"the fit photos (--fit-on) are {len(fit_idx)}, fewer than the {len(label_ids)} labels: "
                              "they cannot shape a temperature and thresholds; give more, or leave --fit-on out")
     if len(fit_idx) < len(label_ids) or len(cert) < 2:
-        raise ThresholdError(f"{len(truth)} labelled photos are too few to choose thresholds; "
-                             f"give at least {photos_needed(budget, method, delta, fit_fraction)}")
+        need = photos_needed(budget, method, delta, fit_fraction)
+        raise ThresholdError(f"{len(truth)} labelled photos are too few to choose thresholds; " + (
+            f"give at least {need}" if need <= ADVICE_MAX_PHOTOS else
+            f"a {budget:g} budget would need {need:,}: choose a larger budget"))
     raw_cert = probs[cert]
     t = fit_temperature(probs[fit_idx], truth[fit_idx]) if temperature is None else temperature
     cal = calibrate(probs, t)

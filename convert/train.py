@@ -649,14 +649,14 @@ def accuracy_lines(val: dict, truth: np.ndarray, pred: np.ndarray, before: dict 
     worse, better = int((old_ok & ~new_ok).sum()), int((~old_ok & new_ok).sum())
     v = _verdict(worse, better, n, 0.0)
     before.update(worse=worse, better=better, change=v["change"],
-                  change_range_95=[round(-v["harm_bound_95"], 4), round(-v["harm_lower_95"], 4)])
-    change = f"{_pt(100 * v['change'])} pt ({better} photos better, {worse} worse; 95% range " \
+                  change_range_90=[round(-v["harm_bound_95"], 4), round(-v["harm_lower_95"], 4)])
+    change = f"{_pt(100 * v['change'])} pt ({better} photos better, {worse} worse; 90% range " \
              f"{_pt(-100 * v['harm_bound_95'])}..{_pt(-100 * v['harm_lower_95'])} pt)"
     if worse == better == 0:
         lines.append(f"retraining changed no validation photo's answer from right to wrong or back ({n} photos): "
                      "too few to tell the two apart; give more labelled photos or a larger --val-split")
     elif v["verdict"] == "pass" and better > worse:
-        lines.append(f"retraining changed accuracy by {change}: better (the 95% range excludes zero)")
+        lines.append(f"retraining changed accuracy by {change}: better (its 90% range excludes zero: better at 95% one-sided confidence)")
     elif v["verdict"] == "fail":
         lines.append(f"WARNING: retraining changed accuracy by {change}: WORSE than the model it started from; "
                      f"keep {weights_path.name} (ecosorter-convert only the model you mean to install)")

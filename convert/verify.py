@@ -290,11 +290,11 @@ def format_outcome(o: dict) -> str:
     return "\n".join([
         f"{'bin outcome':<22}{rule}, fallback {rules['fallback']}; {o['images']} labelled photos",
         f"{'correct routing':<22}{100 * r['keras']:.1f}% -> {100 * r['tflite']:.1f}% "
-        f"({_pt(100 * r['change'])} pt; {r['worse']} worse, {r['better']} better; 95% range "
+        f"({_pt(100 * r['change'])} pt; {r['worse']} worse, {r['better']} better; 90% range "
         f"{_pt(-100 * r['harm_bound_95'])}..{_pt(-100 * r['harm_lower_95'])} pt; gate >= "
         f"{-100 * rules['max_routing_loss']:.1f} pt: {r['verdict']})",
         f"{'contamination':<22}{100 * c['keras']:.1f}% -> {100 * c['tflite']:.1f}% "
-        f"({_pt(100 * c['change'])} pt; {c['worse']} worse, {c['better']} better; 95% range "
+        f"({_pt(100 * c['change'])} pt; {c['worse']} worse, {c['better']} better; 90% range "
         f"{_pt(100 * c['harm_lower_95'])}..{_pt(100 * c['harm_bound_95'])} pt; "
         f"gate <= +{100 * rules['max_contamination_gain']:.1f} pt: {c['verdict']})",
         f"{'same compartment':<22}{100 * o['compartment_agreement']:.1f}%",
@@ -336,7 +336,7 @@ def gate_lines(o: dict, mode: str, drift_rows: list[dict] | None = None) -> list
             continue
         lo, hi = sorted((sign * 100 * r["harm_lower_95"], sign * 100 * r["harm_bound_95"]))
         what = (f"{name}: {mode} changes {key.replace('_', ' ')} by {_pt(100 * r['change'])} pt on {o['images']} "
-                f"photos (95% range {_pt(lo)}..{_pt(hi)} pt), gate {'>=' if sign < 0 else '<='} "
+                f"photos (90% range {_pt(lo)}..{_pt(hi)} pt), gate {'>=' if sign < 0 else '<='} "
                 f"{_pt(sign * 100 * o['rules'][tol_key])} pt")
         need = r["photos_needed"]
         more = (f"about {need:,} labelled photos (--validation DIR) would tell at these rates" if need else

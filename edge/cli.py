@@ -114,6 +114,7 @@ def _decider(args, model):
 
     from ecosorter.edge.config import Config, load_config
     from ecosorter.edge.decide import CompartmentMap, Voter
+    from ecosorter.edge.machine import compartment_label
 
     ids = model.manifest.label_ids
     cfg = load_config(args.config) if args.config else Config()
@@ -126,7 +127,10 @@ def _decider(args, model):
     def decide(p) -> dict:
         voter.reset()
         d = voter.add(np.array([p.probabilities[lb] for lb in ids], np.float32)) or voter.flush()
+        # compartment: the index as in labels.csv and the config (from 0); compartment_name: as
+        # printed on the bin and by `run` (hardware.compartment_names, else numbered from 1)
         return {"label": cfg.decision.fallback if d.uncertain else d.label, "compartment": d.compartment,
+                "compartment_name": compartment_label(d.compartment, cfg.hardware.compartment_names),
                 "uncertain": d.uncertain, "confidence": round(d.confidence, 6)}
     return decide
 

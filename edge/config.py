@@ -87,7 +87,7 @@ class TriggerConfig:
 @dataclass(frozen=True)
 class DecisionConfig:
     frames: int = opt(3, min=1, max=30, doc="frames averaged when the first is not confident")
-    early_confidence: float = opt(0.90, min=0.0, max=1.0, doc="decide on one frame at or above this")
+    early_confidence: float = opt(0.90, min=0.0, max=1.0, doc="decide on one frame at or above this (and at or above its class's threshold)")
     threshold: float = opt(0.55, min=0.0, max=1.0, doc="below it the item is uncertain")
     class_thresholds: dict[str, float] = opt(factory=dict, doc="per-class thresholds, e.g. kaca = 0.7; "
                                              "they override the model's for those classes")

@@ -35,7 +35,9 @@ def simulated_run_state_dir(given: Path | None, config: Path | None, configured:
     else:
         return simulate_state_dir()
     real = os.path.realpath(state)
-    if any(real == os.path.realpath(d) for d in installed_state_dirs()):
+    # the folder itself or one inside it (its models/, photos/ ... belong to the installed bin)
+    if any(real == (r := os.path.realpath(d)) or real.startswith(r.rstrip(os.sep) + os.sep)
+           for d in installed_state_dirs()):
         hint = ("give another --state-dir" if given is not None else
                 f"set record.state_dir in {config} to another folder, or pass --state-dir DIR")
         raise EcoSorterError(f"run --simulate: {how}, an installed bin's state folder (its events, models and "

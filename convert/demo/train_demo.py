@@ -202,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.splits_only:
         split = three_way_split(args.data)
+        (args.out / "split.json").write_text(json.dumps(split, indent=1))  # what --thresholds-only reads
         for part in ("train", "validation", "held_out"):
             print(f"{link_split(args.data, args.out / part, split[part])}: {len(split[part])} photos")
         return 0
     if args.thresholds_only:
-        split = json.loads((args.out / "split.json").read_text())
+        # the split a --from-torch or --splits-only run wrote; on a fresh machine the same seeded split
+        split = json.loads((args.out / "split.json").read_text()) if (args.out / "split.json").is_file() \
+            else three_way_split(args.data)
         link_split(args.data, args.out / "held_out", split["held_out"])
         val = link_split(args.data, args.out / "validation", split["validation"])
         shipped = choose_thresholds(args.target, args.out, split, val)

@@ -48,7 +48,8 @@ class CompartmentMap:
 
 
 class Voter:
-    """Average up to K frames; a confident first frame decides at once (one inference).
+    """Average up to K frames; a first frame confident under its class's threshold and at or above
+    `early_confidence` decides at once (one inference).
 
     Each frame's probabilities are first calibrated with the model's temperature (when its manifest
     has a decision block), so thresholds and `early_confidence` compare calibrated probabilities."""
@@ -64,7 +65,11 @@ class Voter:
 
     def add(self, probs: np.ndarray) -> Decision | None:
         probs = calibrate(probs, self._temperature)
-        if self._n == 0 and float(probs.max()) >= self.cfg.early_confidence:
+        best = int(probs.argmax())
+        # early only when the frame is also confident under its class's threshold: a first frame at
+        # 0.93 against a 0.963 threshold would otherwise be called uncertain without averaging more
+        if self._n == 0 and float(probs[best]) >= self.cfg.early_confidence \
+                and confident(probs[best], self._thresholds[best]):
             self._sum, self._n = probs.astype(np.float64), 1
             return self._decide()
         self._sum = probs.astype(np.float64) if self._sum is None else self._sum + probs

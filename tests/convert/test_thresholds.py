@@ -217,6 +217,25 @@ def _voter(cfg_over: dict, decision: dict | None) -> Voter:
     return _OneFrame(cfg.decision, LABELS7, CompartmentMap(cfg.hardware.compartments, LABELS7, "khusus"), decision)
 
 
+def test_an_early_frame_decides_only_when_its_class_threshold_is_met_too():
+    """early_confidence 0.9 against a 0.963 threshold: a first frame at 0.93 waits for more frames
+    (their mean may clear it) instead of sending the item to the fallback on one look."""
+    block = {"budget": 0.025, "temperature": 1.0, "thresholds": dict.fromkeys(LABELS7, 0.963)}
+    cfg = load_config(overrides={"decision.frames": 3, "decision.early_confidence": 0.9})
+    voter = Voter(cfg.decision, LABELS7, CompartmentMap(cfg.hardware.compartments, LABELS7, "khusus"), block)
+
+    def frame(top: float) -> np.ndarray:
+        p = np.full(7, (1 - top) / 6, np.float32)
+        p[0] = top
+        return p
+    assert voter.add(frame(0.93)) is None  # not decided on one frame
+    assert voter.add(frame(0.99)) is None
+    d = voter.add(frame(0.99))
+    assert d.frames == 3 and not d.uncertain and d.label == "kaca"  # the mean 0.97 clears 0.963
+    d = voter.add(frame(0.98))
+    assert d.frames == 1 and not d.uncertain  # confident under both: at once
+
+
 def test_voter_uses_the_model_thresholds_and_the_config_overrides():
     block = {"budget": 0.02, "temperature": 2.0, "thresholds": dict.fromkeys(LABELS7, 0.5) | {"kaca": 0.9},
              "ladder": [{"budget": 0.05, "thresholds": dict.fromkeys(LABELS7, 0.3)}]}
@@ -570,3 +589,26 @@ def test_a_rule_sending_most_items_to_the_fallback_is_warned_with_next_steps():
     good = th.choose(*_weak(200, 4.0), LABELS7, 0.05)
     assert good.certify["fallback_share"] <= 0.5 and th.fallback_warning(good) is None
     assert "WARNING" not in th.format_choice(good) and "fallback_warning" not in th.report(good)
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"truth": -1}, "true labels must be class indices 0..6, got -1"),
+    ({"truth": 7}, "true labels must be class indices 0..6"),
+    ({"temperature": 0.0}, "temperature 0.0 must be a positive number"),
+    ({"temperature": float("nan")}, "temperature nan must be a positive number"),
+    ({"fit_fraction": 1.0}, "fit fraction 1.0 must be between 0 and 1"),
+    ({"budget": 1e-9}, "choose a larger budget"),
+])
+def test_choose_refuses_what_would_wrap_or_divide_by_zero(kw, says):
+    """A label of -1 would wrap to the last class, a temperature of 0 give NaN thresholds; a budget
+    needing over 5,000 photos is no photo count to give."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(7), 40)
+    truth = probs.argmax(1)
+    if "truth" in kw:
+        truth[3] = kw.pop("truth")
+    budget = kw.pop("budget", 0.05)
+    if budget < 1e-6:
+        probs, truth = probs[:3], truth[:3]  # too few for anything
+    with pytest.raises(th.ThresholdError, match=says.replace("(", r"\(").replace(".", r"\.")):
+        th.choose(probs, truth, LABELS7, budget, **kw)

@@ -107,4 +107,5 @@ def test_classify_json_decides_as_run_routes_under_the_same_config(thresholded, 
     for name, d in said.items():
         r = done[name]
         assert (d["uncertain"], d["compartment"]) == (bool(r["uncertain"]), r["routed_to"]), (name, d, dict(r))
+        assert d["compartment_name"] == str(r["routed_to"] + 1)  # as `run` prints it: numbered from 1
         assert d["confidence"] == pytest.approx(r["confidence"], abs=1e-6), name

@@ -24,7 +24,7 @@ def test_classify_json_lines(capsys):
     assert [x["image"] for x in lines] == [str(p) for p in photos]
     for x in lines:
         assert set(x) == {"image", "label", "confidence", "probabilities", "latency_ms", "decision"}
-        assert set(x["decision"]) == {"label", "compartment", "uncertain", "confidence"}
+        assert set(x["decision"]) == {"label", "compartment", "compartment_name", "uncertain", "confidence"}
         assert x["label"] == max(x["probabilities"], key=x["probabilities"].get)
         assert abs(sum(x["probabilities"].values()) - 1) < 0.02 and x["latency_ms"] > 0
         assert list(x["probabilities"]) == ["kaca", "kardus", "kertas", "khusus", "logam", "organik", "plastik"]

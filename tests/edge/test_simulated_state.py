@@ -102,16 +102,17 @@ def _untouched(path: Path):
     return sorted(p.name for p in path.iterdir()) if path.exists() else None
 
 
-@pytest.mark.parametrize("how", ["config default", "config says so", "--state-dir"])
+@pytest.mark.parametrize("how", ["config default", "config says so", "--state-dir", "a folder inside it"])
 def test_a_simulated_run_refuses_the_installed_bins_state_dir(tmp_path, home, capsys, how):
     before = _untouched(INSTALLED)
     cfg = write_config(tmp_path / "c.toml", INSTALLED if how == "config says so" else None)
-    extra = ["--state-dir", str(INSTALLED)] if how == "--state-dir" else []
+    given = {"--state-dir": INSTALLED, "a folder inside it": INSTALLED / "models"}.get(how)
+    extra = ["--state-dir", str(given)] if given else []
     assert run_simulated("--config", str(cfg), *extra) == 2
     err = capsys.readouterr().err
     assert "an installed bin's state folder" in err and "a simulated run does not write there" in err, err
-    if how == "--state-dir":
-        assert f"--state-dir {INSTALLED}" in err and "give another --state-dir" in err
+    if given:
+        assert f"--state-dir {given}" in err and "give another --state-dir" in err
     else:
         assert f"record.state_dir in {cfg} is {INSTALLED}" in err
         assert f"set record.state_dir in {cfg} to another folder, or pass --state-dir DIR" in err
