@@ -477,6 +477,11 @@ def format_choice(choice: Choice) -> str:
              f"  on {choice.n_certify} certify photos: routed right {100 * c['routed_right']:.1f}%, contamination "
              f"{100 * c['contamination']:.1f}%, fallback {100 * c['fallback_share']:.1f}% (not its compartment "
              f"{100 * c['fallback_wrong']:.1f}%), bound {100 * choice.bound:.2f}%"]
+    if cal.get("ece_after", 0) > cal.get("ece_before", 0):
+        # the budget still holds (certified after calibration); what suffers is routing
+        lines.append(f"  NOTE: the temperature fitted on {choice.n_fit} fit photos made calibration worse on the "
+                     f"certify photos (ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}); the budget still "
+                     "holds, fewer items may be routed: more fit photos (--fit-on DIR) shape it better")
     warning = fallback_warning(choice)
     if warning:
         lines.append(f"  {warning}")

@@ -137,6 +137,6 @@ def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
         errors += [f"line {lines[i]}: no event with id {i!r}" for i in unknown]
     if errors:
         more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
-        raise LabelError(f"{path}: nothing imported, {len(errors)} bad rows{more}:\n  " +
+        raise LabelError(f"{path}: nothing imported, {len(errors)} bad row{'s' if len(errors) != 1 else ''}{more}:\n  " +
                          "\n  ".join(errors[:MAX_REPORTED]))
     return len(items)

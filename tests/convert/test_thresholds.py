@@ -612,3 +612,13 @@ def test_choose_refuses_what_would_wrap_or_divide_by_zero(kw, says):
         probs, truth = probs[:3], truth[:3]  # too few for anything
     with pytest.raises(th.ThresholdError, match=says.replace("(", r"\(").replace(".", r"\.")):
         th.choose(probs, truth, LABELS7, budget, **kw)
+
+
+def test_a_temperature_that_made_calibration_worse_is_said():
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet(np.ones(7) * 0.3, 300)
+    choice = th.choose(probs, probs.argmax(1), LABELS7, 0.05)
+    assert "NOTE: the temperature" not in th.format_choice(choice) or \
+        choice.calibration["ece_after"] > choice.calibration["ece_before"]
+    worse = dataclasses.replace(choice, calibration=choice.calibration | {"ece_before": 0.05, "ece_after": 0.09})
+    assert "made calibration worse on the certify photos (ECE 0.050 -> 0.090)" in th.format_choice(worse)
