@@ -29,23 +29,13 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from benchmarks.__main__ import cpu_name
 from ecosorter.edge.clock import SYSTEM_CLOCK
 from ecosorter.edge.record import Event, EventLog
 from ecosorter.edge.record.events import JOURNAL_MAX
 from ecosorter.edge.record.integrity import LogCheck, check_file
 
 LABELS = ("kaca", "kardus", "kertas", "khusus", "logam", "organik", "plastik")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def an_event(i: int) -> Event:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,12 +423,18 @@ def test_demo_thresholds_meet_the_budget_on_photos_they_never_saw(tmp_path):
         assert c.feasible and o["routed_right"] > 0.5
 
 
-def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tmp_path, capsys):
+def _convert_int8(tiny_h5, photo_dir, tmp_path, budget: str) -> tuple[int, Path, Path]:
+    """int8 with the rule for `budget` chosen on the 36 committed photos; the int8 gates wide open."""
     out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
     rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
                        "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
-                       "--contamination", "0.3", "--quiet", "--max-routing-loss", "100",
+                       "--contamination", budget, "--quiet", "--max-routing-loss", "100",
                        "--max-contamination-gain", "100"])
+    return rc, out, report
+
+
+def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tmp_path, capsys):
+    rc, out, report = _convert_int8(tiny_h5, photo_dir, tmp_path, "0.3")
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "decision rule: budget 30% contamination" in text
@@ -443,11 +450,7 @@ def test_convert_writes_the_rule_and_judges_int8_under_it(tiny_h5, photo_dir, tm
 def test_a_budget_too_small_for_the_photos_blames_the_photos_not_int8(tiny_h5, photo_dir, tmp_path, capsys):
     """int8 passes its gate here; only the 1% budget cannot be certified with 36 photos. The failure
     names the photos needed and gives no int8 drift listing or --keep-float advice."""
-    out, report = tmp_path / "m8.tflite", tmp_path / "r.json"
-    rc = convert_main([str(tiny_h5), "-o", str(out), "--quantize", "int8", "--calibration", str(photo_dir),
-                       "--calibration-size", "100", "--validation", str(DATA), "--report", str(report),
-                       "--contamination", "0.01", "--quiet", "--max-routing-loss", "100",
-                       "--max-contamination-gain", "100"])
+    rc, out, report = _convert_int8(tiny_h5, photo_dir, tmp_path, "0.01")
     text = capsys.readouterr().out
     assert rc == 1 and not out.exists(), text
     r = json.loads(report.read_text())
