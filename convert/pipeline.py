@@ -207,14 +207,19 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
                                         method=guarantee, fallback=bin_rules.fallback,
                                         compartments=bin_rules.compartments, seed=seed, family=threshold_family,
                                         log=log)
-        if bin_rules.decision_config is not None:  # the bin's config on top, exactly as its Voter combines them
+        if not choice.feasible:
+            # nothing certified: "everything uncertain" would pass int8's gate trivially, so int8 is
+            # judged under the bin's rule without model thresholds (its config, else the default)
+            log("bin outcome judged under the bin's own rule: the budget's thresholds could not be certified")
+        elif bin_rules.decision_config is not None:  # the bin's config on top, as its Voter combines them
             from ecosorter.edge.decide.thresholds import decision_rule
 
             rule = decision_rule(bin_rules.decision_config, label_ids, decision)
-            chosen = dict(zip(label_ids, rule.thresholds, strict=True)), rule.temperature
+            bin_rules = dataclasses.replace(bin_rules, class_thresholds=dict(zip(label_ids, rule.thresholds, strict=True)),
+                                            temperature=rule.temperature)
         else:
-            chosen = dict(decision["thresholds"]), decision["temperature"]
-        bin_rules = dataclasses.replace(bin_rules, class_thresholds=chosen[0], temperature=chosen[1])
+            bin_rules = dataclasses.replace(bin_rules, class_thresholds=dict(decision["thresholds"]),
+                                            temperature=decision["temperature"])
         report["bin_outcome"] = bin_outcome(arrays["keras"][known], arrays["tflite"][known],
                                             arrays["truth"][known], label_ids, bin_rules,
                                             arrays["names"][known].tolist())

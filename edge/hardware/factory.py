@@ -94,6 +94,14 @@ def _adc(dev, pf, channel: int):
     lent = gpiozero.Device.pin_factory is None
     if lent:
         gpiozero.Device.pin_factory = pf
+    # gpiozero shares one SPI interface per pin set through a class-wide table, and every shared
+    # device sits in a reference cycle (its close() is a closure over itself). An earlier, closed one
+    # finalized by the collector in the middle of this build deletes the table's entry of the *live*
+    # interface with the same pins, so the next channel builds a second bus and finds its clock pin
+    # taken (GPIOPinInUse). Collecting first finalizes every stale one before ours registers.
+    import gc
+
+    gc.collect()
     try:
         return dev(gpiozero.MCP3008, channel=channel)
     finally:

@@ -455,6 +455,9 @@ def test_a_budget_too_small_for_the_photos_blames_the_photos_not_int8(tiny_h5, p
     assert rc == 1 and not out.exists(), text
     r = json.loads(report.read_text())
     assert r["bin_outcome"]["passed"] and not r["passed"]  # int8's gate passed; the rule did not
+    rules = r["bin_outcome"]["rules"]  # judged under the bin's default rule, not "everything uncertain"
+    assert rules["threshold"] == 0.55 and all(t < 1 for t in rules["class_thresholds"].values()), rules
+    assert "judged under the bin's own rule: the budget's thresholds could not be certified" in text
     assert ("FAILED: decision rule: a 1% contamination budget cannot be certified with 36 labelled photos. "
             "Next: 1) give at least 142 labelled photos") in text
     assert "int8 error through the depth" not in text and "--keep-float" not in text and "int8_drift" not in r
