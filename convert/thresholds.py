@@ -45,6 +45,7 @@ FAMILIES = ("auto", "per-class", "global")
 MIN_ERRORS = 5  # auto: a class shapes its own thresholds with >= MIN_ERRORS / budget fit items
 LADDER = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1)  # budgets also stored, for decision.contamination_budget
 FIT_FRACTION = 0.3
+ADVICE_MAX_PHOTOS = 5_000  # a photo count above this is no advice: at these rates more photos do not decide
 
 
 class ThresholdError(ValueError):
@@ -219,6 +220,12 @@ INTERPOLATE = 24
 
 # --- choosing on the certify part ------------------------------------------------------------------
 
+def certify_bound(k: int, n: int, method: str, delta: float) -> float:
+    """What the certify photos promise for a rule with k of n contaminating: crc's
+    n/(n+1) * k/n + 1/(n+1) = (k+1)/(n+1), or ltt's Clopper-Pearson upper bound at delta."""
+    return (k + 1) / (n + 1) if method == "crc" else upper_binomial(k, n, delta)
+
+
 DECIMALS = 4  # a threshold's places in the manifest
 
 
@@ -359,8 +366,7 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
     chosen = -1
     for i, o in enumerate(results):  # the family's risk only grows: stop at the first point that fails
         k = o["contaminating"]
-        ok = (n / (n + 1)) * (k / n) + 1 / (n + 1) <= budget if method == "crc" \
-            else upper_binomial(k, n, delta) <= budget
+        ok = certify_bound(k, n, method, delta) <= budget
         if not ok:
             break
         chosen = i
@@ -371,7 +377,7 @@ def choose(probs: np.ndarray, truth: np.ndarray, label_ids: Sequence[str], budge
     written = np.array([written_threshold(v) for v in fam[i]])
     o = outcome(cal[cert], truth[cert], written, comp, fb)
     k = o["contaminating"]
-    bound = (n / (n + 1)) * (k / n) + 1 / (n + 1) if method == "crc" else upper_binomial(k, n, delta)
+    bound = certify_bound(k, n, method, delta)
     thresholds = {lb: float(written[c]) for c, lb in enumerate(label_ids)}
     per_class = {}
     for c, lb in enumerate(label_ids):
@@ -423,13 +429,6 @@ def report(choice: Choice) -> dict[str, Any]:
 
 
 FALLBACK_WARN = 0.5  # above this share of items to the fallback, the rule is said to be mostly "uncertain"
-ADVICE_MAX_PHOTOS = 5_000  # a photo count above this is no advice (convert/verify.py says the same)
-
-
-def _bound(k: int, n: int, method: str, delta: float) -> float:
-    return (k + 1) / (n + 1) if method == "crc" else upper_binomial(k, n, delta)
-
-
 def fallback_warning(choice: Choice) -> str | None:
     """A WARNING when the certified rule sends more than half the certify photos to the fallback, with
     what would route more: the labelled photos with which the same rates would certify the first point
@@ -445,17 +444,19 @@ def fallback_warning(choice: Choice) -> str | None:
     if j is None:
         return head + "1) a better model: even with every item confident, more than half would be uncertain"
     ks = [round(p["contamination"] * n) for p in choice.curve[:j + 1]]
-    budget = max(_bound(k, n, choice.method, choice.delta) for k in ks)  # the family stops at the first failure
+    budget = max(certify_bound(k, n, choice.method, choice.delta) for k in ks)  # the family stops at the first failure
     rate = max(ks) / n  # the contamination seen on the way to that point
     total = None
     if rate < choice.budget:
         m = n
-        while m <= ADVICE_MAX_PHOTOS and _bound(round(rate * m), m, choice.method, choice.delta) > choice.budget:
+        while m <= ADVICE_MAX_PHOTOS and certify_bound(round(rate * m), m, choice.method, choice.delta) > choice.budget:
             m = max(m + 1, int(m * 1.05))
-        per = choice.n / max(1, n)  # labelled photos per certify photo (the fit share on top)
+        # with --fit-on only certify photos are needed; else the fit share comes on top of them
+        per = 1.0 if choice.fit_apart else choice.n / max(1, n)
         total = math.ceil(m * per) if m <= ADVICE_MAX_PHOTOS else None
     if total:
-        more = (f"1) about {total:,} labelled photos (now {choice.n}) would certify, at the rates seen here, a rule "
+        where = f"in --validation (now {n})" if choice.fit_apart else f"(now {choice.n})"
+        more = (f"1) about {total:,} labelled photos {where} would certify, at the rates seen here, a rule "
                 f"sending at most {100 * FALLBACK_WARN:.0f}% to the fallback")
     elif rate >= choice.budget:
         more = (f"1) more labelled photos will not do it at this budget: such a rule contaminates {100 * rate:.1f}% "

@@ -15,11 +15,12 @@ import numpy as np
 
 from ecosorter.convert.images import LabelledImage, progress_bar
 from ecosorter.convert.source_model import SourceModel
-from ecosorter.convert.thresholds import lower_binomial, upper_binomial
+from ecosorter.convert.thresholds import ADVICE_MAX_PHOTOS, lower_binomial, upper_binomial
 from ecosorter.edge.backends import Classifier
 from ecosorter.edge.decide.thresholds import calibrate
 from ecosorter.edge.decide.thresholds import confident as is_confident
 from ecosorter.edge.errors import ImageError
+from ecosorter.edge.model.trust import points
 from ecosorter.edge.preprocess import InputSpec, Preprocessor, PreprocessSpec, decode_image
 
 
@@ -176,7 +177,6 @@ def _paired(worse: int, better: int, n: int) -> dict:
             "harm_lower_95": harm_low}
 
 
-ADVICE_MAX_PHOTOS = 5_000  # beyond this a photo count is no advice: at these rates more photos do not decide
 
 
 def _verdict(worse: int, better: int, n: int, tolerance: float) -> dict:
@@ -290,12 +290,12 @@ def format_outcome(o: dict) -> str:
     return "\n".join([
         f"{'bin outcome':<22}{rule}, fallback {rules['fallback']}; {o['images']} labelled photos",
         f"{'correct routing':<22}{100 * r['keras']:.1f}% -> {100 * r['tflite']:.1f}% "
-        f"({_pt(100 * r['change'])} pt; {r['worse']} worse, {r['better']} better; 90% range "
-        f"{_pt(-100 * r['harm_bound_95'])}..{_pt(-100 * r['harm_lower_95'])} pt; gate >= "
+        f"({points(100 * r['change'])} pt; {r['worse']} worse, {r['better']} better; 90% range "
+        f"{points(-100 * r['harm_bound_95'])}..{points(-100 * r['harm_lower_95'])} pt; gate >= "
         f"{-100 * rules['max_routing_loss']:.1f} pt: {r['verdict']})",
         f"{'contamination':<22}{100 * c['keras']:.1f}% -> {100 * c['tflite']:.1f}% "
-        f"({_pt(100 * c['change'])} pt; {c['worse']} worse, {c['better']} better; 90% range "
-        f"{_pt(100 * c['harm_lower_95'])}..{_pt(100 * c['harm_bound_95'])} pt; "
+        f"({points(100 * c['change'])} pt; {c['worse']} worse, {c['better']} better; 90% range "
+        f"{points(100 * c['harm_lower_95'])}..{points(100 * c['harm_bound_95'])} pt; "
         f"gate <= +{100 * rules['max_contamination_gain']:.1f} pt: {c['verdict']})",
         f"{'same compartment':<22}{100 * o['compartment_agreement']:.1f}%",
         f"{'decisions changed':<22}{o['decision_changes']} of {o['images']} (Keras confidence max {top}; "
@@ -303,14 +303,6 @@ def format_outcome(o: dict) -> str:
         f"{'top-1 flips':<22}{o['top1_flips']} (top-1 agreement {100 * o['top1_agreement']:.1f}%; "
         "a flip the thresholds absorb changes nothing for the bin)",
     ])
-
-
-def points(x: float) -> str:
-    """A signed figure in points, never "-0.0" (rounding a tiny negative to zero)."""
-    return f"{round(x, 1) + 0.0:+.1f}"
-
-
-_pt = points
 
 
 RULES = (("correct_routing", "correct-routing rule", "max_routing_loss", -1),
@@ -335,9 +327,9 @@ def gate_lines(o: dict, mode: str, drift_rows: list[dict] | None = None) -> list
         if v == "pass":
             continue
         lo, hi = sorted((sign * 100 * r["harm_lower_95"], sign * 100 * r["harm_bound_95"]))
-        what = (f"{name}: {mode} changes {key.replace('_', ' ')} by {_pt(100 * r['change'])} pt on {o['images']} "
-                f"photos (90% range {_pt(lo)}..{_pt(hi)} pt), gate {'>=' if sign < 0 else '<='} "
-                f"{_pt(sign * 100 * o['rules'][tol_key])} pt")
+        what = (f"{name}: {mode} changes {key.replace('_', ' ')} by {points(100 * r['change'])} pt on {o['images']} "
+                f"photos (90% range {points(lo)}..{points(hi)} pt), gate {'>=' if sign < 0 else '<='} "
+                f"{points(sign * 100 * o['rules'][tol_key])} pt")
         need = r["photos_needed"]
         more = (f"about {need:,} labelled photos (--validation DIR) would tell at these rates" if need else
                 f"more labelled photos would not tell: at these rates it would take over {ADVICE_MAX_PHOTOS:,} "

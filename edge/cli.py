@@ -32,13 +32,21 @@ def _model_args(p: argparse.ArgumentParser, with_model: bool = True) -> None:
     p.add_argument("--preprocess", choices=["caffe", "tf", "unit", "raw"], help="foreign .tflite: the transform")
 
 
-def _load(args):
+def _bin_config(args):
+    """--config's Config (loaded once per command), or None."""
+    from ecosorter.edge.config import load_config
+
+    config = getattr(args, "config", None)
+    return load_config(config) if config is not None else None
+
+
+def _load(args, cfg=None):
     from ecosorter.edge.model import load_model
     from ecosorter.edge.model.manifest import load_labels_file
     from ecosorter.edge.preprocess.spec import preset
 
     labels = load_labels_file(args.labels)
-    path, source = model_choice(args)
+    path, source = model_choice(args, cfg if cfg is not None else _bin_config(args))
     model = load_model(path, args.backend, args.threads or None, labels,
                        preset(args.preprocess) if args.preprocess else None)
     # said on stderr once it loads (stdout stays the results; a failure's error names the file):
@@ -47,21 +55,19 @@ def _load(args):
     return model
 
 
-def model_choice(args) -> tuple[Path, str]:
+def model_choice(args, cfg=None) -> tuple[Path, str]:
     """Which model a command uses and where that came from, as `run` chooses it: --model; with
     --config its model.path (missing: an error naming the key), else the installed model, else the
-    bundled demo."""
+    bundled demo. `cfg`: --config's Config, loaded by the caller."""
     from ecosorter.edge.model.loader import DEMO_MODEL
 
     if args.model is not None:
         return args.model, "--model"
     config = getattr(args, "config", None)
-    if config is None:
+    if cfg is None:
         return DEMO_MODEL, "the bundled demo model: no --model or --config given"
-    from ecosorter.edge.config import load_config
     from ecosorter.edge.sorter import default_model_path
 
-    cfg = load_config(config)
     if cfg.model.path:
         path = Path(cfg.model.path)
         if not path.is_file():
@@ -78,17 +84,17 @@ def model_choice(args) -> tuple[Path, str]:
 
 def cmd_classify(args) -> int:
     from ecosorter.edge.api import predict
-    from ecosorter.edge.config import load_config
     from ecosorter.edge.preprocess import Preprocessor, decode_image
     from ecosorter.edge.preprocess.transform import camera_roi
 
     failures = 0
+    cfg = _bin_config(args)
     # with --config, the photo is a camera frame: cropped to camera.roi as `run` crops it
-    roi = camera_roi(load_config(args.config).camera.roi) if args.config else None
-    with _load(args) as model:
+    roi = camera_roi(cfg.camera.roi) if cfg is not None else None
+    with _load(args, cfg) as model:
         prep = Preprocessor(model.manifest.preprocess, model.manifest.input, roi)
         names = {lb.id: lb.name for lb in model.labels}
-        decide = _decider(args, model)
+        decide = _decider(cfg, model)
         for image in args.images:
             try:
                 p = predict(model, prep, decode_image(image), "rgb")
@@ -107,20 +113,21 @@ def cmd_classify(args) -> int:
     return 1 if failures else 0
 
 
-def _decider(args, model):
+def _decider(bin_cfg, model):
     """What the bin would do with one photo: the model's thresholds under --config's [decision]
     and compartments (defaults without one); None when the labels have no fallback to route to."""
     import numpy as np
 
-    from ecosorter.edge.config import Config, load_config
+    from ecosorter.edge.config import Config
     from ecosorter.edge.decide import CompartmentMap, Voter
     from ecosorter.edge.machine import compartment_label
 
     ids = model.manifest.label_ids
-    cfg = load_config(args.config) if args.config else Config()
-    comps = dict(cfg.hardware.compartments) if args.config or set(ids) == set(cfg.hardware.compartments) \
+    given = bin_cfg is not None
+    cfg = bin_cfg if given else Config()
+    comps = dict(cfg.hardware.compartments) if given or set(ids) == set(cfg.hardware.compartments) \
         else {lb: i for i, lb in enumerate(ids)}
-    if not args.config and cfg.decision.fallback not in ids:
+    if not given and cfg.decision.fallback not in ids:
         return None
     voter = Voter(cfg.decision, ids, CompartmentMap(comps, ids, cfg.decision.fallback), model.manifest.decision)
 

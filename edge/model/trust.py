@@ -147,6 +147,11 @@ def verification_status(manifest: Any) -> tuple[bool | None, str]:
         + ("" if verified else f"{why}: ") + figures
 
 
+def points(x: float) -> str:
+    """A signed figure in points, never "-0.0": rounded first, + 0.0 (a change of -0.0004 is "+0.0")."""
+    return f"{round(x, 1) + 0.0:+.1f}"
+
+
 def verification_figures(v: dict) -> str:
     def pct(key: str) -> str | None:
         x = v.get(key)
@@ -154,8 +159,7 @@ def verification_figures(v: dict) -> str:
 
     def pts(key: str) -> str | None:
         x = v.get(key)
-        # rounded first, + 0.0: a change of -0.0004 is "+0.0 pt", never "-0.0 pt"
-        return f"{round(100 * x, 1) + 0.0:+.1f} pt" if isinstance(x, int | float) and not isinstance(x, bool) else None
+        return f"{points(100 * x)} pt" if isinstance(x, int | float) and not isinstance(x, bool) else None
 
     parts = [f"{v['images']} images" if isinstance(v.get("images"), int) else None]
     if pct("agreement"):

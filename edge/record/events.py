@@ -296,8 +296,11 @@ class EventLog:
         self._db = db
         self._inode = os.stat(self.path).st_ino
         if self.journal:  # a new log under the running bin: first what the old file held unchecked
-            log.warning("event log %s: writing the %d events recorded since the last good check into it",
-                        self.path, len(self.journal))
+            log.warning("event log %s: writing the %d events recorded since the last good check into it%s",
+                        self.path, len(self.journal),
+                        f" ({self.journal_dropped} older unchecked ones left the full journal: they are only in "
+                        "the file set aside)" if self.journal_dropped else "")
+            self.journal_dropped = 0
             self.pending[:0] = [ev for _, ev in self.journal]
             self.journal.clear()
 
@@ -426,6 +429,7 @@ class EventLog:
                 return  # the log was started afresh meanwhile: what the journal holds is not checked
             while self.journal and self.journal[0][0] <= mark:
                 self.journal.popleft()
+            self.journal_dropped = 0  # the ones dropped were older than `mark`: in the sound file
 
     def damaged_in_place(self, inode: int, reason: str) -> bool:
         """A check found the open file damaged: set it aside, start a new log and write the journal

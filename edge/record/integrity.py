@@ -92,12 +92,6 @@ class LogCheck:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def run_now(self) -> bool | None:
-        """One check, waited for and acted on (tests, the benchmark)."""
-        self.start()
-        self.wait()
-        return self.tick()
-
     def _run(self, inode: int, mark: int) -> None:
         self._outcome = check_file(self.events.path, inode, mark, self._opened)
 

@@ -591,6 +591,12 @@ def test_a_rule_sending_most_items_to_the_fallback_is_warned_with_next_steps():
     assert w is not None and "about " in w and f"labelled photos (now {few.n})" in w
     need = int(w.split("about ")[1].split()[0].replace(",", ""))
     assert few.n < need <= th.ADVICE_MAX_PHOTOS
+    # with --fit-on photos apart, the number is of --validation photos (the fit ones are not scaled up)
+    apart = th.choose(*_weak(30, 2.5), LABELS7, 0.05, fit=_weak(30, 2.5, seed=2))
+    w = th.fallback_warning(apart)
+    assert w is not None and f"labelled photos in --validation (now {apart.n_certify})" in w, w
+    need_apart = int(w.split("about ")[1].split()[0].replace(",", ""))
+    assert apart.n_certify < need_apart < apart.n  # certify photos alone: fewer than fit + certify now
     # a strong model is not warned
     good = th.choose(*_weak(200, 4.0), LABELS7, 0.05)
     assert good.certify["fallback_share"] <= 0.5 and th.fallback_warning(good) is None
