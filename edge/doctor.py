@@ -327,7 +327,6 @@ class Doctor:
 SWITCH_KEYS = {"chute": "hardware.chute_home_switch_pin", "trapdoor": "hardware.trapdoor_closed_switch_pin"}
 SWITCH_MEANS = {"chute": "at home", "trapdoor": "shut"}
 SERVO_ORDER = {"chute": 0, "trapdoor": 1}  # as hardware.feedback_channels lists them
-RANK = {SKIP: 0, OK: 1, WARN: 2, FAIL: 3}
 
 
 def servo_readings(act, hw) -> list[tuple[str, str, str]]:
@@ -358,7 +357,7 @@ def servo_readings(act, hw) -> list[tuple[str, str, str]]:
             where = f"position feedback mcp3008 channel {axis.feedback.channel} reads {value:.3f}"
             deg = axis.position()
             if deg is None:
-                state = max(state, WARN, key=RANK.get)
+                state = WARN if state == OK else state  # a FAIL stays
                 said.append(f"{where}, not calibrated (hardware.feedback_at_min / feedback_at_max empty): not used, "
                             "run `ecosorter calibrate`")
             elif (parked or jammed) and park is not None and abs(deg - park) > axis.tolerance_deg:
@@ -369,7 +368,7 @@ def servo_readings(act, hw) -> list[tuple[str, str, str]]:
                 said.append(f"{where} = {deg:.0f} deg")
         closed_loop = axis.switch is not None or axis.position() is not None
         if not closed_loop:
-            state = max(state, WARN, key=RANK.get)
+            state = WARN if state == OK else state  # a FAIL stays
             why = [f"no position switch ({key} = -1)" if key else "no position switch (flaps have none)",
                    "no position feedback (hardware.feedback_adc = 'none')" if axis.feedback is None else
                    "its feedback not calibrated"]
