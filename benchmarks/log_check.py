@@ -139,7 +139,7 @@ def measure(events: int = 100_000, repeat: int = 5, folder: Path | None = None) 
         "events": events, "file_mb": round(file_mb, 1), "fill_s": round(fill_s, 1),
         "repeat": repeat,
         "append_ms": round(append_ms, 3), "append_max_ms": round(max(alone), 3), "appends": len(alone),
-        "quick_check_warm_ms": round(warm_ms, 1), "quick_check_cold_ms": round(cold_ms, 1),
+        "quick_check_warm_ms": round(warm_ms, 3), "quick_check_cold_ms": round(cold_ms, 3),
         "warm_over_append": round(warm_ms / append_ms, 1), "cold_over_append": round(cold_ms / append_ms, 1),
         "appends_during_checks": len(during),
         "append_during_check_ms": {"median": round(statistics.median(during), 3) if during else None,

@@ -48,6 +48,22 @@ class Notifier:
             self._sock = None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time, not the one at setup (a replaced and closed
+    stream, as under pytest's capture, would otherwise turn every later record into a logging error)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # noqa: ANN001
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Under systemd, stderr goes to the journal: no timestamps (journald adds them), levels as <N>."""
     level = logging.DEBUG if verbose else logging.INFO
@@ -61,10 +77,10 @@ def setup_logging(verbose: bool = False) -> None:
                 record.levelno_sd = self.MAP.get(record.levelno, 6)
                 return super().format(record)
 
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(SdFormatter(fmt))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
