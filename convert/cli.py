@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "else caffe: the seed's vgg16.preprocess_input)")
     ap.add_argument("--io-dtype", choices=IO_DTYPES, default="int8", help="int8 model input type (and output type with --int8-head int8; the default float head outputs float32)")
     ap.add_argument("--keep-float", default="0", metavar="N|NAMES",
-                    help="int8 only: keep the N layers with the worst int8 error in float, or a comma list")
+                    help="int8 only: keep in float the N ops that add the most int8 error (the drift "
+                         "analysis ranks them and its advice names them), or a comma list of tensor names")
     ap.add_argument("--float-ops", default="none", metavar="none|auto|REGEX",
                     help="int8: convs (output names matching REGEX) computed in float from int8 weights; auto: "
                          "the projection convs of EfficientNet-Lite models (where the int8 error starts), "

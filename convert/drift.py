@@ -80,6 +80,13 @@ def candidates(rows: list[dict]) -> list[dict]:
     return [r for r in rows if not r.get("float") and r["op"] != "SOFTMAX"]
 
 
+def keep_float_choice(rows: list[dict], n: int) -> list[dict]:
+    """What `--keep-float N` keeps in float (convert/pipeline.py): the N candidates with the largest
+    jump, largest first (ties in execution order). The advice names the same ranking."""
+    return sorted(candidates(rows), key=lambda r: r["jump"], reverse=True)[:n]
+
+
+NAMED_MAX = 8  # ops named in the advice and listed in the summary; beyond that "and K more"
 SOURCE_SHARE = 0.25  # an op is named as a source only when it adds this share of the error at the output
 MIN_ERROR = 0.02  # below this relative RMS at the last int8 op, int8 loses nothing worth an op in float
 
@@ -99,10 +106,14 @@ def diagnosis(rows: list[dict]) -> tuple[list[dict], str]:
         return [], (f"int8 adds little error on the calibration photos ({100 * final:.1f}% at the last int8 op), "
                     "so no op is to blame: the loss is on photos unlike them; calibrate on photos like the bin's "
                     "(--calibration)")
-    found = sorted((r for r in cand if r["jump"] >= SOURCE_SHARE * final), key=lambda r: -r["jump"])
+    # a prefix of keep_float_choice's ranking: every op ranked above a named one adds more
+    ranked = keep_float_choice(rows, len(cand))
+    found = ranked[:next((i for i, r in enumerate(ranked) if r["jump"] < SOURCE_SHARE * final), len(ranked))]
     if found:
-        return found, (f"--keep-float {len(found)} keeps in float the op{'s' if len(found) > 1 else ''} adding the "
-                       f"most int8 error ({', '.join(r['op'] for r in found[:4])}; each adds >= "
+        more = f" and {len(found) - NAMED_MAX} more" if len(found) > NAMED_MAX else ""
+        which = f"the {len(found)} ops" if len(found) > 1 else "the op"
+        return found, (f"--keep-float {len(found)} keeps in float {which} adding the most int8 error "
+                       f"({', '.join(r['op'] for r in found[:NAMED_MAX])}{more}; each adds >= "
                        f"{100 * SOURCE_SHARE:.0f}% of the {100 * final:.0f}% error at the last int8 op)")
     big = max(r["jump"] for r in cand)
     return [], (f"no op stands out (none adds {100 * SOURCE_SHARE:.0f}% of the {100 * final:.0f}% error at the last "
@@ -115,7 +126,7 @@ def sources(rows: list[dict]) -> list[dict]:
     return diagnosis(rows)[0]
 
 
-def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
+def summary_lines(rows: list[dict], top: int = NAMED_MAX) -> list[str]:
     if not rows:
         return []
     n = len(rows)
@@ -127,6 +138,8 @@ def summary_lines(rows: list[dict], top: int = 8) -> list[str]:
         lines.append(f"ops adding the most error: {why}:")
         for r in found[:top]:
             lines.append(f"  +{100 * r['jump']:5.1f}%  {r['op']:<16} {r['tensor'][:80]}")
+        if len(found) > top:
+            lines.append(f"  ... and {len(found) - top} more ({', '.join(r['op'] for r in found[top:])})")
     else:
         lines.append(why)
     return lines

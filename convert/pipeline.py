@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecosorter.convert.drift import candidates, drift, summary_lines
+from ecosorter.convert.drift import drift, keep_float_choice, summary_lines
 from ecosorter.convert.embed import embed_metadata
 from ecosorter.convert.images import (
     ImageSetError,
@@ -162,8 +162,8 @@ def convert(model: str | Path, output: str | Path, quantize: str = "int8", *,
         if isinstance(keep_float, int):
             full = convert_tflite(src, "int8", calib, "float32", bar)
             drift_rows = _drift(src, full, calib)
-            # only ops whose int8 output keeping in float can change (convert/drift.py candidates)
-            worst = sorted(candidates(drift_rows), key=lambda r: r["jump"], reverse=True)[:keep_float]
+            # the ranking the drift advice names (convert/drift.py keep_float_choice)
+            worst = keep_float_choice(drift_rows, keep_float)
             kept_float = [r["tensor"] for r in worst]
             log(f"keeping the {keep_float} ops that add the most int8 error in float: " +
                 ", ".join(f"{r['tensor'][:40]} (+{100 * r['jump']:.0f}%)" for r in worst))

@@ -270,3 +270,35 @@ def test_verdicts_on_the_bounds_and_photos_needed():
     lines = gate_lines(o, "int8")
     assert o["verdict"] == "undecided" and not o["passed"]
     assert any(x.startswith("UNDECIDED: contamination rule") and "n is too small" in x for x in lines)
+
+
+def test_keep_float_advice_names_every_op_it_counts_in_the_order_the_converter_keeps_them():
+    """The advice said "--keep-float 6 ... (op0, op1, op2, op3; ...)": it named 4 of the 6 ops it
+    counted. Every op counted is named (or "and K more"), in the order `--keep-float N` ranks
+    them (largest jump first, convert/pipeline.py), so N is the very set the advice names."""
+    from ecosorter.convert.drift import diagnosis, keep_float_choice, summary_lines
+
+    def rows(jumps: list[float]) -> list[dict]:
+        out = [{"op": f"OP{i}", "tensor": f"t{i}", "error": 0.1, "jump": j, "float": False}
+               for i, j in enumerate(jumps)]
+        out[-1]["error"] = 0.4  # the last int8 op's error: an op is named from a jump of 0.1
+        return out + [{"op": "SOFTMAX", "tensor": "probs", "error": 0.9, "jump": 0.5, "float": True}]
+
+    # 6 ops over the bar (two tied), others below it or negative (error that shrinks again)
+    six = rows([0.2, -0.3, 0.12, 0.05, 0.3, 0.12, -0.2, 0.25, 0.15, 0.01])
+    found, why = diagnosis(six)
+    assert [r["op"] for r in found] == ["OP4", "OP7", "OP0", "OP8", "OP2", "OP5"]
+    assert "--keep-float 6 keeps in float the 6 ops adding the most int8 error (OP4, OP7, OP0, OP8, OP2, OP5; " \
+        "each adds >= 25% of the 40% error at the last int8 op)" in why
+    assert [r["tensor"] for r in keep_float_choice(six, 6)] == [r["tensor"] for r in found]
+    listed = "\n".join(summary_lines(six))
+    assert all(f" {r['op']} " in listed for r in found) and "more" not in listed
+
+    # 10 over the bar: the advice names 8 and says "and 2 more"; so does the listing
+    ten = rows([0.2, -0.9, 0.12, 0.11, 0.3, 0.12, -0.2, 0.25, 0.15, 0.13, 0.14, 0.16])
+    found, why = diagnosis(ten)
+    assert len(found) == 10 and why.startswith("--keep-float 10 keeps in float the 10 ops")
+    assert f"({', '.join(r['op'] for r in found[:8])} and 2 more; " in why
+    assert [r["tensor"] for r in keep_float_choice(ten, 10)] == [r["tensor"] for r in found]
+    listed = summary_lines(ten)
+    assert sum(line.startswith("  +") for line in listed) == 8 and listed[-1] == "  ... and 2 more (OP5, OP3)"
