@@ -362,7 +362,10 @@ class ModelStore:
         result = InstallResult(result.sha256, result.path, result.labels, result.self_test, result.version,
                                checks, signer)
         self._write_record(result, source, origin)
-        log.info("installed model %s version %d: %s", digest[:12], result.version, "; ".join(checks))
+        # one line for the journal (an install from MQTT prints nothing); each check is in the record
+        signed = f"signed by key {signer.key_id} ({signer.how})" if signer.signed else "unsigned"
+        log.info("installed model %s version %d from %s: %s, self-test %s; the checks: %s", digest[:12],
+                 result.version, origin or source.name, signed, result.self_test, self.record_path(digest))
         return result
 
     def _only_key(self) -> str:

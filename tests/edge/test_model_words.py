@@ -91,3 +91,17 @@ def test_a_rule_that_certifies_nothing_says_so():
         manifest = dataclasses.replace(m.manifest, decision={**m.manifest.decision, "feasible": False})
     assert decision_summary(manifest).endswith("NOT CERTIFIABLE (every item uncertain)")
     assert decision_summary(None).startswith("none in the model")
+
+
+def test_model_install_says_each_check_once(tmp_path, capsys):
+    """The checks were printed on stdout and repeated, joined, in an INFO log line on stderr. The
+    CLI prints them; the log line (the journal's record of an install from MQTT) is one summary."""
+    state = tmp_path / "state"
+    assert main(["model", "install", str(DEMO), "--allow-unsigned", "--state-dir", str(state)]) == 0
+    out, err = capsys.readouterr()
+    checks = [line.strip() for line in out.splitlines()[1:] if line.startswith("  ")]
+    assert len(checks) >= 4 and any(c.startswith("sha256: ") for c in checks)
+    assert not [c for c in checks if c in err], err
+    logged = [line for line in err.splitlines() if "installed model" in line]
+    assert len(logged) == 1 and "version" in logged[0] and "from cli" in logged[0], err
+    assert "unsigned" in logged[0] and "self-test" in logged[0] and len(logged[0]) < 300, logged[0]
