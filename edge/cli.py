@@ -536,9 +536,12 @@ def cmd_export(args) -> int:
     from ecosorter.edge.record.export import export
 
     state = _event_log(args)
-    n = export(state, args.out, args.since or "", labeled_only=args.labeled_only, replace=args.replace,
+    r = export(state, args.out, args.since or "", labeled_only=args.labeled_only, replace=args.replace,
                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    print(f"exported {n} photos from {state} to {args.out} (class folders + labels.csv)")
+    which = f"{' labelled' if args.labeled_only else ''} events{f' since {args.since}' if args.since else ''}"
+    print(f"exported {r.photos} photos of {r.events}{which} from {state} to {args.out} (class folders + labels.csv)")
+    if r.summary():
+        print(r.summary())
     return 0
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import stat
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -34,6 +35,26 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 class ExportError(EcoSorterError):
     pass
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote, of the events it covered: photos + not_taken + removed == events."""
+
+    photos: int
+    events: int = 0  # in --since (and labelled, with --labeled-only)
+    not_taken: int = 0  # no photo recorded: record.capture did not keep one
+    removed: int = 0  # a photo was recorded, its file is gone (the capture quota evicts oldest first)
+
+    def summary(self) -> str:
+        """Why fewer photos than events, in the user's words ("" when every event has its photo)."""
+        why = []
+        if self.not_taken:
+            why.append(f"{self.not_taken} never taken (record.capture decides which items are photographed: by "
+                       "default the uncertain ones and a share of the confident ones; a label keeps its item's photo)")
+        if self.removed:
+            why.append(f"{self.removed} removed from the disk (record.capture_quota_mb: the oldest photos go first)")
+        return f"{self.not_taken + self.removed} events have no photo: {'; '.join(why)}" if why else ""
 
 
 def parse_since(text: str, now: datetime | None = None) -> str:
@@ -189,7 +210,7 @@ def folder_for(predicted: str, true_label: str, flagged: bool) -> str:
 
 
 def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = False, replace: bool = False,
-           warn=lambda msg: None) -> int:
+           warn=lambda msg: None) -> Exported:
     since_iso = parse_since(since)
     if out.exists() and not out.is_dir():
         raise ExportError(f"export: {out} is not a folder")
@@ -204,6 +225,9 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
     try:
         rows = events.query("SELECT * FROM events WHERE image != '' AND time >= ? ORDER BY seq", (since_iso,))
         lost = events.query("SELECT id FROM events WHERE image = '' AND true_label != '' AND time >= ?", (since_iso,))
+        which = "time >= ?" + (" AND true_label != ''" if labeled_only else "")
+        total, not_taken = events.query(f"SELECT COUNT(*), COALESCE(SUM(image = ''), 0) FROM events WHERE {which}",
+                                        (since_iso,))[0]
     finally:
         events.close()
     if lost:
@@ -211,7 +235,7 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
              f"exported: {', '.join(r['id'] for r in lost[:5])}{' ...' if len(lost) > 5 else ''}")
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    n = 0
+    n = removed = 0
     try:
         fd = os.open(out / "labels.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
@@ -226,7 +250,8 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
                     continue
                 src = captures / r["image"]
                 if not src.exists():
-                    continue  # evicted by the quota
+                    removed += 1  # evicted by the quota
+                    continue
                 flagged = bool(r["flagged"]) or r["image"] in flagged_files
                 folder = folder_for(r["label"], r["true_label"], flagged)
                 written[f"{folder}/{src.name}"] = _copy_new(src, _class_folder(out, folder) / src.name)
@@ -238,7 +263,7 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
     finally:  # even a failed export records what it wrote, so --replace can remove it
         written["labels.csv"] = _sha256(out / "labels.csv")
         _write_record(out, written)
-    return n
+    return Exported(n, total, not_taken, removed)
 
 
 def _write_record(out: Path, written: dict[str, str]) -> None:

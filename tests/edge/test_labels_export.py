@@ -196,3 +196,35 @@ def test_since_parses_dates_timestamps_durations_and_refuses_the_rest(tmp_path, 
     assert main(["export", str(tmp_path / "o"), "--state-dir", str(sorted_bin[0]), "--since", "yesterday"]) == 2
     assert "--since 'yesterday'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_export_says_how_many_events_had_no_photo_and_why(tmp_path, capsys, sorted_bin):
+    """"exported 1 photos" from a bin that sorted 13 items left the user guessing where the other
+    12 went: the summary counts the events, those never photographed (record.capture) and those
+    whose photo the quota removed, and they add up."""
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
+                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0,
+                                 "record.capture": "none"})
+    state = tmp_path / "none"
+    with build_sorter(cfg, state_dir=state) as sorter:
+        events = []
+        sorter.run(on_event=events.append)
+        assert sorter.label(events[-1].id, "kaca", "page")  # a label keeps that one photo
+    assert main(["export", str(tmp_path / "a"), "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert f"exported 1 photos of 13 events from {state}" in out
+    assert "12 events have no photo: 12 never taken (record.capture" in out and "quota" not in out
+
+    # every photo taken, then 3 removed from the disk (as the capture quota does, oldest first)
+    state = copy_state(sorted_bin[0], tmp_path / "all")
+    for p in sorted((state / "captures").rglob("*.jpg"))[:3]:
+        p.unlink()
+    assert main(["export", str(tmp_path / "b"), "--state-dir", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "exported 10 photos of 13 events" in out
+    assert "3 events have no photo: 3 removed from the disk (record.capture_quota_mb" in out and "never" not in out
+    assert len(list((tmp_path / "b").rglob("*.jpg"))) == 10
+    # all there: nothing to explain
+    assert main(["export", str(tmp_path / "c"), "--state-dir", str(sorted_bin[0])]) == 0
+    out = capsys.readouterr().out
+    assert "exported 13 photos of 13 events" in out and "no photo" not in out

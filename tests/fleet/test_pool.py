@@ -48,7 +48,7 @@ def test_usb_exports_pool_into_one_training_folder_deduplicated_with_bin_ids(bin
     root, ids = bins
     stick = tmp_path / "usb"
     for b in ids:
-        assert export(root / b, stick / b) == 13
+        assert export(root / b, stick / b).photos == 13
     shutil.copytree(stick / "binA", stick / "binA-again")  # the same export carried twice
     out = tmp_path / "pooled"
     r = subprocess.run([*ECOSORTER, "fleet", "pool", str(out), str(stick / "binA"), str(stick / "binB"),
@@ -71,7 +71,7 @@ def test_usb_exports_pool_into_one_training_folder_deduplicated_with_bin_ids(bin
         assert log.set_label(ids["binB"][5], "plastik", "budi")
     finally:
         log.close()
-    assert export(root / "binB", tmp_path / "later") == 13
+    assert export(root / "binB", tmp_path / "later").photos == 13
     r = subprocess.run([*ECOSORTER, "fleet", "pool", str(out), str(stick / "binA"), str(tmp_path / "later")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "1 photos from 1 bins" in r.stdout, r.stdout + r.stderr
