@@ -10,7 +10,9 @@ Topics under <prefix>/<bin_id>/:
                    retained messages there are ignored and cleared
     cmd/result     the answer to each command
 The outbox is a table in the event database, so an event is queued in the same transaction
-that records it: nothing is lost across broker outages, restarts or power cuts.
+that records it: nothing is lost across broker outages, restarts or power cuts. A new log started
+under the running bin (a damaged one set aside) is given the events since the last good check
+again, queued again: those the broker has already acknowledged are not published twice.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import sqlite3
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ecosorter.edge.commands import CommandError, parse_command
 from ecosorter.edge.config import MqttConfig
-from ecosorter.edge.record.events import connect
+from ecosorter.edge.record.events import JOURNAL_MAX, connect
 
 log = logging.getLogger("ecosorter.mqtt")
 # kept importable from here for callers of the old location
@@ -51,6 +54,10 @@ class MqttLink:
         self.link_state: tuple[str, str] = ("disconnected", "not connected yet")
         self.connected = threading.Event()
         self.sent = 0
+        # the last JOURNAL_MAX ids the broker acknowledged: events are published in the order they are
+        # committed, so these cover every published event the event log's journal can re-queue
+        self._acked: deque[str] = deque(maxlen=JOURNAL_MAX)
+        self._acked_ids: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_state = b""
@@ -170,6 +177,9 @@ class MqttLink:
         for r in rows:
             if self._stop.is_set() or not self.connected.is_set():
                 return
+            if r["id"] in self._acked_ids:  # re-queued by a new log (the journal): the broker has it
+                db.execute("DELETE FROM outbox WHERE seq = ?", (r["seq"],))
+                continue
             payload = {k: r[k] for k in r.keys() if k != "seq"}  # noqa: SIM118 - sqlite3.Row iterates values
             payload["probabilities"] = json.loads(payload["probabilities"])
             payload["latency_ms"] = json.loads(payload["latency_ms"])
@@ -184,6 +194,10 @@ class MqttLink:
                 return  # not acknowledged: try again (same order) when connected
             db.execute("DELETE FROM outbox WHERE seq = ?", (r["seq"],))
             self.sent += 1
+            if len(self._acked) == JOURNAL_MAX:
+                self._acked_ids.discard(self._acked[0])
+            self._acked.append(r["id"])
+            self._acked_ids.add(r["id"])
         if len(rows) == 100:
             self._wake.set()
 
