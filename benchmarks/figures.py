@@ -135,6 +135,9 @@ seconds in **{day['wall_s']:.1f} s** of wall time (goal: <= 5 minutes).
 ## Status page
 
 {blocks(r)['status-page']}
+## Event-log check
+
+{log_check(r['log_check'])}
 ## On a Raspberry Pi
 
 Not measured here: `ecosorter bench` on the bin gives its own figures; `make pi-check` compares
@@ -142,6 +145,27 @@ answers (not speed) on the Pi's platform under qemu ([pi.md](pi.md)). This CPU h
 int8 dot-product instructions (VNNI), so int8 here gains size more than speed; ARM cores with
 `sdot` (the Pi 5's Cortex-A76) gain more from int8, the Pi 4's A72 less.
 """
+
+
+def log_check(c: dict) -> str:
+    """benchmarks/log_check.py's figures, on the smaller log `python -m benchmarks` writes."""
+    during = c["append_during_check_ms"]
+    return f"""`record.log_check_s`: `PRAGMA quick_check` of events.db on its own thread, against one append (what
+the loop pays per item), on a {c['events']:,}-event log ({c['file_mb']:.1f} MB, SQLite {c['sqlite']}; medians of
+{c['repeat']}). The run on a 100,000-event log, and what it means on a Pi: [reliability.md](reliability.md).
+
+| measure | value |
+|---|---|
+| one append (commit + fsync), the baseline | {c['append_ms']:.3f} ms (max {c['append_max_ms']:.3f} of {c['appends']}) |
+| quick_check, file in the OS page cache | {c['quick_check_warm_ms']:.1f} ms = {c['warm_over_append']:g}x one append |
+| quick_check, file evicted from the page cache first | {c['quick_check_cold_ms']:.1f} ms = {c['cold_over_append']:g}x one append |
+| appends while a cold check runs on its thread ({c['appends_during_checks']:,}) | median {_ms(during['median'])}, max {_ms(during['max'])} |
+| the recovery on the loop thread (set aside, new log, {c['journal_max']:,} journal events written) | {c['recover_with_full_journal_ms']:.1f} ms |
+"""
+
+
+def _ms(v: float | None) -> str:
+    return "none ran" if v is None else f"{v:.3f} ms"
 
 
 def _indent(text: str, indent: str) -> str:

@@ -23,6 +23,17 @@ def test_the_figures_say_where_and_when_they_were_measured(figures):
     assert figures["wall_s"] < 600  # the generator stays quick enough to re-run
 
 
+def test_the_event_log_check_is_measured_with_the_rest(figures):
+    """benchmarks/log_check.py ran only alone (docs/log_check.json): now `python -m benchmarks` runs
+    it too, on its LOG_CHECK_EVENTS log, and performance.md shows it."""
+    from benchmarks.log_check import LOG_CHECK_EVENTS
+
+    c = figures["log_check"]
+    assert c["events"] == LOG_CHECK_EVENTS and c["append_ms"] > 0 and c["quick_check_cold_ms"] > 0
+    assert c["date"] == figures["date"] and c["cpu"] == figures["cpu"]  # in the same run
+    assert f"on a {LOG_CHECK_EVENTS:,}-event log" in (ROOT / "docs" / "performance.md").read_text()
+
+
 def test_every_document_agrees_with_the_committed_figures(figures):
     stale = [str(path.relative_to(ROOT)) for path, text in render_docs(figures).items()
              if path.read_text(encoding="utf-8") != text]
