@@ -150,3 +150,46 @@ def test_classify_with_the_bins_config_uses_the_bins_model(tmp_path):
     assert r.returncode == 2 and str(installed) in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = cli(tmp_path, "classify", photo, "--config", str(cfg), "--model", str(DEMO))  # --model still wins
     assert r.returncode == 0, r.stderr
+
+
+def test_two_bins_with_one_bin_id_are_told_so(mosquitto, tmp_path, caplog):
+    """Two bins configured from the example (both `bin_id = "ecosorter-1"`) took each other's MQTT
+    client id over every second, forever, each logging 'connection lost (Unspecified error)' twice a
+    second: nothing named the cause. Now each says it once, naming the bin_id, and the page's link
+    detail says it too."""
+    import logging
+    import time
+
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.record.events import EventLog
+    from ecosorter.edge.record.mqtt import TAKEOVER_DROPS, MqttLink
+
+    caplog.set_level(logging.DEBUG, "ecosorter.mqtt")
+    cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
+    links, seen = [], {"a": [], "b": []}  # each link's details as the page is told them
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        EventLog(tmp_path / name / "events.db").close()
+        link = MqttLink(cfg, "ecosorter-1", tmp_path / name / "events.db", {},
+                        on_link=lambda state, detail, name=name: seen[name].append(detail))
+        link.client.reconnect_delay_set(1, 1)
+        links.append(link)
+
+    def told() -> bool:
+        return all(any("share bin_id" in d for d in details) for details in seen.values())
+    try:
+        for link in links:
+            link.start()
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not told():
+            time.sleep(0.1)
+        for details in seen.values():
+            words = next((d for d in details if "share bin_id" in d), details)
+            assert "two bins share bin_id 'ecosorter-1'" in words and "'ecosorter-ecosorter-1'" in words, words
+        time.sleep(3)  # more takeovers: still said once per link
+    finally:
+        for link in links:
+            link.close()
+    said = [r for r in caplog.records if r.levelno >= logging.ERROR and "share bin_id" in r.getMessage()]
+    assert len(said) == 2, [r.getMessage() for r in said]
+    assert f"{TAKEOVER_DROPS} connections in a row" in said[0].getMessage()
