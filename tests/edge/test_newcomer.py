@@ -233,3 +233,20 @@ def test_classify_shows_the_bins_decision_beside_the_raw_probability(tmp_path):
                 f"(calibrated {100 * d['confidence']:.1f}%)")
         assert want in line and re.search(r"\[\d+\.\d ms\]$", line), (want, line)
     assert any(row["decision"]["uncertain"] for row in map(json.loads, js.stdout.splitlines()))
+
+
+def test_full_compartment_lines_name_compartments_as_printed(tmp_path):
+    """The journal said 'hold full1 raised' and 'compartment 1 full: rerouted to 3' (config numbers
+    from 0) under a summary and a page saying 2 and 4: an operator sent to empty '1' empties the
+    wrong one. Both now name the compartment as printed on the bin."""
+    full = Path(__file__).resolve().parents[1] / "scenarios" / "full.toml"
+    r = cli(tmp_path, "simulate", str(full))
+    assert r.returncode == 0, r.stderr
+    assert "hold full (compartment 2) raised" in r.stderr and "hold full (compartment 2) cleared" in r.stderr
+    assert "routing: compartment 2 full: rerouted to 4" in r.stderr, r.stderr
+    assert "full1" not in r.stderr and "rerouted to 3" not in r.stderr
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[hardware]\ncompartment_names = ["A", "B", "C", "D", "E", "F", "G"]\n')
+    r = cli(tmp_path, "simulate", str(full), "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert "hold full (compartment B) raised" in r.stderr and "compartment B full: rerouted to D" in r.stderr
