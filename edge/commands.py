@@ -311,7 +311,11 @@ class CommandProcessor:
                 raise CommandError(f"label: no event {cmd['id']!r}")
             return {"id": cmd["id"], "label": cmd["label"]}
         if action == "clear_fault":
-            return {"cleared": bool(_need(cb.clear_fault, "clear_fault")(cmd.get("by", "mqtt")))}
+            if _need(cb.clear_fault, "clear_fault")(cmd.get("by", "mqtt")):
+                return {"cleared": True}
+            # "ok": true, "cleared": false read as a clear that did not take
+            return {"cleared": False, "note": "no fault was latched: nothing to clear (holds such as lid, full, "
+                    "camera, disk and power clear by themselves when their cause ends)"}
         store = self.store
         if store is None:
             raise CommandError(f"{action}: this bin has no model store")

@@ -250,3 +250,22 @@ def test_full_compartment_lines_name_compartments_as_printed(tmp_path):
     r = cli(tmp_path, "simulate", str(full), "--config", str(cfg))
     assert r.returncode == 0, r.stderr
     assert "hold full (compartment B) raised" in r.stderr and "compartment B full: rerouted to D" in r.stderr
+
+
+def test_clear_fault_with_nothing_latched_says_so(tmp_path):
+    """MQTT clear_fault on a bin with no fault answered {"ok": true, "cleared": false}: a person could
+    not tell a refused clear from nothing to clear."""
+    import json
+
+    from ecosorter.edge.commands import Callbacks, CommandProcessor
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.machine import Machine
+
+    machine = Machine()
+    cfg = load_config(overrides={"commands.trust_broker_for": ["clear_fault"]})
+    worker = CommandProcessor(cfg, None, tmp_path, Callbacks(clear_fault=lambda who: bool(machine.clear_faults(who))))
+    r = worker.handle(json.dumps({"action": "clear_fault"}).encode())
+    assert r["ok"] and r["cleared"] is False and "no fault was latched" in r["note"], r
+    machine.raise_("jam", "chute did not leave 0 deg")
+    r = worker.handle(json.dumps({"action": "clear_fault", "by": "ops"}).encode())
+    assert r == {"action": "clear_fault", "ok": True, "cleared": True} and not machine.active("jam"), r
