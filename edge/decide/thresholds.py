@@ -74,8 +74,7 @@ class DecisionRule:
                "the model's calibrated thresholds, decision.class_thresholds over them",
                "config": "decision.threshold / decision.class_thresholds"}.get(self.source, self.source)
         budget = f" for a {100 * self.budget:g}% contamination budget" if self.budget else ""
-        scale = f"; confidences are calibrated (temperature {self.temperature:g})" if self.temperature != 1.0 else ""
-        return f"{each} ({src}{budget}){scale}"
+        return f"{each} ({src}{budget})"
 
 
 def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:

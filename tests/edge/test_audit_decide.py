@@ -117,6 +117,6 @@ def test_the_rule_in_words_names_its_thresholds_and_source():
     rule = DecisionRule(("a", "b", "c"), (0.9, 0.95, 1.0), 0.7, 0.02, "model")
     assert rule.needs("a") == "needs 90.00%" and rule.needs("c") == "never confident"
     assert rule.words() == ("90.00-100.00% by class (the model's calibrated thresholds for a 2% contamination "
-                            "budget); confidences are calibrated (temperature 0.7)")
+                            "budget)")
     assert DecisionRule(("a", "b"), (0.55, 0.55)).words() == \
         "55.00% for every class (decision.threshold / decision.class_thresholds)"

@@ -206,8 +206,7 @@ def test_run_says_why_an_item_at_96_percent_is_uncertain(tmp_path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert ("decision: routed when the top class reaches 96.32% for every class (the model's calibrated "
-            "thresholds for a 2.5% contamination budget); confidences are calibrated (temperature 0.6694); "
-            "below that: UNCERTAIN, to khusus (compartment 4)") in out, out
+            "thresholds for a 2.5% contamination budget); below that: UNCERTAIN, to khusus (compartment 4)") in out, out
     uncertain = [x for x in out.splitlines() if "UNCERTAIN" in x and "->" in x]
     assert uncertain, out  # 07-kaca-trashnet-glass100.jpg is at 93.4%
     for line in uncertain:
