@@ -268,3 +268,14 @@ def test_clear_fault_with_nothing_latched_says_so(tmp_path):
     machine.raise_("jam", "chute did not leave 0 deg")
     r = worker.handle(json.dumps({"action": "clear_fault", "by": "ops"}).encode())
     assert r == {"action": "clear_fault", "ok": True, "cleared": True} and not machine.active("jam"), r
+
+
+def test_rollback_after_the_first_install_says_the_ways_on(tmp_path):
+    """After one `model install` there is nothing to roll back to; the error said only that, and
+    nothing said how to run the bundled demo again."""
+    state = tmp_path / "state"
+    r = cli(tmp_path, "model", "install", str(DEMO), "--allow-unsigned", "--state-dir", str(state))
+    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path, "model", "rollback", "--state-dir", str(state))
+    assert r.returncode == 2 and "no previous model in" in r.stderr, r.stderr
+    assert "install another with `ecosorter model install`, or set model.path" in r.stderr, r.stderr
