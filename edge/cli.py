@@ -396,6 +396,17 @@ def _model_store(args):
     return cfg, store
 
 
+def _picked_up(cfg, args) -> str:
+    """When the installed model runs: at the next start, unless model.path names another file,
+    which `run` loads instead (the install would otherwise look done and never run)."""
+    if cfg.model.path:
+        where = args.config or "/etc/ecosorter/config.toml"
+        return (f"NOT run by this bin: model.path in {where} is {cfg.model.path}, and `ecosorter run` loads "
+                "that file; empty model.path (then restart) to run the installed model")
+    return ("a running sorter picks it up on restart: systemctl restart ecosorter (a foreground "
+            "`ecosorter run`: stop it and start it again)")
+
+
 def cmd_model(args) -> int:
     from ecosorter.edge.model.store import ModelInstallError
 
@@ -416,10 +427,9 @@ def cmd_model(args) -> int:
         print(f"installed {r.sha256[:12]} as {store.current}; checked:")
         print("\n".join(f"  {line}" for line in r.checks))
         print(f"its decision rule: {_decision(r.path)}")
-        print("a running sorter picks it up on restart: systemctl restart ecosorter")
+        print(_picked_up(cfg, args))
     elif args.action == "rollback":
-        print(f"rolled back to {store.rollback()}; a running sorter picks it up on restart: "
-              "systemctl restart ecosorter")
+        print(f"rolled back to {store.rollback()}; {_picked_up(cfg, args)}")
     else:
         for name in ("current", "previous"):
             print("\n".join(_describe_installed(store, name)))

@@ -320,10 +320,14 @@ class CommandProcessor:
         if store is None:
             raise CommandError(f"{action}: this bin has no model store")
         swap = _need(cb.request_swap, "model swaps")
+        # model.path names the file `run` loads at start: a model swapped in now is gone at the next restart
+        pinned = ({"note": f"model.path is set ({self.cfg.model.path}): this bin runs the installed model until "
+                           "its next restart, then model.path's file again; empty model.path to keep it"}
+                  if self.cfg.model.path else {})
         if action == "rollback_model":
             to = store.rollback(cmd["sha256"])
             swap(store.current)
-            return {"model": to}
+            return {"model": to, **pinned}
         downloaded, running = None, store.current.resolve() if store.current.exists() else None
         try:
             if "url" in cmd:
@@ -338,7 +342,7 @@ class CommandProcessor:
                 downloaded.unlink(missing_ok=True)  # kept as sha-<hash>.tflite when installed
         if store.current.resolve() != running:  # the very model already running needs no swap
             swap(store.current)
-        return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test, "checks": r.checks}
+        return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test, "checks": r.checks, **pinned}
 
     def _reply(self, result: dict) -> None:
         if self.reply_fn is None:

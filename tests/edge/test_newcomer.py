@@ -279,3 +279,18 @@ def test_rollback_after_the_first_install_says_the_ways_on(tmp_path):
     r = cli(tmp_path, "model", "rollback", "--state-dir", str(state))
     assert r.returncode == 2 and "no previous model in" in r.stderr, r.stderr
     assert "install another with `ecosorter model install`, or set model.path" in r.stderr, r.stderr
+
+
+def test_model_install_says_when_model_path_keeps_it_from_running(tmp_path):
+    """With model.path set, `run` loads that file and never the installed model, yet `model install`
+    said 'a running sorter picks it up on restart'."""
+    state = tmp_path / "state"
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[model]\npath = "{DEMO}"\n[record]\nstate_dir = "{state}"\n')
+    r = cli(tmp_path, "model", "install", str(DEMO), "--allow-unsigned", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert f"NOT run by this bin: model.path in {cfg} is {DEMO}" in r.stdout, r.stdout
+    assert "picks it up on restart" not in r.stdout
+    cfg.write_text(f'[record]\nstate_dir = "{state}"\n')
+    r = cli(tmp_path, "model", "install", str(DEMO), "--allow-unsigned", "--config", str(cfg))
+    assert r.returncode == 0 and "a running sorter picks it up on restart" in r.stdout, r.stdout + r.stderr
