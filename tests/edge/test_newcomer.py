@@ -274,6 +274,8 @@ def test_rollback_after_the_first_install_says_the_ways_on(tmp_path):
     """After one `model install` there is nothing to roll back to; the error said only that, and
     nothing said how to run the bundled demo again."""
     state = tmp_path / "state"
+    r = cli(tmp_path, "model", "rollback", "--state-dir", str(state))
+    assert r.returncode == 2 and "no model is installed in" in r.stderr, r.stderr
     r = cli(tmp_path, "model", "install", str(DEMO), "--allow-unsigned", "--state-dir", str(state))
     assert r.returncode == 0, r.stderr
     r = cli(tmp_path, "model", "rollback", "--state-dir", str(state))
