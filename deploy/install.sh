@@ -216,3 +216,7 @@ if [ -n "$REBOOT" ]; then
   echo "REBOOT NEEDED: $REBOOT take effect after 'sudo reboot' ($BOOTCFG changed)"
 fi
 echo "done: journalctl -u ecosorter -f to follow it; status page at http://127.0.0.1:8080/"
+# every bin installed from the example is "ecosorter-1": on one broker two such bins take over each other
+if grep -q '^bin_id = "ecosorter-1"' "$ETC/config.toml" 2>/dev/null || [ ! -e "$ETC/config.toml" ]; then
+  echo "one of several bins on a broker? give this one its own bin_id in $ETC/config.toml (now ecosorter-1), then: systemctl restart ecosorter"
+fi

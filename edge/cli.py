@@ -109,7 +109,16 @@ def cmd_classify(args) -> int:
                 extra = {"decision": decide(p)} if decide is not None else {}
                 print(json.dumps({"image": str(image), **p.to_dict(), **extra}))
             else:
-                print(f"{image}: {p.label} ({names[p.label]}) {100 * p.confidence:.1f}%  [{p.latency_ms:.1f} ms]")
+                # the model's raw probability; `run` and the page show the bin's calibrated one, so
+                # the same photo read 88.2% here and 97.7% there with nothing to say why
+                bin_says = ""
+                if decide is not None:
+                    d = decide(p)
+                    verdict = f"UNCERTAIN ({decide.rule.needs(p.label)}), " if d["uncertain"] else ""
+                    bin_says = (f" -> {verdict}compartment {d['compartment_name']} "
+                                f"(calibrated {100 * d['confidence']:.1f}%)")
+                print(f"{image}: {p.label} ({names[p.label]}) {100 * p.confidence:.1f}%{bin_says}  "
+                      f"[{p.latency_ms:.1f} ms]")
     return 1 if failures else 0
 
 
@@ -139,6 +148,7 @@ def _decider(bin_cfg, model):
         return {"label": cfg.decision.fallback if d.uncertain else d.label, "compartment": d.compartment,
                 "compartment_name": compartment_label(d.compartment, cfg.hardware.compartment_names),
                 "uncertain": d.uncertain, "confidence": round(d.confidence, 6)}
+    decide.rule = voter.rule  # type: ignore[attr-defined]  # for the plain line's "needs N%"
     return decide
 
 
@@ -222,9 +232,16 @@ def cmd_run(args) -> int:
         if simulate:
             print(f"simulating: photos from {cfg.camera.device}, mock pins ({cfg.hardware.profile}), "
                   f"model {sorter.model.path.name} on {sorter.model.classifier.runtime}; state in {args.state_dir}")
+        fallback = compartment_label(sorter.voter.route(cfg.decision.fallback, True), cfg.hardware.compartment_names)
+        # why an item at 96% can be UNCERTAIN: the rule's thresholds, said before the first item
+        print(f"decision: routed when the top class reaches {sorter.voter.rule.words()}; below that: "
+              f"UNCERTAIN, to {cfg.decision.fallback} (compartment {fallback})")
 
         def show(ev) -> None:
-            flag = " UNCERTAIN" if ev.uncertain else ""
+            flag = ""
+            if ev.uncertain:
+                rule = sorter.voter.rule  # the running one: a model swapped in brings its own
+                flag = f" UNCERTAIN ({rule.needs(ev.label)})" if ev.label in rule.labels else " UNCERTAIN"
             where = (f"compartment {compartment_label(ev.routed_to, cfg.hardware.compartment_names)}"
                      if ev.routed_ok else f"NOT ROUTED ({ev.note})")
             print(f"[{sorter.summary.items:3d}] {ev.source_name or ev.time[11:23]}  id {ev.id}\n      {ev.label:<8} "
@@ -235,7 +252,7 @@ def cmd_run(args) -> int:
         s = run_until_signalled(sorter, max_items=args.max_items, on_event=show)
         if server is not None:
             server.shutdown()
-        lat = percentiles(s.latency_ms)
+        lat = ", ".join(f"{q} {v:.1f} ms" for q, v in percentiles(s.latency_ms).items()) or "none"
         print(f"\n{s.items} items in {time.monotonic() - t0:.1f} s, {s.uncertain} uncertain, "
               f"{s.inferences} inferences for {s.frames} frames; decision latency {lat}")
         print(format_counts(s, names, cfg.hardware.compartments, cfg.hardware.compartment_names))
@@ -379,6 +396,17 @@ def _model_store(args):
     return cfg, store
 
 
+def _picked_up(cfg, args) -> str:
+    """When the installed model runs: at the next start, unless model.path names another file,
+    which `run` loads instead (the install would otherwise look done and never run)."""
+    if cfg.model.path:
+        where = args.config or "/etc/ecosorter/config.toml"
+        return (f"NOT run by this bin: model.path in {where} is {cfg.model.path}, and `ecosorter run` loads "
+                "that file; empty model.path (then restart) to run the installed model")
+    return ("a running sorter picks it up on restart: systemctl restart ecosorter (a foreground "
+            "`ecosorter run`: stop it and start it again)")
+
+
 def cmd_model(args) -> int:
     from ecosorter.edge.model.store import ModelInstallError
 
@@ -399,10 +427,9 @@ def cmd_model(args) -> int:
         print(f"installed {r.sha256[:12]} as {store.current}; checked:")
         print("\n".join(f"  {line}" for line in r.checks))
         print(f"its decision rule: {_decision(r.path)}")
-        print("a running sorter picks it up on restart: systemctl restart ecosorter")
+        print(_picked_up(cfg, args))
     elif args.action == "rollback":
-        print(f"rolled back to {store.rollback()}; a running sorter picks it up on restart: "
-              "systemctl restart ecosorter")
+        print(f"rolled back to {store.rollback()}; {_picked_up(cfg, args)}")
     else:
         for name in ("current", "previous"):
             print("\n".join(_describe_installed(store, name)))

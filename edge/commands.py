@@ -311,15 +311,23 @@ class CommandProcessor:
                 raise CommandError(f"label: no event {cmd['id']!r}")
             return {"id": cmd["id"], "label": cmd["label"]}
         if action == "clear_fault":
-            return {"cleared": bool(_need(cb.clear_fault, "clear_fault")(cmd.get("by", "mqtt")))}
+            if _need(cb.clear_fault, "clear_fault")(cmd.get("by", "mqtt")):
+                return {"cleared": True}
+            # "ok": true, "cleared": false read as a clear that did not take
+            return {"cleared": False, "note": "no fault was latched: nothing to clear (holds such as lid, full, "
+                    "camera, disk and power clear by themselves when their cause ends)"}
         store = self.store
         if store is None:
             raise CommandError(f"{action}: this bin has no model store")
         swap = _need(cb.request_swap, "model swaps")
+        # model.path names the file `run` loads at start: a model swapped in now is gone at the next restart
+        pinned = ({"note": f"model.path is set ({self.cfg.model.path}): this bin runs the installed model until "
+                           "its next restart, then model.path's file again; empty model.path to keep it"}
+                  if self.cfg.model.path else {})
         if action == "rollback_model":
             to = store.rollback(cmd["sha256"])
             swap(store.current)
-            return {"model": to}
+            return {"model": to, **pinned}
         downloaded, running = None, store.current.resolve() if store.current.exists() else None
         try:
             if "url" in cmd:
@@ -334,7 +342,7 @@ class CommandProcessor:
                 downloaded.unlink(missing_ok=True)  # kept as sha-<hash>.tflite when installed
         if store.current.resolve() != running:  # the very model already running needs no swap
             swap(store.current)
-        return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test, "checks": r.checks}
+        return {"sha256": r.sha256, "version": r.version, "self_test": r.self_test, "checks": r.checks, **pinned}
 
     def _reply(self, result: dict) -> None:
         if self.reply_fn is None:

@@ -228,7 +228,9 @@ class StatusConfig:
 
 @dataclass(frozen=True)
 class Config:
-    bin_id: str = opt("ecosorter-1")
+    bin_id: str = opt("ecosorter-1", doc="this bin's name in its MQTT topics and client id, `fleet status` and "
+                      "exports: one per bin (two bins with one bin_id on a broker take each other's connection "
+                      "over, every second)")
     model: ModelConfig = opt(factory=ModelConfig)
     camera: CameraConfig = opt(factory=CameraConfig)
     trigger: TriggerConfig = opt(factory=TriggerConfig)

@@ -187,8 +187,11 @@ class Machine:
 
     def _tell(self, entry: Entry, state: str, who: str) -> None:
         c = entry.condition
+        # a compartment as printed on the bin, as the page and `run` show it: the key's index
+        # ("full1") is one apart from the "2" on the bin
+        shown = entry.key if entry.compartment is None else f"{entry.name} (compartment {entry.compartment_name})"
         (log.warning if state == "raised" else log.info)(
-            "%s %s %s%s%s", c.kind, entry.key, state, f": {entry.detail}" if entry.detail else "",
+            "%s %s %s%s%s", c.kind, shown, state, f": {entry.detail}" if entry.detail else "",
             f" by {who}" if who else "")
         for fn in list(self.listeners):
             try:

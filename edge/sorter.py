@@ -28,7 +28,7 @@ from ecosorter.edge.errors import ConfigErrors, EcoSorterError, ModelError, Sour
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.check import label_errors
 from ecosorter.edge.hardware.inputs import Inputs
-from ecosorter.edge.machine import Entry, Machine
+from ecosorter.edge.machine import Entry, Machine, compartment_label
 from ecosorter.edge.model import LoadedModel, load_model
 from ecosorter.edge.model.manifest import load_labels_file
 from ecosorter.edge.model.store import ModelStore
@@ -189,7 +189,9 @@ class Sorter:
         fallback = self.route(self.route.fallback, True)
         if compartment in full and self.cfg.hardware.when_full == "fallback" and compartment != fallback \
                 and fallback not in full:
-            return fallback, f"compartment {compartment} full: rerouted to {fallback}"
+            names = self.cfg.hardware.compartment_names  # as printed on the bin, as `run` and the page say
+            return fallback, (f"compartment {compartment_label(compartment, names)} full: "
+                              f"rerouted to {compartment_label(fallback, names)}")
         return compartment, ""
 
     def _try_route(self) -> Event | None:

@@ -61,6 +61,13 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="with --status: as JSON")
     p.set_defaults(fn=cmd_rollout)
 
+    p = fsub.add_parser("forget", help="remove retired or renamed bins from the broker's retained messages "
+                                       "(status, rollouts and Home Assistant stop listing them)")
+    broker_args(p)
+    p.add_argument("bin_ids", nargs="+", metavar="BIN", help="a bin id as `fleet status` lists it")
+    p.add_argument("--force", action="store_true", help="also a bin that is online (it comes back with its next state)")
+    p.set_defaults(fn=cmd_forget)
+
     p = fsub.add_parser("pool", help="one training folder from many bins' exports, de-duplicated by event id")
     p.add_argument("out", type=Path, help="the training folder (class folders + labels.csv); pooling into it again adds only what is new")
     p.add_argument("exports", type=Path, nargs="*", help="`ecosorter export` folders (e.g. from a USB stick)")
@@ -116,6 +123,49 @@ def cmd_status(args) -> int:
         return 0
     finally:
         view.close()
+
+
+# ------------------------------------------------------------------------ forget
+
+def cmd_forget(args) -> int:
+    """A bin's retained state, last will and Home Assistant discovery stay on the broker after it is
+    retired or renamed: it is listed offline for ever, and a rollout waits for it. Empty retained
+    messages remove them (MQTT's own way to delete a retained message)."""
+    import threading
+
+    from ecosorter.edge.record.ha import PREFIX as HA
+    from ecosorter.fleet.view import FleetView
+
+    broker = _broker(args)
+    view = FleetView(broker).start()
+    try:
+        for b in args.bin_ids:
+            seen = view.get(b)
+            if seen is None:
+                known = ", ".join(r["bin_id"] for r in view.rows()) or "none"
+                raise FleetError(f"no bin {b!r} on {broker.host}:{broker.port} (bins there: {known})")
+            if seen.online and not args.force:
+                raise FleetError(f"{b} is online: stop it first (its next state would list it again), "
+                                 "or give --force")
+        discovery: set[str] = set()
+        lock = threading.Lock()
+
+        def on_message(client, userdata, msg) -> None:
+            if msg.retain and msg.payload:
+                with lock:
+                    discovery.add(msg.topic)
+        view.client.on_message = on_message  # the view's picture is taken; now only the discovery topics
+        view.client.subscribe([(f"{HA}/+/ecosorter_{b}/+/config", 0) for b in args.bin_ids])
+        view.sync(settle_s=0.3)  # the broker sends them before it acknowledges the sync publish
+        topics = sorted(discovery) + [f"{broker.prefix}/{b}/{k}" for b in args.bin_ids for k in ("state", "availability")]
+        for topic in topics:
+            view.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        for b in args.bin_ids:
+            n = sum(1 for x in discovery if f"/ecosorter_{b}/" in x)
+            print(f"forgot {b}: retained state and availability, {n} Home Assistant discovery messages")
+    finally:
+        view.close()
+    return 0
 
 
 # ------------------------------------------------------------------------ rollout

@@ -56,6 +56,26 @@ class DecisionRule:
     def vector(self) -> np.ndarray:
         return np.array(self.thresholds, dtype=np.float64)
 
+    def threshold(self, label: str) -> float:
+        return self.thresholds[self.labels.index(label)]
+
+    def needs(self, label: str) -> str:
+        """What `label` needs to be routed, in words: '96.32%' (two decimals, so an item at 96.29%
+        printed as 96.3% is seen to be under it), or 'never' for an uncertifiable class."""
+        t = self.threshold(label)
+        return "never confident" if t >= NEVER else f"needs {100 * t:.2f}%"
+
+    def words(self) -> str:
+        """One line for a person: the thresholds and where they came from."""
+        ts = sorted(set(self.thresholds))
+        each = (f"{100 * ts[0]:.2f}% for every class" if len(ts) == 1
+                else f"{100 * ts[0]:.2f}-{100 * ts[-1]:.2f}% by class")
+        src = {"model": "the model's calibrated thresholds", "model+config":
+               "the model's calibrated thresholds, decision.class_thresholds over them",
+               "config": "decision.threshold / decision.class_thresholds"}.get(self.source, self.source)
+        budget = f" for a {100 * self.budget:g}% contamination budget" if self.budget else ""
+        return f"{each} ({src}{budget})"
+
 
 def check_decision_block(d: Any, label_ids: Sequence[str]) -> dict[str, Any]:
     """Validate a manifest's `decision` block (ValueError names the field); returns it as a dict."""

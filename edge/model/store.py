@@ -498,8 +498,14 @@ class ModelStore:
 
     def rollback(self, sha256: str | None = None) -> str:
         """Back to the previous model; with `sha256` (a signed remote rollback) only if it is that one."""
+        if not self.previous.is_symlink() and not self.current.is_symlink():
+            raise ModelInstallError(f"no model is installed in {self.dir}, so none to roll back to (the bin runs "
+                                    "model.path, else the bundled demo): `ecosorter model install` installs one")
         if not self.previous.is_symlink():
-            raise ModelInstallError(f"no previous model in {self.dir} to roll back to")
+            # after the first install there is none: say the two ways on from there
+            raise ModelInstallError(f"no previous model in {self.dir} to roll back to (none was installed before "
+                                    "the running one): install another with `ecosorter model install`, or set "
+                                    "model.path in the config to the .tflite to run instead")
         prev, cur = os.readlink(self.previous), os.readlink(self.current) if self.current.is_symlink() else None
         if sha256 is not None and prev != f"sha-{sha256.lower()}.tflite":
             raise ModelInstallError(f"the previous model is {prev}, not sha-{sha256.lower()[:12]}...: "

@@ -34,6 +34,10 @@ from ecosorter.edge.config import MqttConfig
 from ecosorter.edge.record.events import JOURNAL_MAX, connect
 
 log = logging.getLogger("ecosorter.mqtt")
+# A connection the broker drops this soon after it was made, this many times in a row, is a client
+# id taken over again and again (two bins with one bin_id), not a bad network: said in words, once.
+SHORT_LIVED_S = 5.0
+TAKEOVER_DROPS = 3
 # kept importable from here for callers of the old location
 __all__ = ["CommandError", "MqttLink", "parse_command"]
 
@@ -53,6 +57,9 @@ class MqttLink:
         self.on_link = on_link  # (state, detail) on every change: the board's link health
         self.link_state: tuple[str, str] = ("disconnected", "not connected yet")
         self.connected = threading.Event()
+        self.client_id = client_id or f"ecosorter-{bin_id}"
+        self._up_at = 0.0  # monotonic time of the last successful connect
+        self._short_drops = 0  # connections in a row the broker closed within SHORT_LIVED_S
         self.sent = 0
         # the last JOURNAL_MAX ids the broker acknowledged: events are published in the order they are
         # committed, so these cover every published event the event log's journal can re-queue
@@ -64,7 +71,7 @@ class MqttLink:
         self.compartments, self.trusted = compartments, frozenset(trusted)  # for HA discovery
         self.wrong_today = 0  # counted by the outbox thread from the event log, never on the loop
         self._wrong_at = -1e9
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"ecosorter-{bin_id}",
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         clean_session=True)
         if cfg.username:
             password = read_secret("mqtt_password", cfg.password_file) or cfg.password
@@ -116,14 +123,29 @@ class MqttLink:
         self.connected.set()
         self._last_state = b""
         self._wake.set()
-        self._set_link("connected", f"{self.cfg.host}:{self.cfg.port}", logging.INFO)
+        self._up_at = time.monotonic()
+        # once the takeover is said, its reconnects every second are not news in the journal
+        self._set_link("connected", f"{self.cfg.host}:{self.cfg.port}",
+                       logging.DEBUG if self._short_drops >= TAKEOVER_DROPS else logging.INFO)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set() and self._stop.is_set():  # our own close(): not a warning at every stop
             self._set_link("disconnected", "the sorter is stopping", logging.INFO)
         elif self.connected.is_set():
-            self._set_link("disconnected", f"connection lost ({reason_code}); events wait in the outbox")
+            short = time.monotonic() - self._up_at < SHORT_LIVED_S
+            self._short_drops = self._short_drops + 1 if short else 0
+            if self._short_drops >= TAKEOVER_DROPS:
+                self._set_link("disconnected", self.takeover_words(),
+                               logging.ERROR if self._short_drops == TAKEOVER_DROPS else logging.DEBUG)
+            else:
+                self._set_link("disconnected", f"connection lost ({reason_code}); events wait in the outbox")
         self.connected.clear()
+
+    def takeover_words(self) -> str:
+        return (f"the broker closed {self._short_drops} connections in a row within {SHORT_LIVED_S:g} s of "
+                f"making them: another client is most likely connected with this bin's client id "
+                f"{self.client_id!r}, i.e. two bins share bin_id {self.bin_id!r}; give each bin its own "
+                "bin_id in its config (the example's is 'ecosorter-1'); events wait in the outbox")
 
     # --------------------------------------------------------------- outbox
     def record(self, event, pixels=None, order: str = "rgb") -> None:
@@ -256,6 +278,9 @@ class MqttLink:
         self._wake.set()
         self._thread.join(timeout=5)
         if self.connected.is_set():
-            self.client.publish(f"{self.base}/availability", "offline", qos=1, retain=True).wait_for_publish(2)
+            try:  # the connection may drop between the check and the publish: the last will says it then
+                self.client.publish(f"{self.base}/availability", "offline", qos=1, retain=True).wait_for_publish(2)
+            except (RuntimeError, ValueError) as e:
+                log.info("MQTT: 'offline' not sent at close (%s); the broker's last will says it", e)
         self.client.disconnect()
         self.client.loop_stop()

@@ -517,8 +517,11 @@ def start_status_server(board: StatusBoard, bind: str = "127.0.0.1", port: int =
         server.bound = True
         run = server.serve_forever
     except OSError as e:  # EADDRINUSE: retried; the socket object stays the same
-        log.warning("status page not started on %s:%d: %s (status.port); retrying with back-off",
-                    bind, port, e.strerror or e)
+        # a page on that port is some other program's, often a second `ecosorter run` on this
+        # machine: say so, or its page is read as this bin's
+        log.warning("status page not started on %s:%d: %s (status.port): what answers there is another "
+                    "program, not this bin (another `ecosorter run`?); give this bin another status.port "
+                    "in its config, or stop the other; retrying with back-off", bind, port, e.strerror or e)
         run = server.bind_with_retry
     threading.Thread(target=run, name="status http", daemon=True).start()
     return server

@@ -60,7 +60,9 @@ def test_installer_dry_run_prints_every_step_and_changes_nothing(tmp_path):
                      "ecosorter model install m.tflite --config /etc/ecosorter/config.toml --state-dir "
                      "/var/lib/ecosorter --allow-unsigned", "systemctl enable --now ecosorter.service",
                      "/etc/systemd/user/ecosorter-kiosk.service", "systemctl --global enable ecosorter-kiosk.service",
-                     "doctor --config /etc/ecosorter/config.toml"):
+                     "doctor --config /etc/ecosorter/config.toml",
+                     # the example's bin_id on every bin of a fleet: each takes the others' connection over
+                     "give this one its own bin_id in /etc/ecosorter/config.toml (now ecosorter-1)"):
         assert expected in out, expected
     u = subprocess.run(["bash", str(DEPLOY / "install.sh"), "--uninstall", "--dry-run"], capture_output=True, text=True)
     assert u.returncode == 0 and "kept /etc/ecosorter and /var/lib/ecosorter" in u.stdout

@@ -109,3 +109,14 @@ def test_classify_json_decides_as_run_routes_under_the_same_config(thresholded, 
         assert (d["uncertain"], d["compartment"]) == (bool(r["uncertain"]), r["routed_to"]), (name, d, dict(r))
         assert d["compartment_name"] == str(r["routed_to"] + 1)  # as `run` prints it: numbered from 1
         assert d["confidence"] == pytest.approx(r["confidence"], abs=1e-6), name
+
+
+def test_the_rule_in_words_names_its_thresholds_and_source():
+    from ecosorter.edge.decide.thresholds import DecisionRule
+
+    rule = DecisionRule(("a", "b", "c"), (0.9, 0.95, 1.0), 0.7, 0.02, "model")
+    assert rule.needs("a") == "needs 90.00%" and rule.needs("c") == "never confident"
+    assert rule.words() == ("90.00-100.00% by class (the model's calibrated thresholds for a 2% contamination "
+                            "budget)")
+    assert DecisionRule(("a", "b"), (0.55, 0.55)).words() == \
+        "55.00% for every class (decision.threshold / decision.class_thresholds)"

@@ -104,3 +104,64 @@ def test_status_logs_in_as_the_bins_config_says_and_a_wrong_password_is_named(tm
     finally:
         broker.terminate()
         broker.wait(10)
+
+
+def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, tmp_path):
+    """A retired or renamed bin (e.g. after fixing two bins sharing 'ecosorter-1') stayed on the broker
+    as retained state, last will and HA discovery: `fleet status` listed it offline for ever and a
+    rollout waited for it. `fleet forget` removes them; an online bin is refused."""
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.record.events import EventLog
+    from ecosorter.edge.record.mqtt import MqttLink
+    from tests.fleet.conftest import wait
+
+    cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
+    links = {}
+    for b in ("keep", "old"):
+        EventLog(tmp_path / f"{b}.db").close()
+        links[b] = MqttLink(cfg, b, tmp_path / f"{b}.db", {"kaca": "Kaca"}).start()
+        assert links[b].connected.wait(20)
+        links[b].publish_state({"today": {"counts": {"kaca": 1}}})
+    time.sleep(1)  # the state publishes are QoS 1: acknowledged before the link closes
+    links["old"].close()  # retired: its retained state, "offline" and discovery stay
+    broker = ["--broker", f"127.0.0.1:{mosquitto.port}"]
+
+    def fleet(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*ECOSORTER, "fleet", *args, *broker], capture_output=True, text=True, timeout=60)
+
+    def retained() -> set[str]:
+        seen: set[str] = set()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        c.on_message = lambda cl, u, m: seen.add(m.topic) if m.retain and m.payload else None
+        c.connect("127.0.0.1", mosquitto.port)
+        c.subscribe([("ecosorter/#", 0), ("homeassistant/#", 0)])
+        c.loop_start()
+        wait(lambda: any("/ecosorter_keep/" in t for t in seen), 10)
+        time.sleep(0.5)
+        c.loop_stop()
+        c.disconnect()
+        return seen
+
+    try:
+        before = retained()
+        assert {"ecosorter/old/state", "ecosorter/old/availability"} <= before
+        assert any("/ecosorter_old/" in t for t in before)
+        r = fleet("forget", "keep")
+        assert r.returncode == 2 and "keep is online: stop it first" in r.stderr, r.stderr
+        r = fleet("forget", "old")
+        n = sum(1 for t in before if "/ecosorter_old/" in t)
+        assert r.returncode == 0 and f"forgot old: retained state and availability, {n} Home Assistant" in r.stdout, \
+            r.stdout + r.stderr
+        after = retained()
+        assert not [t for t in after if "/old/" in t or "/ecosorter_old/" in t], after
+        assert "ecosorter/keep/state" in after and any("/ecosorter_keep/" in t for t in after)
+        status = json.loads(fleet("status", "--json").stdout)["bins"]
+        assert [b["bin_id"] for b in status] == ["keep"]
+        r = fleet("forget", "old")
+        assert r.returncode == 2 and "no bin 'old' on 127.0.0.1" in r.stderr and "(bins there: keep)" in r.stderr
+    finally:
+        links["keep"].close()

@@ -42,7 +42,7 @@ def test_the_command_worker_answers_everything_and_never_raises(tmp_path, payloa
     flagged = []
     worker = CommandProcessor(cfg, None, tmp_path, Callbacks(flag=lambda i: flagged.append(i) or True))
     r = worker.handle(payload)
-    assert set(r) <= {"action", "ok", "error", "nonce", "id", "flagged", "label", "cleared"}
+    assert set(r) <= {"action", "ok", "error", "nonce", "id", "flagged", "label", "cleared", "note"}
     assert isinstance(r["ok"], bool) and "internal error" not in r.get("error", "")  # no unexpected exception
     if r["ok"]:  # only the trusted action with a callback can succeed unsigned
         assert r["action"] == "flag" and flagged == [r["id"]]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ecosorter.edge.commands import CommandProcessor, callbacks_for
+from ecosorter.edge.commands import Callbacks, CommandProcessor, callbacks_for
 from ecosorter.edge.config import load_config
 from ecosorter.edge.errors import ModelError
 from ecosorter.edge.model.loader import load_model, read_manifest
@@ -73,3 +73,22 @@ def test_a_signed_flag_of_an_unknown_id_answers_an_error(tmp_path, keys):
         assert r["ok"] is False and "no event '" + "0" * 32 + "'" in r["error"]
         r = worker.handle(json.dumps(signed(private, "flag", id=sorter.last_event_id)).encode())
         assert r["ok"] is True and r["flagged"] is True
+
+
+def test_an_mqtt_install_on_a_bin_with_model_path_says_it_lasts_until_restart(tmp_path, keys):
+    """`run` loads model.path at start when it is set: a model installed over MQTT ran until the next
+    restart and was then silently replaced by that file again. The reply says so."""
+    private, public = keys
+    state = tmp_path / "state"
+    v5 = versioned_model(tmp_path, 5)
+    for path, said in ((str(DEMO), True), ("", False)):
+        cfg = cfg_for(state, **{"model.public_keys": [public], "bin_id": "bin7", "model.path": path})
+        store = ModelStore.from_config(cfg, state)
+        store.incoming.mkdir(parents=True, exist_ok=True)
+        (store.incoming / "v5.tflite").write_bytes(v5.read_bytes())
+        worker = CommandProcessor(cfg, store, state, Callbacks(request_swap=lambda p: None))
+        r = worker.handle(json.dumps(signed(private, "install_model", file="v5.tflite", sha256=sha(v5))).encode())
+        assert r["ok"] is True, r
+        assert ("model.path is set" in r.get("note", "")) is said, r
+        if said:
+            assert str(DEMO) in r["note"] and "until its next restart" in r["note"]

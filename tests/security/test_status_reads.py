@@ -108,6 +108,7 @@ def test_a_port_already_taken_is_retried_with_back_off_while_the_bin_sorts(tmp_p
             assert sorter.run(max_items=5).items == 5  # sorting unaffected meanwhile
             assert wait(lambda: "still unavailable" in caplog.text, 10)  # a log line per try, with the next delay
             assert "retrying with back-off" in caplog.text
+            assert "not this bin (another `ecosorter run`?); give this bin another status.port" in caplog.text
             squatter.close()
             assert wait(lambda: server.bound, 30)
             code, _ = request(f"http://127.0.0.1:{port}/api/status")
