@@ -565,8 +565,9 @@ def cmd_export(args) -> int:
     state = _event_log(args)
     r = export(state, args.out, args.since or "", labeled_only=args.labeled_only, replace=args.replace,
                warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    which = f"{' labelled' if args.labeled_only else ''} events{f' since {args.since}' if args.since else ''}"
-    print(f"exported {r.photos} photos of {r.events}{which} from {state} to {args.out} (class folders + labels.csv)")
+    which = f"{' labelled' if args.labeled_only else ''} event{'s' * (r.events != 1)}"
+    which += f" since {args.since}" if args.since else ""
+    print(f"exported {r.photos} photo{'s' * (r.photos != 1)} of {r.events}{which} from {state} to {args.out} (class folders + labels.csv)")
     if r.summary():
         print(r.summary())
     return 0

@@ -212,7 +212,7 @@ def test_export_says_how_many_events_had_no_photo_and_why(tmp_path, capsys, sort
         assert sorter.label(events[-1].id, "kaca", "page")  # a label keeps that one photo
     assert main(["export", str(tmp_path / "a"), "--state-dir", str(state)]) == 0
     out = capsys.readouterr().out
-    assert f"exported 1 photos of 13 events from {state}" in out
+    assert f"exported 1 photo of 13 events from {state}" in out
     assert "12 events have no photo: 12 never taken (record.capture" in out and "quota" not in out
 
     # every photo taken, then 3 removed from the disk (as the capture quota does, oldest first)
