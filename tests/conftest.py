@@ -129,6 +129,15 @@ def mosquitto(tmp_path):
 
 
 @pytest.fixture()
+def one_day(monkeypatch):
+    """The status board's "today" on one fixed date: a test that counts today's items must not see them
+    start again because it ran across local midnight."""
+    from ecosorter.edge.status import board
+
+    monkeypatch.setattr(board, "_today", lambda: "2026-09-21")
+
+
+@pytest.fixture()
 def factory():
     """gpiozero's own mock pins, with PWM: the one pin factory every hardware test uses."""
     from gpiozero.pins.mock import MockFactory, MockPWMPin

@@ -73,7 +73,7 @@ def camera_run(tmp_path, monkeypatch, request):
     t.start()
     yield cam, sorter
     stop.set()
-    t.join(5)
+    t.join(60)  # returns when the loop ends; the limit is for a hung loop only
     sorter.close()
 
 
