@@ -33,7 +33,7 @@ def lan_address() -> str | None:
 
 
 def raw(port: int, text: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:  # a limit for a hung server only
         c.sendall(text.encode())
         c.shutdown(socket.SHUT_WR)
         out = b""
