@@ -100,13 +100,16 @@ class Mosquitto:
         import time
 
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)])
-        for _ in range(100):
+        end = time.monotonic() + 60  # a limit for a broker that never listens, not a measurement
+        while time.monotonic() < end and self.proc.poll() is None:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        log = self.conf.with_name("mosquitto.log")
+        raise RuntimeError(f"mosquitto did not start on port {self.port} (exit {self.proc.poll()}): "
+                           f"{log.read_text()[-1000:] if log.exists() else 'no log'}")
 
     def stop(self) -> None:
         if self.proc is not None:

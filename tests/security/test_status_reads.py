@@ -106,7 +106,7 @@ def test_a_port_already_taken_is_retried_with_back_off_while_the_bin_sorts(tmp_p
         assert server is not None and not server.bound
         try:
             assert sorter.run(max_items=5).items == 5  # sorting unaffected meanwhile
-            assert wait(lambda: "still unavailable" in caplog.text, 10)  # a log line per try, with the next delay
+            assert wait(lambda: "still unavailable" in caplog.text, 60)  # a log line per try, with the next delay
             assert "retrying with back-off" in caplog.text
             squatter.close()
             assert wait(lambda: server.bound, 30)
