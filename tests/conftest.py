@@ -100,13 +100,16 @@ class Mosquitto:
         import time
 
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)])
-        for _ in range(100):
+        end = time.monotonic() + 60  # a limit for a broker that never listens, not a measurement
+        while time.monotonic() < end and self.proc.poll() is None:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
+        log = self.conf.with_name("mosquitto.log")
+        raise RuntimeError(f"mosquitto did not start on port {self.port} (exit {self.proc.poll()}): "
+                           f"{log.read_text()[-1000:] if log.exists() else 'no log'}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -126,6 +129,15 @@ def mosquitto(tmp_path):
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture()
+def one_day(monkeypatch):
+    """The status board's "today" on one fixed date: a test that counts today's items must not see them
+    start again because it ran across local midnight."""
+    from ecosorter.edge.status import board
+
+    monkeypatch.setattr(board, "_today", lambda: "2026-09-21")
 
 
 @pytest.fixture()

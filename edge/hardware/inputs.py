@@ -118,6 +118,16 @@ class Inputs:
         return None
 
     def close(self) -> None:
+        import gpiozero
+
         for d in self._devices:
+            # gpiozero's DistanceSensor.close() drops its trigger before it stops its sampling thread, which
+            # then fires the trigger it no longer has (an AttributeError in that thread): stop the thread first
+            queue = getattr(d, "_queue", None) if isinstance(d, gpiozero.DistanceSensor) else None
+            if queue is not None:
+                try:
+                    queue.stop()
+                except RuntimeError:  # never started: nothing to stop
+                    pass
             d.close()
         self._devices.clear()

@@ -187,6 +187,8 @@ def _run(sc: Scenario, cfg, state_dir: Path, build_sorter, record: Recorder) -> 
     with virtual_log_time(clock), \
             build_sorter(cfg, pin_factory=pins, state_dir=state_dir, clock=clock, source=camera) as sorter:
         camera.wake = sorter.wake_at
+        if sorter.record_guard is not None:
+            camera.background = sorter.record_guard.check.wait
 
         def on_machine(entry: Entry, state: str, who: str) -> None:
             record({"t": clock.monotonic(), "kind": entry.condition.kind, "name": entry.key, "state": state,

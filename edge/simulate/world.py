@@ -293,6 +293,9 @@ class SimCamera:
         self.settle_frames = settle_frames
         self.state = "ok"  # ok | unplugged | frozen | dark
         self.wake: Callable[[], float | None] = lambda: None
+        # Work the bin does on its own threads (the event-log check): real computation, which takes no
+        # virtual time, so virtual time waits for it; else when its answer is read depends on the machine
+        self.background: Callable[[], None] = lambda: None
         self._seq = 0
         self._same = 0
         self._last_key: tuple | None = None
@@ -313,6 +316,7 @@ class SimCamera:
 
     def read(self) -> Frame | None:
         clock, world = self.clock, self.world
+        self.background()
         key = (world.tray.n if world.tray else 0, self.state)
         self._same = self._same + 1 if key == self._last_key else 0
         self._last_key = key

@@ -87,7 +87,7 @@ def test_every_event_arrives_in_order_through_outages_and_restarts(mosquitto, tm
     assert all(e["bin_id"] == "bin7" and e["label"] in e["probabilities"] for e in got)
 
 
-def test_availability_state_and_home_assistant_discovery(mosquitto, tmp_path):
+def test_availability_state_and_home_assistant_discovery(mosquitto, tmp_path, one_day):
     import paho.mqtt.client as mqtt
 
     retained: dict[str, bytes] = {}

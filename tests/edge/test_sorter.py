@@ -199,5 +199,7 @@ def test_pir_sensor_trigger(factory, tmp_path):
         frames = [src.read() for _ in range(4)]
         assert all(sorter.process(f) is None for f in frames)
         factory.pin(4).drive_high()  # PIR: high on motion
-        time.sleep(0.3)  # gpiozero samples motion sensors at 10 Hz
+        deadline = time.monotonic() + 30  # gpiozero samples motion sensors at 10 Hz, on its own thread
+        while not sorter.inputs.item_present() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert [e for f in frames if (e := sorter.process(f))]

@@ -22,7 +22,7 @@ TOKEN = "kiosk-token-0123456789"
 
 
 @pytest.fixture()
-def running(tmp_path):
+def running(tmp_path, one_day):
     cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES), "camera.loop": True,
                                  "camera.realtime": True, "camera.fps": 8.0, "hardware.pin_factory": "mock",
                                  "hardware.led_on_s": 0.05})
@@ -44,12 +44,12 @@ def running(tmp_path):
     t.start()
     yield sorter, f"http://127.0.0.1:{server.server_port}", flags, labels
     stop.set()
-    t.join(5)
+    t.join(60)  # returns when the loop ends; the limit is for a hung loop only
     server.shutdown()
     sorter.close()
 
 
-def wait_for_items(sorter, n: int, timeout: float = 20) -> None:
+def wait_for_items(sorter, n: int, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while sorter.summary.items < n and time.monotonic() < end:
         time.sleep(0.1)

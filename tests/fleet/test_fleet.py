@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.fleet.conftest import BINS, ECOSORTER, KEEPALIVE_S, sha, uncertain_model, versioned_model, wait
+from tests.fleet.conftest import BINS, ECOSORTER, sha, uncertain_model, versioned_model, wait
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 
@@ -53,8 +53,10 @@ def test_status_sees_every_bin_and_a_killed_one_goes_offline(fleet):
     view = FleetView(Broker(host="127.0.0.1", port=fleet.broker.port)).start()  # watching live
     try:
         fleet.kill("bin06")  # kill -9: no goodbye; the broker's last will says offline
-        # within its keepalive (the broker's limit is 1.5 x keepalive for a silent client)
-        assert wait(lambda: view.get("bin06").online is False, 1.5 * KEEPALIVE_S, every=0.05)
+        # The kernel closes a killed process's socket, so the broker sends the will at once, not after
+        # 1.5 x keepalive (its limit for a silent client): the limit here is for a will never sent, not a
+        # measurement, and is wide because six simulated bins share CI's two cores with this test.
+        assert wait(lambda: view.get("bin06").online is False, 60, every=0.05)
     finally:
         view.close()
     assert [b for b, r in fleet.status().items() if not r["online"]] == ["bin06"]

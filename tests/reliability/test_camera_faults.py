@@ -73,7 +73,7 @@ def camera_run(tmp_path, monkeypatch, request):
     t.start()
     yield cam, sorter
     stop.set()
-    t.join(5)
+    t.join(60)  # returns when the loop ends; the limit is for a hung loop only
     sorter.close()
 
 
@@ -93,26 +93,28 @@ def until(cond, timeout):
 @pytest.mark.parametrize("fault,detail", [("unplugged", "failed"), ("frozen", "frozen")])
 def test_fault_detected_reported_and_recovered(camera_run, fault, detail):
     cam, sorter = camera_run
-    assert until(lambda: sorter.summary.items >= 1, 10)
+    assert until(lambda: sorter.summary.items >= 1, 60)
     cam.mode = fault
     t0 = time.monotonic()
-    assert until(lambda: camera_health(sorter)["ok"] is False, 5)
+    assert until(lambda: camera_health(sorter)["ok"] is False, 30)
     detected = time.monotonic() - t0
     assert detail in camera_health(sorter)["detail"]
-    assert detected < 0.6 + 1.0  # within the configured stall time plus one poll
+    # the configured 0.6 s acted, not the default 3 s: the loop sees it at its next 0.5 s poll (~1.1 s);
+    # the rest of the bound is slack for a loaded CI machine (1.0 s seen at load 8 on 2 cores), not a figure
+    assert detected < 3.0, detected
     items = sorter.summary.items
     opens = cam.opens
     cam.mode = "ok"
-    assert until(lambda: camera_health(sorter)["ok"] is True, 5)
+    assert until(lambda: camera_health(sorter)["ok"] is True, 30)
     assert cam.opens > opens  # it was reopened
-    assert until(lambda: sorter.summary.items > items, 10)  # and sorting resumed
+    assert until(lambda: sorter.summary.items > items, 60)  # and sorting resumed
 
 
 @pytest.mark.parametrize("camera_run", [3.0], indirect=True)  # a 1 fps camera is slow, not stalled
 def test_slow_camera_is_reported_and_keeps_sorting(camera_run):
     cam, sorter = camera_run
-    assert until(lambda: sorter.summary.items >= 1, 10)
+    assert until(lambda: sorter.summary.items >= 1, 60)
     cam.mode = "slow"
-    assert until(lambda: "fps" in camera_health(sorter)["detail"] and sorter.reader.health.state == "slow", 8)
+    assert until(lambda: "fps" in camera_health(sorter)["detail"] and sorter.reader.health.state == "slow", 30)
     assert camera_health(sorter)["ok"] is True  # slow is a warning, not a failure
     cam.mode = "ok"

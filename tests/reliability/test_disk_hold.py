@@ -60,7 +60,7 @@ def test_the_hold_stops_sorting_and_clears_when_space_returns(small_disk):
             n = len(routed)
             assert not wait(lambda: len(routed) > n + 1, 3)  # held: at most the item already moving
             (small_disk / "filler").unlink()  # space returns
-            assert wait(lambda: not sorter.machine.active("disk"), 10)
+            assert wait(lambda: not sorter.machine.active("disk"), 60)
             assert wait(lambda: len(routed) >= n + 3)  # sorting again
         finally:
             stop.set()

@@ -33,7 +33,7 @@ def lan_address() -> str | None:
 
 
 def raw(port: int, text: str) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:  # a limit for a hung server only
         c.sendall(text.encode())
         c.shutdown(socket.SHUT_WR)
         out = b""
@@ -106,7 +106,7 @@ def test_a_port_already_taken_is_retried_with_back_off_while_the_bin_sorts(tmp_p
         assert server is not None and not server.bound
         try:
             assert sorter.run(max_items=5).items == 5  # sorting unaffected meanwhile
-            assert wait(lambda: "still unavailable" in caplog.text, 10)  # a log line per try, with the next delay
+            assert wait(lambda: "still unavailable" in caplog.text, 60)  # a log line per try, with the next delay
             assert "retrying with back-off" in caplog.text
             assert "not this bin (another `ecosorter run`?); give this bin another status.port" in caplog.text
             squatter.close()
