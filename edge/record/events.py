@@ -134,6 +134,12 @@ class _Damaged(Exception):
     """The database file is not a sound SQLite database (corrupt, or not a database at all)."""
 
 
+DAMAGED_HINT = ("The bin sets a damaged log aside as events.db.damaged-<UTC time> (kept for inspection) and "
+                "starts a new one, with the `log` fault on its page: at its next start, or by its periodic "
+                "check while it runs")
+LogDamaged = _Damaged  # what a reader (EventLog(..., repair=False): `label`, `export`) gets
+
+
 def damaged(e: sqlite3.Error) -> bool:
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:
@@ -146,8 +152,12 @@ ROOM_BYTES = 64 * 1024  # free space kept for the next record (one event, a few 
 
 class EventLog:
     def __init__(self, path: str | Path, outbox: bool = False, reserve_bytes: int = 0,
-                 on_disk_full: Callable[[int], int] | None = None):
+                 on_disk_full: Callable[[int], int] | None = None, repair: bool = True):
         self.path = Path(path)
+        # False for the CLI's readers: a damaged log raises LogDamaged and stays where it is. Only the
+        # bin sets it aside, so its `log` fault (page, MQTT, machine log) is raised, never skipped
+        # because `export` had quietly swapped in an empty log first.
+        self.repair = repair
         self.outbox = outbox  # queue every event for MQTT
         self.error = ""
         self.pending: list[Event] = []
@@ -302,6 +312,8 @@ class EventLog:
         try:
             db = self._connect_checked()
         except _Damaged as e:  # never write into a damaged file: keep it for inspection, start afresh
+            if not self.repair:
+                raise _Damaged(f"{self.path} is damaged ({e})") from None
             self._set_aside(str(e))
             db = self._connect_checked()
         self._db = db

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
-from ecosorter.edge.record.events import EventLog
+from ecosorter.edge.record.events import DAMAGED_HINT, EventLog, LogDamaged
 
 UNLABELED = "_unlabeled"
 CSV_COLUMNS = ("photo", "id", "time", "bin_id", "model_sha256", "predicted", "confidence", "probabilities",
@@ -202,7 +202,10 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
             raise ExportError(f"export: {out} is not empty; an old export there would leave photos in the "
                                  "wrong class folders. Use an empty folder, or --replace to clear it first")
         _clear_export(out)
-    events = EventLog(state_dir / "events.db")
+    try:
+        events = EventLog(state_dir / "events.db", repair=False)
+    except LogDamaged as e:
+        raise ExportError(f"export: {e}; nothing exported. {DAMAGED_HINT}") from None
     captures = state_dir / "captures"
     flagged_files = set((captures / "flagged.txt").read_text().split()) if (captures / "flagged.txt").exists() else set()
     try:

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
-from ecosorter.edge.record.events import EventLog, check_label
+from ecosorter.edge.record.events import DAMAGED_HINT, EventLog, LogDamaged, check_label
 
 MAX_REPORTED = 20
 # An import is an edited export: a year of a busy bin is ~100k rows of ~400 bytes. Anything bigger
@@ -75,7 +75,10 @@ def _events(state_dir: Path) -> EventLog:
     db = state_dir / "events.db"
     if not db.exists():
         raise LabelError(f"no event log at {db} (give --state-dir, or sort some items first)")
-    return EventLog(db)
+    try:
+        return EventLog(db, repair=False)
+    except LogDamaged as e:
+        raise LabelError(f"{e}; nothing labelled. {DAMAGED_HINT}") from None
 
 
 def label_one(state_dir: Path, event_id: str, label: str, by: str = "") -> str:

@@ -211,3 +211,29 @@ def test_items_stamped_before_the_clock_was_set_are_named_by_a_since_export(tmp_
     assert main(["export", str(tmp_path / "all"), "--state-dir", str(state)]) == 0
     assert "before 2000" not in capsys.readouterr().err
     assert len(list((tmp_path / "all").glob("*/*.jpg"))) == everything
+
+
+def test_export_and_label_leave_a_damaged_log_for_the_bin_to_set_aside_and_show(tmp_path, sorted_bin, capsys):
+    """Before: `ecosorter export` on a log damaged in place set it aside itself, started an empty
+    one and said "exported 0 photos" (exit 0); the bin's next start found a sound log, so its `log`
+    fault (page, MQTT, machine log) was never raised. Now the readers refuse naming the damage and
+    leave the file; the bin sets it aside and shows the fault."""
+    from ecosorter.edge.cli import main
+    from tests.edge.test_labels_export import copy_state
+
+    state = copy_state(sorted_bin[0], tmp_path / "s")
+    with open(state / "events.db", "r+b") as f:  # a failing SD card scribbles a page in place
+        f.seek(2 * 4096)
+        f.write(os.urandom(4096))
+    before = sorted(os.listdir(state))
+    assert main(["export", str(tmp_path / "out"), "--state-dir", str(state)]) == 2
+    err = capsys.readouterr().err
+    assert "events.db is damaged" in err and "nothing exported" in err and not (tmp_path / "out").exists()
+    assert main(["label", sorted_bin[1][0].id, "kaca", "--state-dir", str(state)]) == 2
+    assert "nothing labelled" in capsys.readouterr().err
+    assert sorted(os.listdir(state)) == before  # still there, for the bin to find
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
+                                 "hardware.pin_factory": "mock", "record.capture": "none"})
+    with build_sorter(cfg, state_dir=state) as sorter:
+        assert sorter.machine.active("log")
+    assert len(list(state.glob("events.db.damaged-*"))) == 1
