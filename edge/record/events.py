@@ -381,6 +381,7 @@ class EventLog:
         if not same:
             log.error("event log %s was deleted or replaced; starting a new one", self.path)
             if self._db is not None:
+                self._keep_unlinked()
                 self._db.close()
             self._open()
         elif self._wal_ino() != self._wal_inode:
@@ -398,6 +399,31 @@ class EventLog:
             self._db.close()
             self._db = None
             self._open()
+
+    def _keep_unlinked(self) -> None:
+        """events.db deleted (or replaced) under the bin: our open handle is the last way to what the
+        old file held, every event since the first, not only the journal's since the last good check.
+        Copied out (SQLite's backup, WAL included) as events.db.deleted-<UTC time>, kept for a person."""
+        assert self._db is not None
+        what = "replaced" if self.path.exists() else "deleted"
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        keep, n = self.path.with_name(f"{self.path.name}.{what}-{stamp}"), 1
+        while keep.exists():
+            n += 1
+            keep = self.path.with_name(f"{self.path.name}.{what}-{stamp}-{n}")
+        try:
+            dst = sqlite3.connect(keep)
+            try:
+                self._db.backup(dst)
+                count = dst.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            finally:
+                dst.close()
+        except sqlite3.Error as e:  # a full disk, or the old file was damaged too: logged, the bin goes on
+            keep.unlink(missing_ok=True)
+            log.error("event log %s was %s: what it held could not be kept (%s)", self.path, what, e)
+            return
+        log.error("event log %s was %s under the running bin: what it held (%d events) is kept as %s",
+                  self.path, what, count, keep.name)
 
     def _wal_ino(self) -> int:
         try:

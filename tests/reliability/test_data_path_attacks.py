@@ -237,3 +237,35 @@ def test_export_and_label_leave_a_damaged_log_for_the_bin_to_set_aside_and_show(
     with build_sorter(cfg, state_dir=state) as sorter:
         assert sorter.machine.active("log")
     assert len(list(state.glob("events.db.damaged-*"))) == 1
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_log_deleted_or_replaced_under_the_bin_keeps_everything_it_held(tmp_path, how):
+    """Before: `rm events.db` (or a file moved over it) under the running bin kept only the journal,
+    the events since the last good check; all older history went with the bin's last handle on the
+    unlinked file. Now that handle copies it out first (events.db.deleted-<UTC time>)."""
+    from ecosorter.edge.record.integrity import LogCheck
+
+    cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES), "camera.loop": True,
+                                 "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0, "record.capture": "none"})
+    state = tmp_path / "state"
+    with build_sorter(cfg, state_dir=state) as sorter:
+        sorter.run(max_items=6)
+        before = {r["id"] for r in sorter.events.query("SELECT id FROM events")}
+        check = LogCheck(sorter.events, 600)
+        check.start()
+        check.wait()
+        check.tick()
+        assert check.last is not None and not check.last.problem and not sorter.events.journal  # all checked
+        db = state / "events.db"
+        if how == "deleted":
+            db.unlink()
+        else:
+            (state / "restored.db").write_bytes(b"SQLite format 3\0" + os.urandom(8192))
+            os.replace(state / "restored.db", db)
+        sorter.run(max_items=9)
+    kept = list(state.glob(f"events.db.{how}-*"))
+    assert len(kept) == 1
+    old = sqlite3.connect(kept[0])
+    assert len(before) == 6 and {r[0] for r in old.execute("SELECT id FROM events")} >= before
+    old.close()
