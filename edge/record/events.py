@@ -23,6 +23,7 @@ first, so the events recorded since the last good check are not lost with the ol
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -178,6 +179,7 @@ class EventLog:
         self._journaled = 0
         self.journal_dropped = 0  # events that left the journal unchecked (it was full)
         self._routing: set[str] = set()  # ids with a row in `routing`, deleted with their event's commit
+        self._folder_lock: int | None = None  # the bin's lock on the state folder (recover_routing)
         try:
             self._open()
         except (sqlite3.Error, OSError) as e:  # read-only or full disk at start: sort anyway
@@ -515,7 +517,13 @@ class EventLog:
 
     def recover_routing(self) -> list[Event]:
         """At start: record the items the last run was routing when it died (power cut, kill -9),
-        as their `routing` rows say; returns them. An unreadable row is logged and dropped."""
+        as their `routing` rows say; returns them. An unreadable row is logged and dropped. Only by
+        the one bin on this folder (a lock it holds until close): a second `run` on the same folder
+        must not take the first's item in motion for a dead one (its real record would be ignored)."""
+        if not self._lock_folder():
+            log.warning("event log %s: another bin runs on this state folder; items it is moving are its own "
+                        "to record", self.path)
+            return []
         with self._lock:
             if self._db is None:
                 return []
@@ -545,6 +553,22 @@ class EventLog:
             log.error("item %s (%s) was being routed when the bin last stopped (power cut or kill): recorded as "
                       "not known to be routed", ev.id, ev.label)
         return found
+
+    def _lock_folder(self) -> bool:
+        """flock on <state>/.events.lock, held until close (the kernel lets go when the process dies)."""
+        if self._folder_lock is not None:
+            return True
+        try:
+            fd = os.open(self.path.parent / ".events.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return True  # a read-only folder: nothing can be recovered into it anyway, the attempt says so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._folder_lock = fd
+        return True
 
     # ------------------------------------------------------------------ for the integrity check
     def check_mark(self) -> tuple[int, int]:
@@ -677,6 +701,9 @@ class EventLog:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._folder_lock is not None:
+                os.close(self._folder_lock)
+                self._folder_lock = None
 
     def __enter__(self) -> EventLog:
         return self

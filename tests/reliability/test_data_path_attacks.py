@@ -27,7 +27,8 @@ from ecosorter.edge.config import load_config
 from ecosorter.edge.record.events import EventLog
 from ecosorter.edge.sorter import build_sorter
 cfg = load_config(overrides={"camera.source": "folder", "camera.device": sys.argv[2], "camera.loop": True,
-                             "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0, "record.capture": "none"})
+                             "hardware.pin_factory": "mock", "hardware.led_on_s": 0.0, "record.capture": "none",
+                             "mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": 9})  # no broker
 when = sys.argv[3]
 with build_sorter(cfg, state_dir=Path(sys.argv[1])) as s:
     route, dropped = s.actuator.route, []
@@ -50,15 +51,19 @@ with build_sorter(cfg, state_dir=Path(sys.argv[1])) as s:
 def _restart(state: Path) -> None:
     """The next start of the bin, as systemd makes it: build the sorter, sort nothing, stop."""
     cfg = load_config(overrides={"camera.source": "folder", "camera.device": str(SAMPLES),
-                                 "hardware.pin_factory": "mock", "record.capture": "none"})
+                                 "hardware.pin_factory": "mock", "record.capture": "none",
+                                 "mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": 9})
     with build_sorter(cfg, state_dir=state):
         pass
 
 
 def _events(state: Path) -> list[tuple[str, int, str]]:
+    """The log's events; each also queued once for MQTT (the broker was never reachable)."""
     db = sqlite3.connect(state / "events.db")
     try:
-        return db.execute("SELECT id, routed_to, note FROM events ORDER BY seq").fetchall()
+        rows = db.execute("SELECT id, routed_to, note FROM events ORDER BY seq").fetchall()
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == len(rows)
+        return rows
     finally:
         db.close()
 
@@ -269,3 +274,30 @@ def test_a_log_deleted_or_replaced_under_the_bin_keeps_everything_it_held(tmp_pa
     old = sqlite3.connect(kept[0])
     assert len(before) == 6 and {r[0] for r in old.execute("SELECT id FROM events")} >= before
     old.close()
+
+
+def test_a_second_bin_on_the_same_folder_does_not_take_the_first_ones_item_in_motion_for_dead(tmp_path):
+    """Two `run`s on one state folder (a second `run --simulate` beside the first): the second's
+    start must not record the first's item in motion as 'stopped while routing'; with the same id,
+    the first's real record (routed to 3) would then have been ignored."""
+    from ecosorter.edge.record.event import Event
+
+    first = EventLog(tmp_path / "events.db")
+    assert first.recover_routing() == []
+    moving = Event("logam", 0.9, {"logam": 0.9}, False, 3, -1, False, 3, "sha", {"total": 1.0},
+                   note="the bin stopped (power cut or kill) while routing it")
+    assert first.intend(moving)
+    second = EventLog(tmp_path / "events.db")
+    try:
+        assert second.recover_routing() == []
+    finally:
+        second.close()
+    moving.routed_to, moving.routed_ok, moving.note = 3, True, ""
+    assert first.append(moving)
+    assert [(r["routed_to"], r["note"]) for r in first.query("SELECT routed_to, note FROM events")] == [(3, "")]
+    first.close()
+    after = EventLog(tmp_path / "events.db")  # the first has stopped: the next start takes the lock
+    try:
+        assert after.recover_routing() == [] and after.count() == 1
+    finally:
+        after.close()
