@@ -149,6 +149,9 @@ def test_an_export_onto_a_full_disk_leaves_nothing_half_written(tmp_path, sorted
     from ecosorter.edge.cli import main
     from tests.security.test_disk_full import fill
 
+    assert main(["export", "/proc/no/such/out", "--state-dir", str(sorted_bin[0])]) == 2  # was a traceback
+    err = capsys.readouterr().err
+    assert "cannot make /proc/no/such/out" in err and "Traceback" not in err
     disk = tmp_path / "stick"
     disk.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
