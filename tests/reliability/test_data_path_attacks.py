@@ -334,3 +334,35 @@ def test_events_after_the_wal_is_removed_still_reach_mqtt(mosquitto, tmp_path, m
     finally:
         c.loop_stop()
         c.disconnect()
+
+
+def test_the_machine_log_goes_on_after_the_wal_is_removed(tmp_path):
+    """The machine log (every hold and fault) writes through a connection of its own. Before: after
+    `rm events.db-wal` that connection failed with "disk I/O error" at every later write, for the
+    rest of the run, though the event log had recovered. Now a failed connection is not kept."""
+    from ecosorter.edge.record.event import Event
+    from ecosorter.edge.record.machine_log import MachineLog
+
+    log = EventLog(tmp_path / "events.db")
+    machine = MachineLog(log.path)
+    lid = {"kind": "hold", "name": "lid", "compartment": None, "detail": ""}
+    item = {"label": "kaca", "confidence": 0.9, "probabilities": {"kaca": 0.9}, "uncertain": False, "compartment": 0,
+            "routed_to": 0, "routed_ok": True, "frames": 3, "model_sha256": "sha", "latency_ms": {"total": 1.0}}
+    try:
+        for _ in range(3):
+            assert log.append(Event(**item))
+        machine.record(lid, "raised", "", 1.0)
+        (tmp_path / "events.db-wal").unlink()
+        machine.record(lid, "cleared", "button", 2.0)  # before the bin's next tick
+        assert log.watch_files()
+        assert log.append(Event(**item))
+        machine.record(lid, "raised", "", 3.0)
+        assert [r["state"] for r in machine.rows()] == ["raised", "cleared", "raised"]
+    finally:
+        machine.close()
+        log.close()
+    db = sqlite3.connect(tmp_path / "events.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [r[0] for r in db.execute("SELECT state FROM machine_log ORDER BY seq")] == ["raised", "cleared", "raised"]
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
+    db.close()
