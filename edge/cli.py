@@ -585,8 +585,9 @@ def cmd_label(args) -> int:
     else:
         if not (args.id and args.label):
             raise EcoSorterError("label needs ID LABEL (or --import CSV)")
-        label_one(state, args.id, args.label, args.by)
-        print(f"{args.id}: true label {args.label}")
+        replaced = label_one(state, args.id, args.label, args.by)
+        # two people disagreeing is said, not silently settled by whoever typed last
+        print(f"{args.id}: true label {args.label}{f' (replaces {replaced})' if replaced else ''}")
     return 0
 
 

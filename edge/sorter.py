@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from ecosorter.edge.config import Config
 from ecosorter.edge.decide import CompartmentMap, TriggerState, Voter, make_trigger
 from ecosorter.edge.decide.drift import DriftWatch, expected_for
 from ecosorter.edge.decide.vote import Decision
+from ecosorter.edge.durable import write_durably
 from ecosorter.edge.errors import ConfigErrors, EcoSorterError, ModelError, SourceError
 from ecosorter.edge.hardware import Actuator, make_actuator, make_pin_factory
 from ecosorter.edge.hardware.check import label_errors
@@ -39,7 +39,7 @@ from ecosorter.edge.preprocess.spec import preset
 from ecosorter.edge.preprocess.transform import camera_roi
 from ecosorter.edge.record import Event, EventLog
 from ecosorter.edge.record.captures import CaptureStore
-from ecosorter.edge.record.event import wall_iso
+from ecosorter.edge.record.event import new_event_id, wall_iso
 from ecosorter.edge.record.feedback import Feedback
 from ecosorter.edge.record.guard import RecordGuard
 from ecosorter.edge.record.machine_log import MachineLog
@@ -62,6 +62,7 @@ class Pending:
     t0: float  # perf_counter when the item settled (decision latency)
     decided_ms: float  # settle -> decision
     held_by: str = ""
+    event_id: str = ""  # set once a route is tried: its "being routed" record and its event share it
 
 
 @dataclass
@@ -208,6 +209,11 @@ class Sorter:
                 self.actuator.show("held")
             p.held_by = blocker.key
             return None
+        if self.events is not None:  # a power cut from here to its record must not lose the item
+            p.event_id = p.event_id or new_event_id()
+            self.events.intend(self._event(p, None, f"the bin stopped (power cut or kill) while routing it to "
+                                                    f"compartment {target}: it may be there, or was still on the "
+                                                    "tray and was sorted again after the start"))
         t0 = time.perf_counter()
         try:
             result = self.actuator.route(target, p.decision.uncertain)
@@ -236,13 +242,7 @@ class Sorter:
             log.error("item not routed: %s", note)
         elif note:
             log.warning("routing: %s", note)
-        event = Event(
-            label=d.label, confidence=d.confidence, probabilities=d.probabilities, uncertain=d.uncertain,
-            compartment=d.compartment, routed_to=-1 if routed_to is None else routed_to,
-            routed_ok=routed_to is not None, frames=d.frames, model_sha256=self.model.sha256, bin_id=self.cfg.bin_id,
-            note=note, source_name=p.frame.name, time=wall_iso(self.clock.time()),
-            latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()}, "route": round(route_ms, 3),
-                        "total": round(p.decided_ms, 3)})
+        event = self._event(p, routed_to, note, route_ms)
         self._record(event, p.frame)
         self._watch_model(event)
         self.last_event_id = event.id
@@ -259,6 +259,16 @@ class Sorter:
         if routed_to is not None and self.actuator.clears_tray:
             self.trigger.rearm()
         return event
+
+    def _event(self, p: Pending, routed_to: int | None, note: str, route_ms: float = 0.0) -> Event:
+        d = p.decision
+        return Event(
+            label=d.label, confidence=d.confidence, probabilities=d.probabilities, uncertain=d.uncertain,
+            compartment=d.compartment, routed_to=-1 if routed_to is None else routed_to,
+            routed_ok=routed_to is not None, frames=d.frames, model_sha256=self.model.sha256, bin_id=self.cfg.bin_id,
+            note=note, source_name=p.frame.name, time=wall_iso(self.clock.time()),
+            latency_ms={**{k: round(v, 3) for k, v in self._stage_ms.items()}, "route": round(route_ms, 3),
+                        "total": round(p.decided_ms, 3)}, **({"id": p.event_id} if p.event_id else {}))
 
     def _record(self, event: Event, frame: Frame) -> None:
         # Every sink gets the event even if another fails: sorting never stops for a sink.
@@ -596,6 +606,7 @@ def build_sorter(cfg: Config, pin_factory=None, state_dir: Path | None = None, c
         events = EventLog(state / "events.db", outbox=cfg.mqtt.enabled,
                           reserve_bytes=int(cfg.record.disk_reserve_mb * 1e6))
         opened.append(events)
+        events.recover_routing()  # items the last run was moving when it died: recorded now
         names = {lb.id: lb.name for lb in model.labels}
         board = StatusBoard(cfg.bin_id, names, compartments=dict(hw.compartments),
                             compartment_names=hw.compartment_names,
@@ -631,10 +642,8 @@ def save_last_good_hardware(cfg: Config, state: Path) -> None:
     """The hardware section of a config that started: `ecosorter safe` uses it when the config
     file is later broken or missing, so systemd can still make the bin safe after a bad edit."""
     path = state / LAST_GOOD_HARDWARE
-    try:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(cfg.hardware), indent=1))
-        os.replace(tmp, path)
+    try:  # fsynced: a power cut soon after the start must not leave `safe` an empty file to fall back on
+        write_durably(path, json.dumps(asdict(cfg.hardware), indent=1).encode())
     except OSError as e:
         log.warning("cannot keep the last good hardware config in %s: %s", path, e)
 

@@ -9,6 +9,11 @@ disk allows; whatever is still unwritten at close() is counted in `unsaved` and 
 CLI exits non-zero naming the cause. If the database file is deleted underneath the running
 sorter, a new one is started at once rather than writing into the unlinked inode.
 
+Before an item moves, its event is written into the `routing` table as it must stand if the bin
+dies mid-route (`intend`); the event's own commit deletes that row in the same transaction, and the
+next start records whatever is left there (`recover_routing`): a power cut between the drop and the
+record loses no sorted item, and none is recorded twice (same id).
+
 Every committed event is also kept in a bounded in-memory journal (the last JOURNAL_MAX) until an
 integrity check has seen it in the file (edge/record/integrity.py trims it). Whenever a new log has
 to be started under the running bin (damaged, deleted, replaced), the journal is written into it
@@ -18,6 +23,7 @@ first, so the events recorded since the last good check are not lost with the ol
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -61,6 +67,10 @@ CREATE INDEX IF NOT EXISTS events_time ON events(time);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY REFERENCES events(seq),
     attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS routing (
+    id TEXT PRIMARY KEY,
+    event TEXT NOT NULL
 );
 """
 COLUMNS = ("id", "time", "label", "confidence", "probabilities", "uncertain", "compartment", "routed_to",
@@ -125,6 +135,12 @@ class _Damaged(Exception):
     """The database file is not a sound SQLite database (corrupt, or not a database at all)."""
 
 
+DAMAGED_HINT = ("The bin sets a damaged log aside as events.db.damaged-<UTC time> (kept for inspection) and "
+                "starts a new one, with the `log` fault on its page: at its next start, or by its periodic "
+                "check while it runs")
+LogDamaged = _Damaged  # what a reader (EventLog(..., repair=False): `label`, `export`) gets
+
+
 def damaged(e: sqlite3.Error) -> bool:
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:
@@ -137,8 +153,12 @@ ROOM_BYTES = 64 * 1024  # free space kept for the next record (one event, a few 
 
 class EventLog:
     def __init__(self, path: str | Path, outbox: bool = False, reserve_bytes: int = 0,
-                 on_disk_full: Callable[[int], int] | None = None):
+                 on_disk_full: Callable[[int], int] | None = None, repair: bool = True):
         self.path = Path(path)
+        # False for the CLI's readers: a damaged log raises LogDamaged and stays where it is. Only the
+        # bin sets it aside, so its `log` fault (page, MQTT, machine log) is raised, never skipped
+        # because `export` had quietly swapped in an empty log first.
+        self.repair = repair
         self.outbox = outbox  # queue every event for MQTT
         self.error = ""
         self.pending: list[Event] = []
@@ -153,10 +173,13 @@ class EventLog:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._inode = -1
+        self._wal_inode = -1  # the write-ahead log our connection writes into
         # (number, event) committed and not yet seen by a good integrity check; numbers only grow
         self.journal: deque[tuple[int, Event]] = deque(maxlen=JOURNAL_MAX)
         self._journaled = 0
         self.journal_dropped = 0  # events that left the journal unchecked (it was full)
+        self._routing: set[str] = set()  # ids with a row in `routing`, deleted with their event's commit
+        self._folder_lock: int | None = None  # the bin's lock on the state folder (recover_routing)
         try:
             self._open()
         except (sqlite3.Error, OSError) as e:  # read-only or full disk at start: sort anyway
@@ -291,10 +314,13 @@ class EventLog:
         try:
             db = self._connect_checked()
         except _Damaged as e:  # never write into a damaged file: keep it for inspection, start afresh
+            if not self.repair:
+                raise _Damaged(f"{self.path} is damaged ({e})") from None
             self._set_aside(str(e))
             db = self._connect_checked()
         self._db = db
         self._inode = os.stat(self.path).st_ino
+        self._wal_inode = self._wal_ino()
         if self.journal:  # a new log under the running bin: first what the old file held unchecked
             log.warning("event log %s: writing the %d events recorded since the last good check into it%s",
                         self.path, len(self.journal),
@@ -357,8 +383,72 @@ class EventLog:
         if not same:
             log.error("event log %s was deleted or replaced; starting a new one", self.path)
             if self._db is not None:
+                self._keep_unlinked()
                 self._db.close()
             self._open()
+        elif self._wal_ino() != self._wal_inode:
+            # Someone removed (or replaced) events.db-wal: our connection would go on committing into
+            # the unlinked file, lost at the next power cut, and every other connection (MQTT, the
+            # check, `ecosorter label`) fails with "disk I/O error". Fold what it holds into the
+            # database through our open handle, then start afresh (the journal is written again).
+            log.error("event log %s: its write-ahead log %s-wal was deleted or replaced under the running "
+                      "bin; folding it into the database and starting a new one", self.path, self.path)
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as e:
+                log.error("event log %s: the removed write-ahead log could not be folded in (%s); the events "
+                          "since the last good check are written again from memory", self.path, e)
+            self._db.close()
+            self._db = None
+            self._open()
+
+    def _keep_unlinked(self) -> None:
+        """events.db deleted (or replaced) under the bin: our open handle is the last way to what the
+        old file held, every event since the first, not only the journal's since the last good check.
+        Copied out (SQLite's backup, WAL included) as events.db.deleted-<UTC time>, kept for a person."""
+        assert self._db is not None
+        what = "replaced" if self.path.exists() else "deleted"
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        keep, n = self.path.with_name(f"{self.path.name}.{what}-{stamp}"), 1
+        while keep.exists():
+            n += 1
+            keep = self.path.with_name(f"{self.path.name}.{what}-{stamp}-{n}")
+        try:
+            dst = sqlite3.connect(keep)
+            try:
+                self._db.backup(dst)
+                count = dst.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            finally:
+                dst.close()
+        except sqlite3.Error as e:  # a full disk, or the old file was damaged too: logged, the bin goes on
+            keep.unlink(missing_ok=True)
+            log.error("event log %s was %s: what it held could not be kept (%s)", self.path, what, e)
+            return
+        log.error("event log %s was %s under the running bin: what it held (%d events) is kept as %s",
+                  self.path, what, count, keep.name)
+
+    def _wal_ino(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_ino
+        except OSError:
+            return -1
+
+    def watch_files(self) -> bool:
+        """Between items (RecordGuard.tick): a log or WAL deleted or replaced under the bin is
+        started afresh now, not at the next item, so what the old files held is not left in
+        unlinked files until then. False when the journal could not be written into the new log."""
+        with self._lock:
+            if self._db is None or self.pending:
+                return True
+            try:
+                self._ensure_open()  # a new log takes the journal into pending
+                if self.pending:
+                    self._write_pending()
+            except (sqlite3.Error, OSError, _Damaged) as e:
+                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+                return False
+            return True
 
     def append(self, event: Event) -> bool:
         """Write the event (and any that waited); False if it had to wait in memory."""
@@ -390,6 +480,9 @@ class EventLog:
                                  f"({','.join('?' * len(COLUMNS))})", [d[c] for c in COLUMNS])
                 if self.outbox and cur.rowcount:
                     db.execute("INSERT INTO outbox (seq) VALUES (?)", (cur.lastrowid,))
+            done = [(ev.id,) for ev in self.pending if ev.id in self._routing]
+            if done:  # the item's record replaces its "being routed" row, atomically
+                db.executemany("DELETE FROM routing WHERE id = ?", done)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:  # a failed COMMIT on a full disk has already rolled back
@@ -399,11 +492,83 @@ class EventLog:
                     pass
             raise
         for ev in self.pending:
+            self._routing.discard(ev.id)
             if len(self.journal) == JOURNAL_MAX:
                 self.journal_dropped += 1
             self._journaled += 1
             self.journal.append((self._journaled, ev))
         self.pending.clear()
+
+    # ------------------------------------------------------------------ an item on its way
+    def intend(self, event: Event) -> bool:
+        """Before the item moves: commit `event` (as it must stand if the bin dies mid-route) into
+        `routing`. Its own append deletes the row; False (logged) if it could not be written, and
+        then the item is routed anyway: the disk hold (guard.py) decides what may move, not this."""
+        with self._lock:
+            try:
+                self._ensure_open()
+                assert self._db is not None
+                self._db.execute("INSERT OR REPLACE INTO routing (id, event) VALUES (?, ?)", (event.id, event.to_json()))
+            except (sqlite3.Error, OSError, _Damaged) as e:
+                log.warning("item %s: its 'being routed' record not written (%s)", event.id, explain(self.path.parent, e))
+                return False
+            self._routing.add(event.id)
+            return True
+
+    def recover_routing(self) -> list[Event]:
+        """At start: record the items the last run was routing when it died (power cut, kill -9),
+        as their `routing` rows say; returns them. An unreadable row is logged and dropped. Only by
+        the one bin on this folder (a lock it holds until close): a second `run` on the same folder
+        must not take the first's item in motion for a dead one (its real record would be ignored)."""
+        if not self._lock_folder():
+            log.warning("event log %s: another bin runs on this state folder; items it is moving are its own "
+                        "to record", self.path)
+            return []
+        with self._lock:
+            if self._db is None:
+                return []
+            try:
+                rows = self._db.execute("SELECT id, event FROM routing").fetchall()
+            except sqlite3.Error as e:
+                log.error("event log %s: items being routed at the last stop not read: %s", self.path, e)
+                return []
+            found: list[Event] = []
+            for event_id, text in rows:
+                try:
+                    found.append(Event(**json.loads(text)))
+                except (ValueError, TypeError) as e:
+                    log.error("event log %s: item %s being routed at the last stop is unreadable (%s)",
+                              self.path, event_id, e)
+                    self._db.execute("DELETE FROM routing WHERE id = ?", (event_id,))
+            if not found:
+                return found
+            self._routing.update(ev.id for ev in found)
+            self.pending.extend(found)
+            try:
+                self._write_pending()
+            except (sqlite3.Error, OSError) as e:  # they wait in memory, as any event on a full disk
+                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+        for ev in found:
+            log.error("item %s (%s) was being routed when the bin last stopped (power cut or kill): recorded as "
+                      "not known to be routed", ev.id, ev.label)
+        return found
+
+    def _lock_folder(self) -> bool:
+        """flock on <state>/.events.lock, held until close (the kernel lets go when the process dies)."""
+        if self._folder_lock is not None:
+            return True
+        try:
+            fd = os.open(self.path.parent / ".events.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return True  # a read-only folder: nothing can be recovered into it anyway, the attempt says so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._folder_lock = fd
+        return True
 
     # ------------------------------------------------------------------ for the integrity check
     def check_mark(self) -> tuple[int, int]:
@@ -536,6 +701,9 @@ class EventLog:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._folder_lock is not None:
+                os.close(self._folder_lock)
+                self._folder_lock = None
 
     def __enter__(self) -> EventLog:
         return self

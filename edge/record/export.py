@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
-from ecosorter.edge.record.events import EventLog
+from ecosorter.edge.record.events import DAMAGED_HINT, EventLog, LogDamaged
 
 UNLABELED = "_unlabeled"
 CSV_COLUMNS = ("photo", "id", "time", "bin_id", "model_sha256", "predicted", "confidence", "probabilities",
@@ -189,10 +189,14 @@ def _copy_new(src: Path, dst: Path) -> str:
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
         raise ExportError(f"export: {dst} already exists; not overwriting it") from None
-    with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-            out.write(block)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            for block in iter(lambda: f.read(1 << 16), b""):
+                h.update(block)
+                out.write(block)
+    except BaseException:  # a full disk: no truncated photo left for training to read
+        dst.unlink(missing_ok=True)
+        raise
     return h.hexdigest()
 
 
@@ -219,7 +223,10 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
             raise ExportError(f"export: {out} is not empty; an old export there would leave photos in the "
                                  "wrong class folders. Use an empty folder, or --replace to clear it first")
         _clear_export(out)
-    events = EventLog(state_dir / "events.db")
+    try:
+        events = EventLog(state_dir / "events.db", repair=False)
+    except LogDamaged as e:
+        raise ExportError(f"export: {e}; nothing exported. {DAMAGED_HINT}") from None
     captures = state_dir / "captures"
     flagged_files = set((captures / "flagged.txt").read_text().split()) if (captures / "flagged.txt").exists() else set()
     try:
@@ -228,18 +235,33 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
         which = "time >= ?" + (" AND true_label != ''" if labeled_only else "")
         total, not_taken = events.query(f"SELECT COUNT(*), COALESCE(SUM(image = ''), 0) FROM events WHERE {which}",
                                         (since_iso,))[0]
+        # a Pi has no RTC: items sorted before NTP set the clock carry 1970 (or a stale time), which
+        # no --since window can place; said, not silently left out
+        unplaced = events.query("SELECT COUNT(*) AS n FROM events WHERE image != '' AND time < ?",
+                                (_iso(EARLIEST),))[0]["n"] if since_iso else 0
     finally:
         events.close()
+    if unplaced:
+        warn(f"{unplaced} photographed items carry a time before {EARLIEST.year} (recorded before the bin's "
+             "clock was set: no RTC, no NTP yet) and are not in this --since export; export without --since "
+             "to include them")
     if lost:
         warn(f"{len(lost)} labelled items have no photo (labelled after their photo was gone) and are not "
              f"exported: {', '.join(r['id'] for r in lost[:5])}{' ...' if len(lost) > 5 else ''}")
-    out.mkdir(parents=True, exist_ok=True)
+    made_out = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"export: cannot make {out}: {e.strerror or e}") from None
     written: dict[str, str] = {}
     n = removed = 0
+    at = out / "labels.csv"  # what is being written, for the error
     try:
         fd = os.open(out / "labels.csv", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
         raise ExportError(f"export: {out / 'labels.csv'} already exists; not overwriting it") from None
+    except OSError as e:
+        raise ExportError(f"export: cannot write {out / 'labels.csv'}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w", newline="") as f:
             written["labels.csv"] = ""
@@ -254,16 +276,48 @@ def export(state_dir: Path, out: Path, since: str = "", labeled_only: bool = Fal
                     continue
                 flagged = bool(r["flagged"]) or r["image"] in flagged_files
                 folder = folder_for(r["label"], r["true_label"], flagged)
+                at = out / folder / src.name
                 written[f"{folder}/{src.name}"] = _copy_new(src, _class_folder(out, folder) / src.name)
+                at = out / "labels.csv"
                 w.writerow([_cell(v) for v in (
                     f"{folder}/{src.name}", r["id"], r["time"], r["bin_id"], r["model_sha256"], r["label"],
                     f"{r['confidence']:.4f}", r["probabilities"], r["true_label"], r["labeled_by"],
                     r["labeled_at"], int(flagged), int(r["uncertain"]), r["compartment"], r["routed_to"])])
                 n += 1
-    finally:  # even a failed export records what it wrote, so --replace can remove it
         written["labels.csv"] = _sha256(out / "labels.csv")
         _write_record(out, written)
+    except BaseException as e:
+        # all or nothing: a half export (a full disk, a folder in the way, Ctrl-C) is removed, so no
+        # truncated photo or half labels.csv is ever trained on and the folder can simply be retried
+        _remove_written(out, written, made_out)
+        if isinstance(e, OSError):
+            raise ExportError(f"export: writing {e.filename or at} failed ({e.strerror or e}); nothing "
+                              f"exported, what it had written into {out} was removed") from None
+        raise
     return Exported(n, total, not_taken, removed)
+
+
+def _remove_written(out: Path, written: dict[str, str], made_out: bool) -> None:
+    """Best effort: the files this export wrote, then its folders if empty, then `out` if it made it."""
+    for rel in [*written, RECORD, f"{RECORD}.tmp"]:
+        try:
+            (out / rel).unlink(missing_ok=True)
+        except OSError:
+            pass
+    try:  # `out` was empty when the export began: an empty class folder in it is one the export made
+        folders = [d for d in out.iterdir() if d.is_dir() and not d.is_symlink()]
+    except OSError:
+        folders = []
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            pass
+    if made_out:
+        try:
+            out.rmdir()
+        except OSError:
+            pass
 
 
 def _write_record(out: Path, written: dict[str, str]) -> None:

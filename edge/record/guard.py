@@ -39,6 +39,8 @@ class RecordGuard:
 
     def tick(self) -> None:
         """Every loop pass, before anything moves: hold while the next record would not fit."""
+        if not self.events.watch_files():  # events.db or its -wal deleted or replaced: a new log now
+            self.machine.raise_("disk", self.events.error or "the event log cannot be written")
         rewritten = self.check.tick()  # found damaged in place: set aside, the journal in a new log
         if rewritten is not None:
             self.recorded(rewritten)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ecosorter.edge.errors import EcoSorterError
-from ecosorter.edge.record.events import EventLog, check_label
+from ecosorter.edge.record.events import DAMAGED_HINT, EventLog, LogDamaged, check_label
 
 MAX_REPORTED = 20
 # An import is an edited export: a year of a busy bin is ~100k rows of ~400 bytes. Anything bigger
@@ -51,32 +51,50 @@ def unknown_label(label: str, labels: list) -> str:
              if said and (said == lb.id.casefold() or said == lb.name.casefold()
                           or said in re.findall(r"[^\W\d_]+", lb.name.casefold()))]
     hint = f" (did you mean {meant[0]!r}?)" if len(meant) == 1 else ""
-    return f"label {label!r} is not one of the model's labels{hint}: {', '.join(lb.id for lb in labels)}"
+    return f"label {_short(label)} is not one of the model's labels{hint}: {', '.join(lb.id for lb in labels)}"
+
+
+def _short(text: str, n: int = 80) -> str:
+    """A pasted 100 kB "id" or label is named, not echoed whole."""
+    return repr(text) if len(text) <= n else f"{text[:n]!r}... ({len(text)} characters)"
 
 
 def _who(by: str) -> str:
-    if by:
-        return by
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    """--by as given (checked: the same rule as the page and MQTT), else the user running the CLI."""
+    if not by:
+        try:
+            by = f"cli:{getpass.getuser()}"[:64]
+        except (KeyError, OSError):
+            by = "cli"
+    if not (len(by) <= 64 and by.isprintable()):
+        raise LabelError(f"--by {_short(by)}: expected up to 64 printable characters (a name, no line breaks)")
+    return by
 
 
 def _events(state_dir: Path) -> EventLog:
     db = state_dir / "events.db"
     if not db.exists():
         raise LabelError(f"no event log at {db} (give --state-dir, or sort some items first)")
-    return EventLog(db)
+    try:
+        return EventLog(db, repair=False)
+    except LogDamaged as e:
+        raise LabelError(f"{e}; nothing labelled. {DAMAGED_HINT}") from None
 
 
-def label_one(state_dir: Path, event_id: str, label: str, by: str = "") -> None:
+def label_one(state_dir: Path, event_id: str, label: str, by: str = "") -> str:
+    """Set the true label; returns what it replaced ("kaca, by cli:ana at ...") or ''."""
     labels = model_labels(state_dir)
     if label not in [lb.id for lb in labels]:
         raise LabelError(unknown_label(label, labels))
+    who = _who(by)
     with _events(state_dir) as events:
-        if not events.set_label(event_id, label, _who(by)):
-            raise LabelError(f"no event with id {event_id!r} in {events.path}")
+        before = events.query("SELECT true_label, labeled_by, labeled_at FROM events WHERE id = ?", (event_id,))
+        if not events.set_label(event_id, label, who):
+            raise LabelError(f"no event with id {_short(event_id)} in {events.path}")
+    old = before[0] if before else None
+    if old is None or old["true_label"] in ("", label):
+        return ""
+    return f"{old['true_label']}, by {old['labeled_by']} at {old['labeled_at']}"
 
 
 def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
@@ -122,7 +140,7 @@ def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
         elif label not in labels:
             errors.append(f"line {line}: {unknown_label(label, full)}")
         elif event_id in lines:
-            errors.append(f"line {line}: id {event_id} already labelled on line {lines[event_id]}")
+            errors.append(f"line {line}: id {_short(event_id)} already labelled on line {lines[event_id]}")
         else:
             try:
                 check_label(label, row_by)
@@ -134,7 +152,7 @@ def import_labels(state_dir: Path, path: Path, by: str = "") -> int:
     if not errors and items:
         with _events(state_dir) as events:
             unknown = events.set_labels(items)
-        errors += [f"line {lines[i]}: no event with id {i!r}" for i in unknown]
+        errors += [f"line {lines[i]}: no event with id {_short(i)}" for i in unknown]
     if errors:
         more = f" (and {len(errors) - MAX_REPORTED} more)" if len(errors) > MAX_REPORTED else ""
         raise LabelError(f"{path}: nothing imported, {len(errors)} bad row{'s' if len(errors) != 1 else ''}{more}:\n  " +

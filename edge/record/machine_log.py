@@ -39,20 +39,31 @@ class MachineLog:
 
     def record(self, entry: dict, state: str, who: str, t: float) -> None:
         with self._lock:
-            try:
-                ino = os.stat(self.path).st_ino if self.path.exists() else -1
-                if self._db is not None and ino != self._ino:  # the event log was set aside or recreated
-                    self._db.close()
-                    self._db = None
-                if self._db is None:
-                    self._db = connect(self.path)
-                    self._db.executescript(SCHEMA)
-                    self._ino = os.stat(self.path).st_ino
-                self._db.execute("INSERT INTO machine_log (time, kind, name, compartment, state, detail, who) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (t, entry["kind"], entry["name"],
-                                                                  entry["compartment"], state, entry["detail"], who))
-            except (sqlite3.Error, OSError) as e:
-                log.error("machine log %s: %s (the hold/fault is still shown and acted on)", self.path, e)
+            for attempt in range(2):
+                try:
+                    self._insert(entry, state, who, t)
+                    return
+                except (sqlite3.Error, OSError) as e:
+                    # a connection that failed once (its WAL removed under it: "disk I/O error" at every
+                    # later write) is not kept: the second try opens afresh, as the event log does
+                    if self._db is not None:
+                        self._db.close()
+                        self._db = None
+                    if attempt:
+                        log.error("machine log %s: %s (the hold/fault is still shown and acted on)", self.path, e)
+
+    def _insert(self, entry: dict, state: str, who: str, t: float) -> None:
+        ino = os.stat(self.path).st_ino if self.path.exists() else -1
+        if self._db is not None and ino != self._ino:  # the event log was set aside or recreated
+            self._db.close()
+            self._db = None
+        if self._db is None:
+            self._db = connect(self.path)
+            self._db.executescript(SCHEMA)
+            self._ino = os.stat(self.path).st_ino
+        self._db.execute("INSERT INTO machine_log (time, kind, name, compartment, state, detail, who) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (t, entry["kind"], entry["name"],
+                                                          entry["compartment"], state, entry["detail"], who))
 
     def rows(self) -> list[dict]:
         with self._lock:
