@@ -309,31 +309,18 @@ def test_a_second_bin_on_the_same_folder_does_not_take_the_first_ones_item_in_mo
 def test_events_after_the_wal_is_removed_still_reach_mqtt(mosquitto, tmp_path, monkeypatch):
     """The outbox drain has a connection of its own in the bin's process: after `rm events.db-wal`
     every event still reaches the broker (held before the WAL fix too; kept as a guard on it)."""
-    import json
-
-    import paho.mqtt.client as mqtt
-
-    from tests.security.conftest import BIN, RunningSorter, sorter_cfg, wait
+    from tests.security.conftest import RunningSorter, event_ids, sorter_cfg, wait
 
     state = tmp_path / "state"
-    got: list[str] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"ecosorter/{BIN}/event", qos=1)
-    c.on_message = lambda cl, u, m: got.append(json.loads(m.payload)["id"])
-    c.connect("127.0.0.1", mosquitto.port)
-    c.loop_start()
-    try:
-        with RunningSorter(sorter_cfg(state, mosquitto.port, **{"record.capture": "none"}), monkeypatch,
-                           tmp_path) as bin7:
-            assert wait(lambda: len(got) >= 3)  # the outbox drain has its connection open
-            (state / "events.db-wal").unlink()
-            n = bin7.items
-            assert wait(lambda: bin7.items >= n + 4)
-            ids = [r["id"] for r in bin7.sorter.events.query("SELECT id FROM events ORDER BY seq")]
-            assert wait(lambda: set(ids) <= set(got)), f"{len(set(ids) - set(got))} events not published"
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    with event_ids(mosquitto.port) as got, \
+            RunningSorter(sorter_cfg(state, mosquitto.port, **{"record.capture": "none"}), monkeypatch,
+                          tmp_path) as bin7:
+        assert wait(lambda: len(got) >= 3)  # the outbox drain has its connection open
+        (state / "events.db-wal").unlink()
+        n = bin7.items
+        assert wait(lambda: bin7.items >= n + 4)
+        ids = [r["id"] for r in bin7.sorter.events.query("SELECT id FROM events ORDER BY seq")]
+        assert wait(lambda: set(ids) <= set(got)), f"{len(set(ids) - set(got))} events not published"
 
 
 def test_the_machine_log_goes_on_after_the_wal_is_removed(tmp_path):

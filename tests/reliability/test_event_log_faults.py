@@ -15,7 +15,7 @@ import pytest
 
 from ecosorter.edge.record import Event, EventLog
 from tests.conftest import SAMPLES
-from tests.security.conftest import BIN, RunningSorter, sorter_cfg, wait
+from tests.security.conftest import BIN, RunningSorter, event_ids, sorter_cfg, wait
 
 
 def a_real_log(path: Path, n: int = 300) -> None:
@@ -128,30 +128,19 @@ def test_a_log_damaged_under_the_running_bin_is_set_aside_and_recording_goes_on(
 
 
 def test_events_after_a_mid_run_damage_still_reach_mqtt(mosquitto, tmp_path, monkeypatch):
-    import paho.mqtt.client as mqtt
-
     state = tmp_path / "state"
-    got: list[str] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"ecosorter/{BIN}/event", qos=1)
-    c.on_message = lambda cl, u, m: got.append(json.loads(m.payload)["id"])
-    c.connect("127.0.0.1", mosquitto.port)
-    c.loop_start()
-    try:
-        with RunningSorter(sorter_cfg(state, mosquitto.port, **{"record.capture": "none"}), monkeypatch,
-                           tmp_path) as bin7:
-            events = bin7.sorter.events
-            assert wait(lambda: len(got) >= 3)  # the outbox drain has its connection open
-            events.query("PRAGMA wal_checkpoint(TRUNCATE)")
-            with open(state / "events.db", "r+b") as f:
-                f.write(os.urandom(4096))
-            events.query("PRAGMA cache_size=0")
-            assert wait(lambda: len(aside(state)) == 1)
-            n = bin7.items
-            assert wait(lambda: bin7.items >= n + 3)
-            new = [r["id"] for r in events.query("SELECT id FROM events ORDER BY seq")]
-            assert len(new) >= 3
-            assert wait(lambda: set(new) <= set(got)), f"{len(set(new) - set(got))} new events not published"
-    finally:
-        c.loop_stop()
-        c.disconnect()
+    with event_ids(mosquitto.port) as got, \
+            RunningSorter(sorter_cfg(state, mosquitto.port, **{"record.capture": "none"}), monkeypatch,
+                          tmp_path) as bin7:
+        events = bin7.sorter.events
+        assert wait(lambda: len(got) >= 3)  # the outbox drain has its connection open
+        events.query("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(state / "events.db", "r+b") as f:
+            f.write(os.urandom(4096))
+        events.query("PRAGMA cache_size=0")
+        assert wait(lambda: len(aside(state)) == 1)
+        n = bin7.items
+        assert wait(lambda: bin7.items >= n + 3)
+        new = [r["id"] for r in events.query("SELECT id FROM events ORDER BY seq")]
+        assert len(new) >= 3
+        assert wait(lambda: set(new) <= set(got)), f"{len(set(new) - set(got))} new events not published"

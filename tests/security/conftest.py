@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -9,6 +10,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,24 @@ def retained_on(port: int, topic: str) -> bytes | None:
     c.loop_stop()
     c.disconnect()
     return got[0] if got else None
+
+
+@contextlib.contextmanager
+def event_ids(port: int, bin_id: str = BIN) -> Iterator[list[str]]:
+    """The ids of the events the broker delivers on <bin>/event, in arrival order, while inside."""
+    import paho.mqtt.client as mqtt
+
+    got: list[str] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"ecosorter/{bin_id}/event", qos=1)
+    c.on_message = lambda cl, u, m: got.append(json.loads(m.payload)["id"])
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        yield got
+    finally:
+        c.loop_stop()
+        c.disconnect()
 
 
 class RunningSorter:
