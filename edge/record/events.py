@@ -539,14 +539,17 @@ class EventLog:
                 except (ValueError, TypeError) as e:
                     log.error("event log %s: item %s being routed at the last stop is unreadable (%s)",
                               self.path, event_id, e)
-                    self._db.execute("DELETE FROM routing WHERE id = ?", (event_id,))
+                    try:  # runs in build_sorter: a full disk or a locked file must not stop the start
+                        self._db.execute("DELETE FROM routing WHERE id = ?", (event_id,))
+                    except sqlite3.Error as e2:
+                        log.error("event log %s: unreadable item %s left in routing (%s)", self.path, event_id, e2)
             if not found:
                 return found
             self._routing.update(ev.id for ev in found)
             self.pending.extend(found)
             try:
                 self._write_pending()
-            except (sqlite3.Error, OSError) as e:  # they wait in memory, as any event on a full disk
+            except (sqlite3.Error, OSError, _Damaged) as e:  # they wait in memory, as any event on a full disk
                 self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
                 log.error("%s; %d events waiting in memory", self.error, len(self.pending))
         for ev in found:
@@ -564,9 +567,14 @@ class EventLog:
             return True  # a read-only folder: nothing can be recovered into it anyway, the attempt says so
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
             os.close(fd)
-            return False
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return False  # held: another bin runs here
+            # NFS/FUSE without flock (ENOLCK, EOPNOTSUPP): no second bin known of; one bin per folder is the rule
+            log.warning("event log %s: %s cannot be locked (%s); recovering its items in motion anyway",
+                        self.path, self.path.parent / ".events.lock", e)
+            return True
         self._folder_lock = fd
         return True
 

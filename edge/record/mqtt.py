@@ -145,7 +145,9 @@ class MqttLink:
         return (f"the broker closed {self._short_drops} connections in a row within {SHORT_LIVED_S:g} s of "
                 f"making them: another client is most likely connected with this bin's client id "
                 f"{self.client_id!r}, i.e. two bins share bin_id {self.bin_id!r}; give each bin its own "
-                "bin_id in its config (the example's is 'ecosorter-1'); events wait in the outbox")
+                "bin_id in its config (the example's is 'ecosorter-1'). If no other bin has it, the broker is "
+                "closing the link for something this bin sends (an ACL or packet-size limit: see the broker's "
+                "log); events wait in the outbox")
 
     # --------------------------------------------------------------- outbox
     def record(self, event, pixels=None, order: str = "rgb") -> None:

@@ -353,3 +353,51 @@ def test_the_machine_log_goes_on_after_the_wal_is_removed(tmp_path):
     assert [r[0] for r in db.execute("SELECT state FROM machine_log ORDER BY seq")] == ["raised", "cleared", "raised"]
     assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 4
     db.close()
+
+
+def _moving_item(note: str = "the bin stopped (power cut or kill) while routing it"):
+    from ecosorter.edge.record.event import Event
+
+    return Event("logam", 0.9, {"logam": 0.9}, False, 3, -1, False, 3, "sha", {"total": 1.0}, note=note)
+
+
+def test_a_state_folder_without_flock_still_recovers_the_item_in_motion(tmp_path, monkeypatch, caplog):
+    """NFS or a FUSE folder without flock answers ENOLCK/EOPNOTSUPP, not EWOULDBLOCK: that is no
+    second bin, and the item being routed at the power cut must still be recorded (it was left in
+    `routing` for ever, under 'another bin runs on this state folder')."""
+    import errno
+    import fcntl
+
+    dead = EventLog(tmp_path / "events.db")
+    assert dead.intend(_moving_item())
+    dead._db.close()  # the power cut: no record, no close(), no lock left behind
+    dead._db = None
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # the kernel's answer on such a folder
+    after = EventLog(tmp_path / "events.db")
+    try:
+        assert [ev.label for ev in after.recover_routing()] == ["logam"]
+        assert after.count() == 1
+        assert "another bin runs" not in caplog.text
+        assert ".events.lock" in caplog.text  # the warning names the lock file at fault
+    finally:
+        after.close()
+
+
+def test_an_unreadable_routing_row_that_cannot_be_deleted_does_not_stop_the_start(tmp_path):
+    """recover_routing runs in build_sorter: its DELETE of an unreadable row failing (a full disk,
+    a locked file) raised out of it and the bin did not start at all."""
+    log_ = EventLog(tmp_path / "events.db")
+    log_._db.execute("INSERT INTO routing (id, event) VALUES ('x', 'not json')")
+    log_._db.execute("PRAGMA busy_timeout=0")  # 'locked' at once, not after 10 s
+    other = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock: the DELETE fails as on a full disk
+    try:
+        assert log_.recover_routing() == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        log_.close()
