@@ -393,21 +393,24 @@ class EventLog:
             # database through our open handle, then start afresh (the journal is written again).
             log.error("event log %s: its write-ahead log %s-wal was deleted or replaced under the running "
                       "bin; folding it into the database and starting a new one", self.path, self.path)
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:  # (busy, wal frames, frames folded): busy while another connection reads a snapshot
+                busy, frames, folded = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.Error as e:
-                log.error("event log %s: the removed write-ahead log could not be folded in (%s); the events "
-                          "since the last good check are written again from memory", self.path, e)
+                busy, frames, folded = 1, 0, 0
+                log.error("event log %s: the removed write-ahead log could not be folded in (%s)", self.path, e)
+            if busy or folded < frames:
+                # what is not folded in dies with our handle: copy everything it sees out first
+                self._keep_unlinked("wal-removed")
             self._db.close()
             self._db = None
             self._open()
 
-    def _keep_unlinked(self) -> None:
+    def _keep_unlinked(self, what: str = "") -> None:
         """events.db deleted (or replaced) under the bin: our open handle is the last way to what the
         old file held, every event since the first, not only the journal's since the last good check.
         Copied out (SQLite's backup, WAL included) as events.db.deleted-<UTC time>, kept for a person."""
         assert self._db is not None
-        what = "replaced" if self.path.exists() else "deleted"
+        what = what or ("replaced" if self.path.exists() else "deleted")  # also the copy's name: .<what>-<UTC>
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         keep, n = self.path.with_name(f"{self.path.name}.{what}-{stamp}"), 1
         while keep.exists():

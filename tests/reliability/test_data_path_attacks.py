@@ -401,3 +401,36 @@ def test_an_unreadable_routing_row_that_cannot_be_deleted_does_not_stop_the_star
         other.execute("ROLLBACK")
         other.close()
         log_.close()
+
+
+def test_a_removed_wal_that_cannot_be_folded_in_is_kept_whole(tmp_path, caplog):
+    """Another connection reading an older snapshot (the page, `ecosorter label`) makes the fold of a
+    removed WAL stop short (busy): what was not folded in died with the bin's handle, events a good
+    check had already taken out of the journal among them. Now everything the handle sees is copied
+    out first, as events.db.wal-removed-<UTC>."""
+    from benchmarks.log_check import an_event
+
+    path = tmp_path / "events.db"
+    log = EventLog(path)
+    try:
+        for i in range(3):
+            assert log.append(an_event(i))
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 3  # its snapshot: 3 events
+        ids = [r["id"] for r in log.query("SELECT id FROM events")]
+        for i in range(3, 7):
+            e = an_event(i)
+            assert log.append(e)
+            ids.append(e.id)
+        log.journal.clear()  # a good check passed all seven: none waits in memory to be written again
+        (tmp_path / "events.db-wal").unlink()
+        log.watch_files()
+        reader.close()
+        kept = sorted(tmp_path.glob("events.db.wal-removed-*"))
+        assert len(kept) == 1, sorted(p.name for p in tmp_path.iterdir())
+        with sqlite3.connect(kept[0]) as k:
+            assert [r[0] for r in k.execute("SELECT id FROM events ORDER BY seq")] == ids
+        assert "wal-removed" in caplog.text and "(7 events)" in caplog.text
+    finally:
+        log.close()
