@@ -197,6 +197,48 @@ def test_two_bins_with_one_bin_id_are_told_so(mosquitto, tmp_path, caplog):
     assert f"{TAKEOVER_DROPS} connections in a row" in said[0].getMessage()
 
 
+def test_broker_restarts_are_not_taken_for_two_bins_sharing_a_bin_id(mosquitto, tmp_path, caplog, monkeypatch):
+    """The takeover words need connections the broker closed within SHORT_LIVED_S of making them, in a
+    row: a broker restarted three times (each outage refusing TCP, each link up a while before the
+    next) is a lost connection each time, never 'two bins share bin_id'."""
+    import logging
+    import time
+
+    from ecosorter.edge.config import load_config
+    from ecosorter.edge.record import mqtt as mqtt_mod
+    from ecosorter.edge.record.events import EventLog
+    from ecosorter.edge.record.mqtt import MqttLink
+
+    monkeypatch.setattr(mqtt_mod, "SHORT_LIVED_S", 1.0)  # the same rule, on a test's time scale
+    caplog.set_level(logging.DEBUG, "ecosorter.mqtt")
+    cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
+    EventLog(tmp_path / "events.db").close()
+    details: list[str] = []
+    link = MqttLink(cfg, "pilot-1", tmp_path / "events.db", {}, on_link=lambda state, detail: details.append(detail))
+    link.client.reconnect_delay_set(1, 1)
+
+    def up() -> bool:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not link.connected.is_set():
+            time.sleep(0.05)
+        return link.connected.is_set()
+    try:
+        link.start()
+        for _ in range(3):
+            assert up()
+            time.sleep(1.5)  # up longer than SHORT_LIVED_S before the broker goes
+            mosquitto.stop()
+            time.sleep(1.5)  # reconnect attempts meanwhile: refused TCP, not a closed connection
+            mosquitto.start()
+        assert up()
+    finally:
+        link.close()
+    lost = [d for d in details if d.startswith("connection lost")]
+    assert len(lost) == 3, details
+    assert not any("share bin_id" in d for d in details), details
+    assert "share bin_id" not in caplog.text
+
+
 def test_run_says_why_an_item_at_96_percent_is_uncertain(tmp_path):
     """`make demo` printed 'kertas 96.3% UNCERTAIN' beside 'kardus 96.9% -> compartment 2' with no
     threshold anywhere, and the latency as a Python dict without units. Now the rule is said before
