@@ -109,7 +109,8 @@ def test_status_logs_in_as_the_bins_config_says_and_a_wrong_password_is_named(tm
 def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, tmp_path):
     """A retired or renamed bin (e.g. after fixing two bins sharing 'ecosorter-1') stayed on the broker
     as retained state, last will and HA discovery: `fleet status` listed it offline for ever and a
-    rollout waited for it. `fleet forget` removes them; an online bin is refused."""
+    rollout waited for it. `fleet forget` removes them; an online bin is refused (unless --force); a bin
+    whose id starts with the forgotten one's ('old-2' beside 'old') keeps everything."""
     import time
 
     import paho.mqtt.client as mqtt
@@ -121,7 +122,7 @@ def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, t
 
     cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
     links = {}
-    for b in ("keep", "old"):
+    for b in ("old-2", "old"):
         EventLog(tmp_path / f"{b}.db").close()
         links[b] = MqttLink(cfg, b, tmp_path / f"{b}.db", {"kaca": "Kaca"}).start()
         assert links[b].connected.wait(20)
@@ -140,7 +141,7 @@ def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, t
         c.connect("127.0.0.1", mosquitto.port)
         c.subscribe([("ecosorter/#", 0), ("homeassistant/#", 0)])
         c.loop_start()
-        wait(lambda: any("/ecosorter_keep/" in t for t in seen), 10)
+        wait(lambda: any("/ecosorter_old-2/" in t for t in seen), 10)
         time.sleep(0.5)
         c.loop_stop()
         c.disconnect()
@@ -150,18 +151,20 @@ def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, t
         before = retained()
         assert {"ecosorter/old/state", "ecosorter/old/availability"} <= before
         assert any("/ecosorter_old/" in t for t in before)
-        r = fleet("forget", "keep")
-        assert r.returncode == 2 and "keep is online: stop it first" in r.stderr, r.stderr
+        r = fleet("forget", "old-2")
+        assert r.returncode == 2 and "old-2 is online: stop it first" in r.stderr, r.stderr
         r = fleet("forget", "old")
         n = sum(1 for t in before if "/ecosorter_old/" in t)
         assert r.returncode == 0 and f"forgot old: retained state and availability, {n} Home Assistant" in r.stdout, \
             r.stdout + r.stderr
         after = retained()
         assert not [t for t in after if "/old/" in t or "/ecosorter_old/" in t], after
-        assert "ecosorter/keep/state" in after and any("/ecosorter_keep/" in t for t in after)
+        assert "ecosorter/old-2/state" in after and any("/ecosorter_old-2/" in t for t in after)
         status = json.loads(fleet("status", "--json").stdout)["bins"]
-        assert [b["bin_id"] for b in status] == ["keep"]
+        assert [b["bin_id"] for b in status] == ["old-2"]
         r = fleet("forget", "old")
-        assert r.returncode == 2 and "no bin 'old' on 127.0.0.1" in r.stderr and "(bins there: keep)" in r.stderr
+        assert r.returncode == 2 and "no bin 'old' on 127.0.0.1" in r.stderr and "(bins there: old-2)" in r.stderr
+        r = fleet("forget", "old-2", "--force")  # online: a person who knows better
+        assert r.returncode == 0 and "forgot old-2" in r.stdout, r.stdout + r.stderr
     finally:
-        links["keep"].close()
+        links["old-2"].close()
