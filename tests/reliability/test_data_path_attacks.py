@@ -418,7 +418,7 @@ def test_a_removed_wal_that_cannot_be_folded_in_is_kept_whole(tmp_path, caplog):
         reader = sqlite3.connect(path)
         reader.execute("BEGIN")
         assert reader.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 3  # its snapshot: 3 events
-        ids = [r["id"] for r in log.query("SELECT id FROM events")]
+        ids = [r["id"] for r in log.query("SELECT id FROM events ORDER BY seq")]
         for i in range(3, 7):
             e = an_event(i)
             assert log.append(e)
