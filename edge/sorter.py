@@ -211,8 +211,9 @@ class Sorter:
             return None
         if self.events is not None:  # a power cut from here to its record must not lose the item
             p.event_id = p.event_id or new_event_id()
+            to = compartment_label(target, self.cfg.hardware.compartment_names)  # as printed on the bin
             self.events.intend(self._event(p, None, f"the bin stopped (power cut or kill) while routing it to "
-                                                    f"compartment {target}: it may be there, or was still on the "
+                                                    f"compartment {to}: it may be there, or was still on the "
                                                     "tray and was sorted again after the start"))
         t0 = time.perf_counter()
         try:

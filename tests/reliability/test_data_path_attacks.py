@@ -88,6 +88,9 @@ def test_a_power_cut_mid_route_loses_no_sorted_item_and_records_none_twice(tmp_p
     if when == "after the drop":
         assert len(printed) == 2
         assert rows[2][1] == -1 and "power cut or kill" in rows[2][2]
+        with sqlite3.connect(state / "events.db") as db:  # the compartment as printed on the bin (from 1)
+            decided = db.execute("SELECT compartment FROM events WHERE id = ?", (rows[2][0],)).fetchone()[0]
+        assert f"routing it to compartment {decided + 1}:" in rows[2][2], rows[2][2]
     else:
         assert len(printed) == 3 and all(r[1] >= 0 for r in rows)
 
