@@ -448,10 +448,14 @@ class EventLog:
                 if self.pending:
                     self._write_pending()
             except (sqlite3.Error, OSError, _Damaged) as e:
-                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
-                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+                self._waiting(e)
                 return False
             return True
+
+    def _waiting(self, e: BaseException) -> None:
+        """A write failed: the cause is kept for the page and the CLI, the events wait in memory."""
+        self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
+        log.error("%s; %d events waiting in memory", self.error, len(self.pending))
 
     def append(self, event: Event) -> bool:
         """Write the event (and any that waited); False if it had to wait in memory."""
@@ -465,8 +469,7 @@ class EventLog:
                     self._short_wal()
                 return True
             except (sqlite3.Error, OSError) as e:
-                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
-                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+                self._waiting(e)
                 del self.pending[:-MAX_PENDING]
                 return False
 
@@ -553,8 +556,7 @@ class EventLog:
             try:
                 self._write_pending()
             except (sqlite3.Error, OSError, _Damaged) as e:  # they wait in memory, as any event on a full disk
-                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
-                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+                self._waiting(e)
         for ev in found:
             log.error("item %s (%s) was being routed when the bin last stopped (power cut or kill): recorded as "
                       "not known to be routed", ev.id, ev.label)
@@ -623,8 +625,7 @@ class EventLog:
             try:
                 self._write_pending()
             except (sqlite3.Error, OSError) as e:
-                self.error = f"event log {self.path}: {explain(self.path.parent, e)}"
-                log.error("%s; %d events waiting in memory", self.error, len(self.pending))
+                self._waiting(e)
                 return False
             self.error = ""
             return True
