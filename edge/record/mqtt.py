@@ -24,7 +24,6 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,8 +62,7 @@ class MqttLink:
         self.sent = 0
         # the last JOURNAL_MAX ids the broker acknowledged: events are published in the order they are
         # committed, so these cover every published event the event log's journal can re-queue
-        self._acked: deque[str] = deque(maxlen=JOURNAL_MAX)
-        self._acked_ids: set[str] = set()
+        self._acked: dict[str, None] = {}  # insertion-ordered: the oldest goes first
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._last_state = b""
@@ -201,7 +199,7 @@ class MqttLink:
         for r in rows:
             if self._stop.is_set() or not self.connected.is_set():
                 return
-            if r["id"] in self._acked_ids:  # re-queued by a new log (the journal): the broker has it
+            if r["id"] in self._acked:  # re-queued by a new log (the journal): the broker has it
                 db.execute("DELETE FROM outbox WHERE seq = ?", (r["seq"],))
                 continue
             payload = {k: r[k] for k in r.keys() if k != "seq"}  # noqa: SIM118 - sqlite3.Row iterates values
@@ -218,10 +216,9 @@ class MqttLink:
                 return  # not acknowledged: try again (same order) when connected
             db.execute("DELETE FROM outbox WHERE seq = ?", (r["seq"],))
             self.sent += 1
-            if len(self._acked) == JOURNAL_MAX:
-                self._acked_ids.discard(self._acked[0])
-            self._acked.append(r["id"])
-            self._acked_ids.add(r["id"])
+            self._acked[r["id"]] = None
+            if len(self._acked) > JOURNAL_MAX:
+                del self._acked[next(iter(self._acked))]
         if len(rows) == 100:
             self._wake.set()
 
