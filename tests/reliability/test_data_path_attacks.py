@@ -276,12 +276,9 @@ def test_a_second_bin_on_the_same_folder_does_not_take_the_first_ones_item_in_mo
     """Two `run`s on one state folder (a second `run --simulate` beside the first): the second's
     start must not record the first's item in motion as 'stopped while routing'; with the same id,
     the first's real record (routed to 3) would then have been ignored."""
-    from ecosorter.edge.record.event import Event
-
     first = EventLog(tmp_path / "events.db")
     assert first.recover_routing() == []
-    moving = Event("logam", 0.9, {"logam": 0.9}, False, 3, -1, False, 3, "sha", {"total": 1.0},
-                   note="the bin stopped (power cut or kill) while routing it")
+    moving = _moving_item()
     assert first.intend(moving)
     second = EventLog(tmp_path / "events.db")
     try:
