@@ -163,6 +163,7 @@ def test_two_bins_with_one_bin_id_are_told_so(mosquitto, tmp_path, caplog):
     from ecosorter.edge.config import load_config
     from ecosorter.edge.record.events import EventLog
     from ecosorter.edge.record.mqtt import TAKEOVER_DROPS, MqttLink
+    from tests.security.conftest import wait
 
     caplog.set_level(logging.DEBUG, "ecosorter.mqtt")
     cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
@@ -180,9 +181,7 @@ def test_two_bins_with_one_bin_id_are_told_so(mosquitto, tmp_path, caplog):
     try:
         for link in links:
             link.start()
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not told():
-            time.sleep(0.1)
+        wait(told, 60)  # the asserts below say what was missing
         for details in seen.values():
             words = next((d for d in details if "share bin_id" in d), details)
             assert "two bins share bin_id 'ecosorter-1'" in words and "'ecosorter-ecosorter-1'" in words, words
@@ -218,10 +217,7 @@ def test_broker_restarts_are_not_taken_for_two_bins_sharing_a_bin_id(mosquitto, 
     link.client.reconnect_delay_set(1, 1)
 
     def up() -> bool:
-        end = time.monotonic() + 60
-        while time.monotonic() < end and not link.connected.is_set():
-            time.sleep(0.05)
-        return link.connected.is_set()
+        return link.connected.wait(60)
     try:
         link.start()
         for _ in range(3):

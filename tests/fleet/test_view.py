@@ -111,14 +111,13 @@ def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, t
     as retained state, last will and HA discovery: `fleet status` listed it offline for ever and a
     rollout waited for it. `fleet forget` removes them; an online bin is refused (unless --force); a bin
     whose id starts with the forgotten one's ('old-2' beside 'old') keeps everything."""
-    import time
-
     import paho.mqtt.client as mqtt
 
     from ecosorter.edge.config import load_config
     from ecosorter.edge.record.events import EventLog
     from ecosorter.edge.record.mqtt import MqttLink
     from tests.fleet.conftest import wait
+    from tests.security.conftest import retained_on
 
     cfg = load_config(overrides={"mqtt.enabled": True, "mqtt.host": "127.0.0.1", "mqtt.port": mosquitto.port}).mqtt
     links = {}
@@ -127,7 +126,8 @@ def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, t
         links[b] = MqttLink(cfg, b, tmp_path / f"{b}.db", {"kaca": "Kaca"}).start()
         assert links[b].connected.wait(20)
         links[b].publish_state({"today": {"counts": {"kaca": 1}}})
-    time.sleep(1)  # the state publishes are QoS 1: acknowledged before the link closes
+    for b in links:  # the state publishes have reached the broker before "old" closes (was: a 1 s sleep)
+        assert wait(lambda b=b: retained_on(mosquitto.port, f"ecosorter/{b}/state") is not None, 20), b
     links["old"].close()  # retired: its retained state, "offline" and discovery stay
     broker = ["--broker", f"127.0.0.1:{mosquitto.port}"]
 
@@ -142,7 +142,8 @@ def test_forget_removes_a_retired_bin_and_its_home_assistant_device(mosquitto, t
         c.subscribe([("ecosorter/#", 0), ("homeassistant/#", 0)])
         c.loop_start()
         wait(lambda: any("/ecosorter_old-2/" in t for t in seen), 10)
-        time.sleep(0.5)
+        # the retained messages follow the SUBACK; a QoS 1 round trip after them orders after all of them
+        c.publish("probe/none", b"x", qos=1).wait_for_publish(10)
         c.loop_stop()
         c.disconnect()
         return seen

@@ -145,7 +145,7 @@ def sorted_bin(tmp_path_factory):
     return state, sort_samples(state)[1]
 
 
-def test_an_export_onto_a_full_disk_leaves_nothing_half_written(tmp_path, sorted_bin, capsys):
+def test_an_export_onto_a_full_disk_leaves_nothing_half_written(small_disk, sorted_bin, capsys):
     """Before: a traceback, a truncated JPEG in a class folder (training reads it), an empty
     labels.csv and no export record, so `--replace` refused to clear it. Now: an error naming the
     file, and nothing of the export left; the same command succeeds once there is room."""
@@ -155,25 +155,18 @@ def test_an_export_onto_a_full_disk_leaves_nothing_half_written(tmp_path, sorted
     assert main(["export", "/proc/no/such/out", "--state-dir", str(sorted_bin[0])]) == 2  # was a traceback
     err = capsys.readouterr().err
     assert "cannot make /proc/no/such/out" in err and "Traceback" not in err
-    disk = tmp_path / "stick"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        photos = sum(f.stat().st_size for f in (sorted_bin[0] / "captures").glob("*/*.jpg"))
-        fill(disk / "filler")
-        os.truncate(disk / "filler", (disk / "filler").stat().st_size - photos // 2)  # room for about half
-        out = disk / "pilot"
-        assert main(["export", str(out), "--state-dir", str(sorted_bin[0])]) == 2
-        err = capsys.readouterr().err
-        assert "No space left on device" in err and str(out) in err and "Traceback" not in err
-        assert not out.exists()
-        (disk / "filler").unlink()
-        assert main(["export", str(out), "--state-dir", str(sorted_bin[0])]) == 0
-        assert len(list(out.glob("*/*.jpg"))) == len(list((sorted_bin[0] / "captures").glob("*/*.jpg")))
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    disk = small_disk  # the real 1 MB tmpfs of tests/reliability/conftest.py
+    photos = sum(f.stat().st_size for f in (sorted_bin[0] / "captures").glob("*/*.jpg"))
+    fill(disk / "filler")
+    os.truncate(disk / "filler", (disk / "filler").stat().st_size - photos // 2)  # room for about half
+    out = disk / "pilot"
+    assert main(["export", str(out), "--state-dir", str(sorted_bin[0])]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(out) in err and "Traceback" not in err
+    assert not out.exists()
+    (disk / "filler").unlink()
+    assert main(["export", str(out), "--state-dir", str(sorted_bin[0])]) == 0
+    assert len(list(out.glob("*/*.jpg"))) == len(list((sorted_bin[0] / "captures").glob("*/*.jpg")))
 
 
 def test_label_by_and_ids_are_checked_and_a_conflicting_label_is_said(tmp_path, sorted_bin, capsys):
@@ -286,12 +279,9 @@ def test_a_second_bin_on_the_same_folder_does_not_take_the_first_ones_item_in_mo
     """Two `run`s on one state folder (a second `run --simulate` beside the first): the second's
     start must not record the first's item in motion as 'stopped while routing'; with the same id,
     the first's real record (routed to 3) would then have been ignored."""
-    from ecosorter.edge.record.event import Event
-
     first = EventLog(tmp_path / "events.db")
     assert first.recover_routing() == []
-    moving = Event("logam", 0.9, {"logam": 0.9}, False, 3, -1, False, 3, "sha", {"total": 1.0},
-                   note="the bin stopped (power cut or kill) while routing it")
+    moving = _moving_item()
     assert first.intend(moving)
     second = EventLog(tmp_path / "events.db")
     try:
