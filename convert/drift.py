@@ -10,6 +10,7 @@ means the error compounds through the depth and no small set of float layers wil
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -108,7 +109,7 @@ def diagnosis(rows: list[dict]) -> tuple[list[dict], str]:
                     "(--calibration)")
     # a prefix of keep_float_choice's ranking: every op ranked above a named one adds more
     ranked = keep_float_choice(rows, len(cand))
-    found = ranked[:next((i for i, r in enumerate(ranked) if r["jump"] < SOURCE_SHARE * final), len(ranked))]
+    found = list(itertools.takewhile(lambda r: r["jump"] >= SOURCE_SHARE * final, ranked))
     if found:
         more = f" and {len(found) - NAMED_MAX} more" if len(found) > NAMED_MAX else ""
         which = f"the {len(found)} ops" if len(found) > 1 else "the op"

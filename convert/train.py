@@ -34,6 +34,7 @@ import numpy as np
 
 from ecosorter.edge.clikit import add_version, quiet_pipe
 from ecosorter.edge.errors import EcoSorterError
+from ecosorter.edge.model.trust import points
 
 BACKBONES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 PRESET = {"resnet50": "caffe", "efficientnet-lite0": "tf", "efficientnet-lite1": "tf", "efficientnet-lite2": "tf"}
@@ -650,8 +651,8 @@ def accuracy_lines(val: dict, truth: np.ndarray, pred: np.ndarray, before: dict 
     v = _verdict(worse, better, n, 0.0)
     before.update(worse=worse, better=better, change=v["change"],
                   change_range_90=[round(-v["harm_bound_95"], 4), round(-v["harm_lower_95"], 4)])
-    change = f"{_pt(100 * v['change'])} pt ({better} photos better, {worse} worse; 90% range " \
-             f"{_pt(-100 * v['harm_bound_95'])}..{_pt(-100 * v['harm_lower_95'])} pt)"
+    change = f"{points(100 * v['change'])} pt ({better} photos better, {worse} worse; 90% range " \
+             f"{points(-100 * v['harm_bound_95'])}..{points(-100 * v['harm_lower_95'])} pt)"
     if worse == better == 0:
         lines.append(f"retraining changed no validation photo's answer from right to wrong or back ({n} photos): "
                      "too few to tell the two apart; give more labelled photos or a larger --val-split")
@@ -669,12 +670,6 @@ def accuracy_lines(val: dict, truth: np.ndarray, pred: np.ndarray, before: dict 
         lines.append(f"retraining changed accuracy by {change}: {n} validation photos are too few to tell the two "
                      f"apart; {more}")
     return lines
-
-
-def _pt(x: float) -> str:
-    from ecosorter.convert.verify import points
-
-    return points(x)
 
 
 def build_parser() -> argparse.ArgumentParser:

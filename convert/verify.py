@@ -177,8 +177,6 @@ def _paired(worse: int, better: int, n: int) -> dict:
             "harm_lower_95": harm_low}
 
 
-
-
 def _verdict(worse: int, better: int, n: int, tolerance: float) -> dict:
     """Judge one rule on its 95% bounds: pass (upper bound on the harm within the tolerance), fail
     (lower bound beyond it), else n is too small: `unproven` when the estimate is within, `undecided`

@@ -400,7 +400,9 @@ def _picked_up(cfg, args) -> str:
     """When the installed model runs: at the next start, unless model.path names another file,
     which `run` loads instead (the install would otherwise look done and never run)."""
     if cfg.model.path:
-        where = args.config or "/etc/ecosorter/config.toml"
+        from ecosorter.edge.config import DEFAULT_PATH
+
+        where = args.config or DEFAULT_PATH
         return (f"NOT run by this bin: model.path in {where} is {cfg.model.path}, and `ecosorter run` loads "
                 "that file; empty model.path (then restart) to run the installed model")
     return ("a running sorter picks it up on restart: systemctl restart ecosorter (a foreground "

@@ -65,13 +65,13 @@ class Voter:
 
     def add(self, probs: np.ndarray) -> Decision | None:
         probs = calibrate(probs, self._temperature)
-        best = int(probs.argmax())
         # early only when the frame is also confident under its class's threshold: a first frame at
         # 0.93 against a 0.963 threshold would otherwise be called uncertain without averaging more
-        if self._n == 0 and float(probs[best]) >= self.cfg.early_confidence \
-                and confident(probs[best], self._thresholds[best]):
-            self._sum, self._n = probs.astype(np.float64), 1
-            return self._decide()
+        if self._n == 0:  # the argmax only for a first frame: later ones are summed, not judged
+            best = int(probs.argmax())
+            if float(probs[best]) >= self.cfg.early_confidence and confident(probs[best], self._thresholds[best]):
+                self._sum, self._n = probs.astype(np.float64), 1
+                return self._decide()
         self._sum = probs.astype(np.float64) if self._sum is None else self._sum + probs
         self._n += 1
         return self._decide() if self._n >= self.cfg.frames else None
